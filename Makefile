@@ -1,0 +1,66 @@
+# thermoscreen: every command the README and CI use. `make demo` and `make test` do all set-up.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-done
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+	gstreamer1.0-libav gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 \
+	libgirepository1.0-dev libcairo2-dev pkg-config gcc python3-venv python3-dev \
+	mosquitto mosquitto-clients openssl
+DEMO_MODEL := models/demo
+DEMO_DIR := var/demo
+
+.PHONY: setup apt test test-fast lint format demo model bench evaluate clean
+
+setup: $(STAMP)
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages: $$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml | apt
+	@test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[train,dev]'
+	@touch $@
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m 'not slow' tests
+
+lint: setup
+	$(BIN)/ruff format --check pipeline training tests
+	$(BIN)/ruff check pipeline training tests
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff format pipeline training tests
+	$(BIN)/ruff check --fix pipeline training tests
+
+# A pipeline-demo model trained on synthetic thermograms (not a medical model), built once.
+model: $(DEMO_MODEL)/model.json
+$(DEMO_MODEL)/model.json: | setup
+	$(BIN)/thermoscreen synth --out $(DEMO_DIR)/train --patients 40 --kind matrices --seed 1
+	$(BIN)/thermoscreen train --data $(DEMO_DIR)/train --arch resnet18 --weights none \
+		--epochs 3 --out $(DEMO_DIR)/run --seed 1
+	$(BIN)/thermoscreen export --run $(DEMO_DIR)/run --out $(DEMO_MODEL) --name demo-synthetic \
+		--synthetic
+
+demo: model
+	$(BIN)/python -m pipeline.demo --model $(DEMO_MODEL) --workdir $(DEMO_DIR)
+
+bench: model
+	$(BIN)/thermoscreen bench --model $(DEMO_MODEL) --out results
+
+evaluate: setup
+	$(BIN)/python -m training.study --data ../shared/data/dmr-ir-frontal --out results/evaluation
+
+clean:
+	rm -rf var results .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,69 @@
+"""`thermoscreen` command line: a table of subcommands, each in the module that does the work.
+
+Modules are imported only when their subcommand runs, so `thermoscreen run` never imports torch and
+a runtime-only install (no `[train]` extra) still runs the pipeline. Each module provides
+`add_arguments(parser)` and `main(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from pipeline import DISCLAIMER, __version__
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("pipeline.runner", "capture, classify and publish frames from a camera or recording"),
+    "log": ("pipeline.logger", "subscribe to results and store each one once (SQLite/PostgreSQL)"),
+    "report": ("pipeline.report", "per-session summaries from a logger database (CSV/JSON)"),
+    "bench": ("pipeline.bench", "benchmark bare model vs pipeline vs naive loop"),
+    "synth": ("training.synth", "generate synthetic thermograms (matrices, PNG16, MP4)"),
+    "train": ("training.train", "transfer-learn a torchvision classifier on thermograms"),
+    "evaluate": ("training.evaluate", "patient-level metrics with bootstrap intervals"),
+    "export": ("training.export", "export a checked ONNX model directory with manifest"),
+    "quantize": ("training.quantize", "INT8 static quantization of an exported model"),
+}
+
+TRAINING_HINT = "install the training extra: pip install -e '.[train]' (or `make setup`)"
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    lines = "\n".join(f"  {name:<9} {text}" for name, (_, text) in COMMANDS.items())
+    return argparse.ArgumentParser(
+        prog="thermoscreen",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"Breast thermography screening at the edge.\n\n{DISCLAIMER}",
+        epilog=f"commands:\n{lines}\n\nRun `thermoscreen COMMAND --help` for a command's options.",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser()
+    top.add_argument("--version", action="version", version=f"thermoscreen {__version__}")
+    top.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND")
+    if not argv or argv[0] not in COMMANDS:
+        top.parse_args(argv)  # prints help/version or the unknown-command error and exits
+        return 2
+    name, rest = argv[0], argv[1:]
+    module_name, text = COMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or "?"
+        hint = TRAINING_HINT if module_name.startswith("training") else "run `make setup`"
+        print(f"thermoscreen {name}: missing Python package '{missing}'; {hint}", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(
+        prog=f"thermoscreen {name}", description=f"{text}.\n\n{DISCLAIMER}"
+    )
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    return int(module.main(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,126 @@
+"""The one place that turns a thermal frame into model input (training imports this module).
+
+Math (DESIGN.md, "Preprocessing"):
+
+1. render: celsius or raw16 -> uint8 through a thermal window (default 20-38 C) or per-frame
+   min-max; gray8 is used as is. Scaling is v = floor(clip((C - lo) / (hi - lo), 0, 1) * 255 + 0.5).
+2. equalize: global histogram equalization (OpenCV's equalizeHist, the seed's method), CLAHE, or none.
+3. model input, exactly as jetson-inference imageNet prepares an ONNX model's input: gray replicated
+   to RGB; nearest-neighbour stretch of the whole frame with source index
+   floor(dst_index * float32(in_size / out_size)); x / 255, minus mean, divided by std; NCHW float32.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipeline.types import Frame, FrameKind
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+U8 = npt.NDArray[np.uint8]
+F32 = npt.NDArray[np.float32]
+
+
+class PreprocessConfig(BaseModel):
+    """How frames become model input. Stored in every model manifest; the pipeline refuses a
+    model whose preprocessing disagrees with its own unless told to follow the manifest."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    window_c: tuple[float, float] | None = Field(
+        default=(20.0, 38.0),
+        description="Thermal window [low, high] in Celsius mapped to 0-255; null for per-frame min-max.",
+    )
+    equalization: Literal["global", "clahe", "none"] = Field(
+        default="global", description="Histogram equalization after rendering to 8 bits."
+    )
+    clahe_clip_limit: float = Field(default=2.0, gt=0, description="CLAHE clip limit.")
+    clahe_tile_grid: int = Field(default=8, ge=1, description="CLAHE tiles per side.")
+
+    @model_validator(mode="after")
+    def _window_order(self) -> PreprocessConfig:
+        if self.window_c is not None and not self.window_c[0] < self.window_c[1]:
+            raise ValueError(f"window_c must be [low, high] with low < high, got {self.window_c}")
+        return self
+
+
+def scale_to_u8(values: npt.NDArray[np.floating], low: float, high: float) -> U8:
+    """Map [low, high] linearly onto 0-255 with clipping and round-half-up."""
+    span = np.float32(high - low)
+    if span <= 0:
+        return np.zeros(values.shape, dtype=np.uint8)
+    unit = np.clip((values.astype(np.float32) - np.float32(low)) / span, 0.0, 1.0)
+    return np.floor(unit * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
+
+
+def render_celsius(celsius: npt.NDArray[np.floating], window_c: tuple[float, float] | None) -> U8:
+    """Celsius matrix -> uint8, through the window or per-frame min-max (window_c=None)."""
+    if window_c is not None:
+        return scale_to_u8(celsius, window_c[0], window_c[1])
+    return scale_to_u8(celsius, float(np.min(celsius)), float(np.max(celsius)))
+
+
+def equalize(gray: U8, cfg: PreprocessConfig) -> U8:
+    """Histogram equalization as configured (global is OpenCV's equalizeHist)."""
+    gray = np.ascontiguousarray(gray, dtype=np.uint8)
+    if cfg.equalization == "global":
+        return cv2.equalizeHist(gray)
+    if cfg.equalization == "clahe":
+        clahe = cv2.createCLAHE(
+            clipLimit=cfg.clahe_clip_limit, tileGridSize=(cfg.clahe_tile_grid, cfg.clahe_tile_grid)
+        )
+        return clahe.apply(gray)
+    return gray
+
+
+def render(frame: Frame, cfg: PreprocessConfig) -> U8:
+    """A frame -> equalized uint8 gray image, the picture the model and the operator see."""
+    if frame.kind is FrameKind.GRAY8:
+        gray = np.asarray(frame.pixels, dtype=np.uint8)
+    else:
+        celsius = frame.celsius()
+        assert celsius is not None
+        gray = render_celsius(celsius, cfg.window_c)
+    return equalize(gray, cfg)
+
+
+def gray_to_rgb(gray: U8) -> U8:
+    """R = G = B, HxWx3."""
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def nearest_indices(in_size: int, out_size: int) -> npt.NDArray[np.intp]:
+    """Source index per destination index, as imageNet's CUDA kernel computes it in float32."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    idx = (np.arange(out_size, dtype=np.float32) * scale).astype(np.intp)
+    return np.minimum(idx, in_size - 1)
+
+
+def model_input(
+    image: U8,
+    size: tuple[int, int] = (224, 224),
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+) -> F32:
+    """uint8 gray (HxW) or RGB (HxWx3) -> float32 [1, 3, size_h, size_w], imageNet's tensor.
+
+    `size` is (height, width). Gray input is treated as R = G = B without materialising RGB.
+    """
+    out_h, out_w = size
+    rows = nearest_indices(image.shape[0], out_h)
+    cols = nearest_indices(image.shape[1], out_w)
+    small = image[rows[:, None], cols[None, :]]
+    unit = small.astype(np.float32) * np.float32(1.0 / 255.0)
+    out = np.empty((1, 3, out_h, out_w), dtype=np.float32)
+    for c in range(3):
+        plane = unit if unit.ndim == 2 else unit[:, :, c]
+        np.subtract(plane, np.float32(mean[c]), out=out[0, c])
+        out[0, c] /= np.float32(std[c])
+    return out
