@@ -90,3 +90,11 @@ def shared_dmr() -> Path:
     if not (SHARED_DMR / "labels.csv").is_file():
         pytest.skip(f"{SHARED_DMR} not found: CI places ../shared beside the repo")
     return SHARED_DMR
+
+
+@pytest.fixture
+def tiny_model(tmp_path: Path) -> Path:
+    """A real small ONNX model directory (random weights) that keeps the model contract."""
+    from tests.helpers.tiny_model import make_tiny_model_dir
+
+    return make_tiny_model_dir(tmp_path / "tiny-model")
