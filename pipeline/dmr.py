@@ -1,0 +1,287 @@
+"""Readers for thermograms on disk: DMR-IR temperature matrices, 8-bit renderings, 16-bit PNGs.
+
+The runtime's `dmr://folder` source and the training datasets both read files through this module,
+so a matrix is parsed the same way for training and serving. numpy and OpenCV only (no torch).
+
+DMR-IR (visual.ic.uff.br/dmi) stores each capture as a 480x640 text matrix in degrees Celsius, in
+two layouts: space-separated with 2 decimals (older patients) and semicolon-separated with 5
+decimals (patients from about ID 300 on), with CRLF (sometimes CR CR LF) line ends.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from pipeline.types import Frame, FrameKind
+
+MATRIX_SUFFIXES = (".txt", ".txt.gz")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+PLAUSIBLE_C = (-40.0, 150.0)  # outside this a "temperature" is a unit or parsing mistake
+
+_DELIMITERS = str.maketrans({";": " ", "\t": " ", "\r": None})
+_NATURAL_SPLIT = re.compile(r"(\d+)")
+# T<patient>[.<visit>[.<view>[.<S|D>[.<date>[.<frame>]]]]] with '.' or '_' between fields; anything
+# after a further separator (e.g. "-mask", "_crop") is tolerated and ignored.
+_DMR_NAME = re.compile(
+    r"""^[Tt](?P<patient>\d{1,6})
+    (?:[._](?P<visit>\d{1,3})
+      (?:[._](?P<view>\d{1,2})
+        (?:[._](?P<protocol>[SDsd])
+          (?:[._](?P<date>\d{4}-\d{2}-\d{2}|\d{8})
+            (?:[._](?P<frame>\d{1,4}))?
+          )?
+        )?
+      )?
+    )?
+    (?:[._\- ].*)?$""",
+    re.VERBOSE,
+)
+
+
+class DataError(Exception):
+    """A thermogram file or dataset that cannot be used; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class DmrName:
+    """What a DMR-IR file name says about its image. Only the patient is always present."""
+
+    patient_id: str  # digits as written in the name, e.g. "0002"
+    visit: int | None = None
+    view: int | None = None  # 1 = frontal in DMR-IR; 2-5 lateral views
+    protocol: str | None = None  # "S" static, "D" dynamic
+    date: str | None = None  # as written: YYYY-MM-DD or YYYYMMDD
+    frame: int | None = None  # frame number within a dynamic sequence
+
+    @property
+    def patient_number(self) -> int:
+        """The patient as a number, so "0002", "002" and "2" compare equal."""
+        return int(self.patient_id)
+
+
+def _stem(name: str) -> str:
+    """File name without the thermogram extension (.txt.gz, .txt, .jpg, .jpeg, .png)."""
+    lower = name.lower()
+    for suffix in (".txt.gz", ".txt", ".jpeg", ".jpg", ".png"):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def parse_dmr_name(name: str | Path) -> DmrName | None:
+    """Parse `T<patient>.<visit>.<view>.<S|D>.<date>.<frame>` and its shorter variants.
+
+    Accepts a bare name or a path (only the last component is read). Returns None when the name
+    is not DMR-style, so callers can fall back to the file stem as the patient id.
+    """
+    stem = _stem(Path(name).name)
+    match = _DMR_NAME.match(stem)
+    if match is None:
+        return None
+    groups = match.groupdict()
+
+    def _int(key: str) -> int | None:
+        value = groups[key]
+        return int(value) if value is not None else None
+
+    protocol = groups["protocol"]
+    return DmrName(
+        patient_id=groups["patient"],
+        visit=_int("visit"),
+        view=_int("view"),
+        protocol=protocol.upper() if protocol is not None else None,
+        date=groups["date"],
+        frame=_int("frame"),
+    )
+
+
+def is_matrix(path: str | Path) -> bool:
+    return Path(path).name.lower().endswith(MATRIX_SUFFIXES)
+
+
+def is_image(path: str | Path) -> bool:
+    return Path(path).name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def natural_key(path: str | Path) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that orders frame_2 before frame_10 (digit runs compare as numbers)."""
+    parts = _NATURAL_SPLIT.split(str(path))
+    return tuple((0, int(p)) if p.isdigit() else (1, p.lower()) for p in parts)
+
+
+def list_thermograms(folder: str | Path) -> list[Path]:
+    """Supported thermogram files directly in `folder` (matrices and images), in natural order."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(
+            f"{root}: not a folder; pass a folder of .txt/.txt.gz/.jpg/.png thermograms"
+        )
+    files = [p for p in root.iterdir() if p.is_file() and (is_matrix(p) or is_image(p))]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror}); check the path") from exc
+    if path.name.lower().endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(
+                f"{path}: corrupt or truncated gzip ({exc}); re-download or re-compress the file"
+            ) from exc
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: byte {exc.start} is not text; expected a temperature matrix in plain ASCII"
+        ) from exc
+
+
+def _bad_value_line(path: Path, lines: list[str], numbers: list[int]) -> DataError:
+    """Find the first line holding a token that is not a number (only called on failure)."""
+    for line_no in numbers:
+        for token in lines[line_no - 1].split():
+            try:
+                float(token)
+            except ValueError:
+                return DataError(
+                    f"{path}: line {line_no}: '{token[:20]}' is not a number; expected "
+                    "space- or semicolon-separated Celsius values with '.' decimals"
+                )
+    return DataError(f"{path}: unreadable numbers; expected a Celsius temperature matrix")
+
+
+def read_matrix(path: str | Path) -> npt.NDArray[np.float32]:
+    """A DMR-IR temperature matrix (.txt or .txt.gz) -> float32 HxW degrees Celsius.
+
+    Both DMR-IR layouts, trailing delimiters and CRLF are accepted. Raises DataError naming the
+    file and line for corrupt gzip, ragged rows, non-numbers and implausible temperatures.
+    """
+    path = Path(path)
+    lines = _read_text(path).translate(_DELIMITERS).split("\n")
+    numbers = [i + 1 for i, line in enumerate(lines) if line.strip()]
+    if not numbers:
+        raise DataError(f"{path}: empty file; expected rows of Celsius values")
+    widths = [len(lines[n - 1].split()) for n in numbers]
+    width = widths[0]
+    for line_no, count in zip(numbers, widths, strict=True):
+        if count != width:
+            raise DataError(
+                f"{path}: line {line_no} has {count} values but line {numbers[0]} has {width}; "
+                "the file is truncated or ragged, re-export it"
+            )
+    rows = [lines[n - 1] for n in numbers]
+    try:
+        flat = np.array(" ".join(rows).split(), dtype=np.float64)
+    except ValueError:
+        raise _bad_value_line(path, lines, numbers) from None
+    matrix = flat.reshape(len(rows), width)
+    low, high = PLAUSIBLE_C
+    bad = ~((matrix >= low) & (matrix <= high))  # also catches nan
+    if bad.any():
+        row, col = (int(v) for v in np.argwhere(bad)[0])
+        raise DataError(
+            f"{path}: line {numbers[row]} column {col + 1}: {matrix[row, col]} is not a plausible "
+            f"temperature ({low:g}..{high:g} C); the file must hold degrees Celsius"
+        )
+    return matrix.astype(np.float32)
+
+
+def _imread(path: Path) -> npt.NDArray[np.generic]:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found; check the path")
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise DataError(f"{path}: not a readable JPEG/PNG image; re-export or remove it")
+    return np.asarray(image)
+
+
+def read_image(path: str | Path) -> npt.NDArray[np.uint8]:
+    """An 8-bit JPEG/PNG rendering -> uint8 HxW gray (colour renderings are converted to gray)."""
+    path = Path(path)
+    image = _imread(path)
+    if image.dtype != np.uint8:
+        raise DataError(
+            f"{path}: {image.dtype} image; 16-bit PNGs are radiometric, read them with read_png16"
+        )
+    gray = np.asarray(image, dtype=np.uint8)
+    if gray.ndim == 3:
+        code = cv2.COLOR_BGRA2GRAY if gray.shape[2] == 4 else cv2.COLOR_BGR2GRAY
+        gray = np.asarray(cv2.cvtColor(gray, code), dtype=np.uint8)
+    return np.ascontiguousarray(gray)
+
+
+def read_png16(path: str | Path) -> npt.NDArray[np.uint16]:
+    """A 16-bit grayscale PNG (radiometric counts) -> uint16 HxW, bit-exact."""
+    path = Path(path)
+    image = _imread(path)
+    if image.dtype != np.uint16 or image.ndim != 2:
+        raise DataError(
+            f"{path}: {image.dtype} image with shape {image.shape}; expected a 16-bit grayscale "
+            "PNG (GRAY16), e.g. written by `GRAY16_BE ! pngenc`"
+        )
+    return np.ascontiguousarray(image, dtype=np.uint16)
+
+
+def _png_bit_depth(path: Path) -> int | None:
+    """Bit depth from the PNG header (IHDR), without decoding the image."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(25)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror}); check the path") from exc
+    if len(head) < 25 or head[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    return head[24]
+
+
+def load_frame(
+    path: str | Path,
+    index: int = 0,
+    source_id: str | None = None,
+    png16_scale: float = 0.01,
+    png16_offset: float = 0.0,
+) -> Frame:
+    """Read one thermogram file as a Frame.
+
+    Matrices become CELSIUS, 8-bit images GRAY8, 16-bit PNGs RAW16 with kelvin = raw * scale +
+    offset (default centi-kelvin, as FLIR Lepton and `thermoscreen synth --kind png16` write).
+    """
+    path = Path(path)
+    sid = source_id if source_id is not None else str(path)
+    kind: FrameKind
+    pixels: npt.NDArray[np.generic]
+    scale, offset = 1.0, 0.0
+    if is_matrix(path):
+        pixels, kind = read_matrix(path), FrameKind.CELSIUS
+    elif path.name.lower().endswith(".png") and _png_bit_depth(path) == 16:
+        pixels, kind = read_png16(path), FrameKind.RAW16
+        scale, offset = png16_scale, png16_offset
+    elif is_image(path):
+        pixels, kind = read_image(path), FrameKind.GRAY8
+    else:
+        raise DataError(
+            f"{path}: unsupported file type; use .txt/.txt.gz matrices or .jpg/.jpeg/.png images"
+        )
+    return Frame(
+        pixels=pixels,
+        kind=kind,
+        index=index,
+        source_id=sid,
+        capture_ts=time.time(),
+        capture_mono_ns=time.monotonic_ns(),
+        scale=scale,
+        offset=offset,
+    )
