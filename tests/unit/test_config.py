@@ -1,0 +1,115 @@
+"""Config layering (YAML < THERMOSCREEN_* < CLI) and one-line errors that name where to fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import AppConfig, ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "x.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "jetson.yaml", "replay.yaml"])
+def test_shipped_configs_load(name: str) -> None:
+    cfg = load_config(REPO / "config" / name, env={})
+    assert isinstance(cfg, AppConfig)
+
+
+def test_shipped_configs_differ_where_they_should() -> None:
+    jetson = load_config(REPO / "config" / "jetson.yaml", env={})
+    replay = load_config(REPO / "config" / "replay.yaml", env={})
+    assert jetson.model.backend == "jetson" and jetson.capture.jetson
+    assert replay.mode == "replay" and replay.outbox.when_full == "block"
+
+
+def test_layers_override_in_order(tmp_path: Path) -> None:
+    path = write(tmp_path, "device_id: from-file\nmqtt:\n  host: filehost\n  port: 1000\n")
+    env = {"THERMOSCREEN_MQTT__PORT": "2000", "THERMOSCREEN_DEVICE_ID": "from-env"}
+    cfg = load_config(path, {"mqtt.port": 3000}, env)
+    assert cfg.mqtt.host == "filehost"  # only the file set it
+    assert cfg.device_id == "from-env"  # env beats file
+    assert cfg.mqtt.port == 3000  # CLI beats env
+    assert load_config(path, {}, env).mqtt.port == 2000
+
+
+def test_env_values_parse_as_yaml_and_nest(tmp_path: Path) -> None:
+    env = {
+        "THERMOSCREEN_PREPROCESS__WINDOW_C": "[22, 36]",
+        "THERMOSCREEN_CAPTURE__REALTIME": "true",
+        "THERMOSCREEN_MQTT__TLS__ENABLED": "yes",
+    }
+    cfg = load_config(None, {}, env)
+    assert cfg.preprocess.window_c == (22.0, 36.0)
+    assert cfg.capture.realtime is True
+    assert cfg.mqtt.tls.enabled is True
+
+
+def test_secrets_and_unrelated_variables_are_not_config_fields() -> None:
+    env = {
+        "THERMOSCREEN_MQTT_PASSWORD": "s3cret",
+        "THERMOSCREEN_MQTT_USERNAME": "u",
+        "THERMOSCREEN_SOMETHING_ELSE": "x",
+    }
+    cfg = load_config(None, {}, env)
+    assert "s3cret" not in cfg.model_dump_json()
+
+
+def test_password_in_file_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "mqtt:\n  password: hunter2\n")
+    with pytest.raises(ConfigError, match=r"x\.yaml: unknown field 'mqtt\.password'"):
+        load_config(path, {}, {})
+
+
+def test_unknown_key_suggests_the_close_one(tmp_path: Path) -> None:
+    path = write(tmp_path, "mqtt:\n  prot: 1884\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {}, {})
+    msg = str(info.value)
+    assert msg == f"{path}: unknown field 'mqtt.prot' (did you mean 'port'?)"
+    assert "\n" not in msg
+
+
+def test_unknown_env_variable_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"THERMOSCREEN_MQTT__PROT: unknown field 'mqtt\.prot'"):
+        load_config(None, {}, {"THERMOSCREEN_MQTT__PROT": "1"})
+
+
+def test_bad_value_names_origin_and_field(tmp_path: Path) -> None:
+    path = write(tmp_path, "session:\n  window_frames: 0\n")
+    with pytest.raises(ConfigError, match=r"x\.yaml: field 'session\.window_frames'"):
+        load_config(path, {}, {})
+    with pytest.raises(ConfigError, match=r"THERMOSCREEN_MQTT__PORT: field 'mqtt\.port'"):
+        load_config(path, {"session.window_frames": 3}, {"THERMOSCREEN_MQTT__PORT": "abc"})
+    with pytest.raises(ConfigError, match=r"command line: field 'mode'"):
+        load_config(None, {"mode": "sometimes"}, {})
+
+
+def test_missing_and_broken_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml", {}, {})
+    with pytest.raises(ConfigError, match=r"x\.yaml: not valid YAML at line \d"):
+        load_config(write(tmp_path, "mqtt:\n  port: [1,\n"), {}, {})
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"), {}, {})
+
+
+def test_every_field_has_a_description() -> None:
+    def walk(model: type) -> list[str]:
+        missing = []
+        for name, info in model.model_fields.items():  # type: ignore[attr-defined]
+            if not info.description:
+                missing.append(f"{model.__name__}.{name}")
+            sub = info.annotation
+            if isinstance(sub, type) and hasattr(sub, "model_fields"):
+                missing += walk(sub)
+        return missing
+
+    assert walk(AppConfig) == []
