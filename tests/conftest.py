@@ -98,3 +98,12 @@ def tiny_model(tmp_path: Path) -> Path:
     from tests.helpers.tiny_model import make_tiny_model_dir
 
     return make_tiny_model_dir(tmp_path / "tiny-model")
+
+
+@pytest.fixture
+def fake_jetson(monkeypatch: pytest.MonkeyPatch) -> tuple[object, object]:
+    """Stand-in jetson_inference and jetson_utils modules (real ONNX Runtime inside), importable
+    for this test only; returns (jetson_inference, jetson_utils)."""
+    from tests.fakes import install_fake_jetson
+
+    return install_fake_jetson(monkeypatch)
