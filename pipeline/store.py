@@ -1,0 +1,373 @@
+"""The logger's result store: SQLite (WAL) by default, PostgreSQL when given a URL.
+
+Each result is stored once, keyed by its `message_id`; a re-delivered message is counted as a
+duplicate for its session and not stored again. Rejected messages keep their raw bytes so that
+nothing is dropped silently. Writes are grouped into transactions by the caller: the logger
+acknowledges a message to the broker only after `commit()` returns.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+
+class StoreError(Exception):
+    """The database cannot be opened or written; the message is one line naming it and the fix."""
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """The columns of a stored result that reports use."""
+
+    device: str
+    camera: str
+    session: str
+    seq: int
+    frame_index: int
+    capture_ts: str
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    """A final session summary as published on .../<camera>/session."""
+
+    device: str
+    camera: str
+    session: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RejectRow:
+    topic: str
+    raw: bytes
+    size_bytes: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class StoreCounts:
+    results: int
+    states: int
+    sessions: int
+    statuses: int
+    rejects: int
+    duplicates: int
+
+
+class Store(Protocol):
+    """What the logger and the report need from a database; one implementation per engine."""
+
+    def add_result(self, payload: dict[str, Any], received_ts: float) -> bool:
+        """Insert a schema-valid result; False (and a duplicate counted) when its id is known."""
+        ...
+
+    def set_state(self, device: str, camera: str, payload: Any, received_ts: float) -> None: ...
+
+    def add_session(
+        self, device: str, camera: str, session: str, payload: Any, received_ts: float
+    ) -> None: ...
+
+    def set_status(self, device: str, status: str, received_ts: float) -> None: ...
+
+    def add_reject(
+        self, topic: str, raw: bytes, size_bytes: int, reason: str, received_ts: float
+    ) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def results(self) -> Iterator[ResultRow]: ...
+
+    def sessions(self) -> list[SessionRow]: ...
+
+    def duplicates(self) -> dict[tuple[str, str], int]: ...
+
+    def rejects(self) -> list[RejectRow]: ...
+
+    def message_ids(self) -> set[str]: ...
+
+    def counts(self) -> StoreCounts: ...
+
+
+# One schema for both engines; {json}, {blob}, {real} and {serial} are filled per dialect.
+_DDL = (
+    """CREATE TABLE IF NOT EXISTS results (
+        message_id TEXT PRIMARY KEY,
+        device TEXT NOT NULL,
+        camera TEXT NOT NULL,
+        session TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        frame_index INTEGER NOT NULL,
+        capture_ts TEXT NOT NULL,
+        label TEXT NOT NULL,
+        score {real} NOT NULL,
+        payload {json} NOT NULL,
+        received_ts {real} NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS results_by_session ON results (device, session, seq)",
+    """CREATE TABLE IF NOT EXISTS states (
+        device TEXT NOT NULL,
+        camera TEXT NOT NULL,
+        payload {json} NOT NULL,
+        received_ts {real} NOT NULL,
+        PRIMARY KEY (device, camera))""",
+    """CREATE TABLE IF NOT EXISTS sessions (
+        device TEXT NOT NULL,
+        camera TEXT NOT NULL,
+        session TEXT NOT NULL,
+        payload {json} NOT NULL,
+        received_ts {real} NOT NULL,
+        PRIMARY KEY (device, camera, session))""",
+    """CREATE TABLE IF NOT EXISTS statuses (
+        device TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        received_ts {real} NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS rejects (
+        id {serial},
+        topic TEXT NOT NULL,
+        raw {blob} NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        received_ts {real} NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS duplicates (
+        device TEXT NOT NULL,
+        session TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (device, session))""",
+)
+
+_INSERT_RESULT = (
+    "INSERT INTO results (message_id, device, camera, session, seq, frame_index, capture_ts, "
+    "label, score, payload, received_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, {jsonarg}, ?) "
+    "ON CONFLICT (message_id) DO NOTHING"
+)
+_COUNT_DUPLICATE = (
+    "INSERT INTO duplicates (device, session, count) VALUES (?, ?, 1) "
+    "ON CONFLICT (device, session) DO UPDATE SET count = duplicates.count + 1"
+)
+_UPSERT_STATE = (
+    "INSERT INTO states (device, camera, payload, received_ts) VALUES (?, ?, {jsonarg}, ?) "
+    "ON CONFLICT (device, camera) DO UPDATE SET payload = excluded.payload, "
+    "received_ts = excluded.received_ts"
+)
+_UPSERT_SESSION = (
+    "INSERT INTO sessions (device, camera, session, payload, received_ts) "
+    "VALUES (?, ?, ?, {jsonarg}, ?) ON CONFLICT (device, camera, session) DO UPDATE SET "
+    "payload = excluded.payload, received_ts = excluded.received_ts"
+)
+_UPSERT_STATUS = (
+    "INSERT INTO statuses (device, status, received_ts) VALUES (?, ?, ?) "
+    "ON CONFLICT (device) DO UPDATE SET status = excluded.status, "
+    "received_ts = excluded.received_ts"
+)
+_INSERT_REJECT = (
+    "INSERT INTO rejects (topic, raw, size_bytes, reason, received_ts) VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def _dump(payload: Any) -> str:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+class _SqlStore:
+    """The SQL shared by both engines; subclasses supply the connection and dialect."""
+
+    _types: ClassVar[dict[str, str]]
+    _jsonarg = "?"
+
+    def __init__(self, conn: Any, label: str) -> None:
+        self._conn = conn
+        self._label = label
+        self._create()
+
+    # Dialect hooks -------------------------------------------------------------------------
+    def _sql(self, text: str) -> str:
+        return text
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._conn.execute(self._sql(sql), tuple(params))
+
+    def _load_json(self, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str | bytes) else value
+
+    # Writes ----------------------------------------------------------------------------------
+    def _create(self) -> None:
+        for stmt in _DDL:
+            self._execute(stmt.format(**self._types))
+        self.commit()
+
+    def add_result(self, payload: dict[str, Any], received_ts: float) -> bool:
+        cur = self._execute(
+            _INSERT_RESULT.format(jsonarg=self._jsonarg),
+            (
+                payload["message_id"],
+                payload["device_id"],
+                payload["camera_id"],
+                payload["session_id"],
+                payload["seq"],
+                payload["frame_index"],
+                payload["capture_ts"],
+                payload["result"]["label"],
+                float(payload["result"]["score"]),
+                _dump(payload),
+                received_ts,
+            ),
+        )
+        if cur.rowcount == 1:
+            return True
+        self._execute(_COUNT_DUPLICATE, (payload["device_id"], payload["session_id"]))
+        return False
+
+    def set_state(self, device: str, camera: str, payload: Any, received_ts: float) -> None:
+        sql = _UPSERT_STATE.format(jsonarg=self._jsonarg)
+        self._execute(sql, (device, camera, _dump(payload), received_ts))
+
+    def add_session(
+        self, device: str, camera: str, session: str, payload: Any, received_ts: float
+    ) -> None:
+        sql = _UPSERT_SESSION.format(jsonarg=self._jsonarg)
+        self._execute(sql, (device, camera, session, _dump(payload), received_ts))
+
+    def set_status(self, device: str, status: str, received_ts: float) -> None:
+        self._execute(_UPSERT_STATUS, (device, status, received_ts))
+
+    def add_reject(
+        self, topic: str, raw: bytes, size_bytes: int, reason: str, received_ts: float
+    ) -> None:
+        self._execute(_INSERT_REJECT, (topic, bytes(raw), size_bytes, reason, received_ts))
+
+    def commit(self) -> None:
+        self._conn.commit()
+
+    def rollback(self) -> None:
+        self._conn.rollback()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # Reads -----------------------------------------------------------------------------------
+    def results(self) -> Iterator[ResultRow]:
+        cur = self._execute(
+            "SELECT device, camera, session, seq, frame_index, capture_ts, label, score "
+            "FROM results ORDER BY device, session, seq"
+        )
+        for row in cur.fetchall():
+            yield ResultRow(
+                str(row[0]), str(row[1]), str(row[2]), int(row[3]), int(row[4]), str(row[5]),
+                str(row[6]), float(row[7]),
+            )  # fmt: skip
+
+    def sessions(self) -> list[SessionRow]:
+        cur = self._execute("SELECT device, camera, session, payload FROM sessions")
+        return [
+            SessionRow(str(r[0]), str(r[1]), str(r[2]), self._load_json(r[3]))
+            for r in cur.fetchall()
+        ]
+
+    def duplicates(self) -> dict[tuple[str, str], int]:
+        cur = self._execute("SELECT device, session, count FROM duplicates")
+        return {(str(r[0]), str(r[1])): int(r[2]) for r in cur.fetchall()}
+
+    def rejects(self) -> list[RejectRow]:
+        cur = self._execute("SELECT topic, raw, size_bytes, reason FROM rejects ORDER BY id")
+        return [RejectRow(str(r[0]), bytes(r[1]), int(r[2]), str(r[3])) for r in cur.fetchall()]
+
+    def message_ids(self) -> set[str]:
+        return {str(r[0]) for r in self._execute("SELECT message_id FROM results").fetchall()}
+
+    def counts(self) -> StoreCounts:
+        def one(sql: str) -> int:
+            value = self._execute(sql).fetchone()[0]
+            return int(value or 0)
+
+        return StoreCounts(
+            results=one("SELECT COUNT(*) FROM results"),
+            states=one("SELECT COUNT(*) FROM states"),
+            sessions=one("SELECT COUNT(*) FROM sessions"),
+            statuses=one("SELECT COUNT(*) FROM statuses"),
+            rejects=one("SELECT COUNT(*) FROM rejects"),
+            duplicates=one("SELECT SUM(count) FROM duplicates"),
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._label})"
+
+
+class SqliteStore(_SqlStore):
+    """A local file in WAL mode: readers (reports) never block the logger's writes."""
+
+    _types: ClassVar[dict[str, str]] = {
+        "json": "TEXT",
+        "blob": "BLOB",
+        "real": "REAL",
+        "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
+    }
+
+    def __init__(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(path), timeout=30.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")  # an acknowledged message survives power loss
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(
+                f"{path}: cannot open SQLite database ({exc}); check the path"
+            ) from exc
+        super().__init__(conn, str(path))
+
+
+class PostgresStore(_SqlStore):
+    """PostgreSQL through psycopg 3, for several loggers or a central server."""
+
+    _types: ClassVar[dict[str, str]] = {
+        "json": "JSONB",
+        "blob": "BYTEA",
+        "real": "DOUBLE PRECISION",
+        "serial": "BIGSERIAL PRIMARY KEY",
+    }
+    _jsonarg = "?::jsonb"
+
+    def __init__(self, url: str) -> None:
+        try:
+            import psycopg
+        except ModuleNotFoundError as exc:
+            raise StoreError(
+                "PostgreSQL URL given but psycopg is missing; pip install 'psycopg[binary]'"
+            ) from exc
+        try:
+            conn = psycopg.connect(url, connect_timeout=10)
+        except psycopg.Error as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreError(f"{_redact(url)}: cannot connect to PostgreSQL ({first})") from exc
+        super().__init__(conn, _redact(url))
+
+    def _sql(self, text: str) -> str:
+        return text.replace("?", "%s")
+
+
+def _redact(url: str) -> str:
+    """Drop a password from a URL before it reaches a log line."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
+def open_store(db: str | Path) -> Store:
+    """`postgresql://...` (or `postgres://`) opens PostgreSQL; anything else is a SQLite path."""
+    text = str(db)
+    if text.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(text)
+    return SqliteStore(Path(text))
