@@ -213,3 +213,18 @@ def test_closed_jetson_classifier_refuses_frames(jetson: JetsonImageNetClassifie
     jetson.close()
     with pytest.raises(RuntimeError, match="closed"):
         jetson.classify(_frame(4, 4, 0))
+
+
+@pytest.mark.jetson
+def test_real_imagenet_agrees_with_onnxruntime(tmp_path: Path) -> None:
+    """On a Jetson only (`pytest -m jetson`): the real imageNet's FP16 engine against ORT's FP32."""
+    ji = pytest.importorskip("jetson_inference")
+    if getattr(ji, "INSTANCES", None) is not None:
+        pytest.skip("jetson_inference is the stand-in, not the real module")
+    model = load_model_dir(make_tiny_model_dir(tmp_path / "m", labels=("healthy", "sick", "x")))
+    jet = JetsonImageNetClassifier(model, threshold=0.01, top_k=3)
+    ort_clf = OnnxRuntimeClassifier(model, threshold=0.01, top_k=3)
+    for h, w in FRAMES:
+        gray = _frame(h, w, 0)
+        a, b = jet.classify(gray), ort_clf.classify(gray)
+        assert np.allclose(a.scores, b.scores, atol=2e-2)
