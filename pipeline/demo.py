@@ -1,0 +1,283 @@
+"""`make demo`: replay a generated SYNTHETIC recording through the whole pipeline.
+
+    python -m pipeline.demo --model models/demo --workdir var/demo
+
+Generates a recording if missing, starts a private mosquitto on a free loopback port, subscribes
+and prints every result as it arrives, runs `thermoscreen run` in replay, and ends with a short
+summary. Exit 0 only when every frame's result arrived. The demo model is trained on synthetic
+data: a pipeline demo, not a medical model. Thermography is an adjunct to mammography only.
+
+`ResultWatcher` (a small paho subscriber) is also what the integration tests listen with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from pipeline import DISCLAIMER
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+MOSQUITTO_CONF = REPO / "config" / "demo-mosquitto.conf"
+DEMO_DEVICE = "demo"
+NOT_MEDICAL = "demo model trained on synthetic data — not a medical model"
+
+
+@dataclass(frozen=True)
+class Message:
+    """One received MQTT message: its topic's last level (result, state, status…) and body."""
+
+    kind: str
+    topic: str
+    body: Any  # parsed JSON, or the text (status)
+    retain: bool
+
+
+class ResultWatcher:
+    """Subscribes to `<prefix>/<device>/#` and keeps every message, in arrival order, by kind."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        device_id: str = "+",
+        prefix: str = "thermoscreen",
+        on_message: Callable[[Message], None] | None = None,
+    ) -> None:
+        self.topic = f"{prefix}/{device_id}/#"
+        self._host, self._port = host, port
+        self._on = on_message
+        self._cond = threading.Condition()
+        self._subscribed = False
+        self.messages: dict[str, list[Message]] = defaultdict(list)
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"thermoscreen-watch-{id(self):x}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        self._client.on_connect = self._connected
+        self._client.on_subscribe = self._subscribed_cb
+        self._client.on_message = self._message
+
+    def _connected(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if not rc.is_failure:
+            client.subscribe(self.topic, qos=1)
+
+    def _subscribed_cb(self, _c: Any, _u: Any, _mid: int, _rcs: Any, _p: Any) -> None:
+        with self._cond:
+            self._subscribed = True
+            self._cond.notify_all()
+
+    def _message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        text = msg.payload.decode("utf-8", errors="replace")
+        try:
+            body: Any = json.loads(text)
+        except json.JSONDecodeError:
+            body = text
+        item = Message(msg.topic.rsplit("/", 1)[-1], msg.topic, body, bool(msg.retain))
+        with self._cond:
+            self.messages[item.kind].append(item)
+            self._cond.notify_all()
+        if self._on is not None:
+            self._on(item)
+
+    def start(self, timeout_s: float = 10.0) -> ResultWatcher:
+        """Connect and return once the subscription is acknowledged."""
+        self._client.connect(self._host, self._port)
+        self._client.loop_start()
+        if not self.wait(lambda: self._subscribed, timeout_s):
+            self.stop()
+            raise TimeoutError(f"no SUBACK from {self._host}:{self._port} in {timeout_s} s")
+        return self
+
+    def wait(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+        """Block until `predicate()` holds (checked on every message) or the timeout passes."""
+        with self._cond:
+            return self._cond.wait_for(predicate, timeout_s)
+
+    def bodies(self, kind: str) -> list[Any]:
+        with self._cond:
+            return [m.body for m in self.messages[kind]]
+
+    def count(self, kind: str) -> int:
+        with self._cond:
+            return len(self.messages[kind])
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def __enter__(self) -> ResultWatcher:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mosquitto exited with code {proc.returncode}; see its log")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"mosquitto did not listen on 127.0.0.1:{port} within {timeout_s} s")
+
+
+@contextmanager
+def mosquitto(workdir: Path) -> Iterator[int]:
+    """A private mosquitto on a free loopback port (config/demo-mosquitto.conf + listener)."""
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(exe).exists():
+        raise RuntimeError("mosquitto not found; install it with `make setup` (apt mosquitto)")
+    port = free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(MOSQUITTO_CONF.read_text() + f"listener {port} 127.0.0.1\n")
+    with (workdir / "mosquitto.log").open("ab") as logf:
+        proc = subprocess.Popen([exe, "-c", str(conf)], stdout=logf, stderr=logf)
+    try:
+        _wait_port(port, proc, 10.0)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def ensure_recording(workdir: Path, frames: int, fps: float, seed: int) -> Path:
+    """The demo recording (SYNTHETIC thermograms as MP4), generated once."""
+    out = workdir / "recording"
+    path = out / "recording.mp4"
+    if path.is_file():
+        return path
+    cmd = [
+        sys.executable, "-m", "pipeline.cli", "synth", "--out", str(out), "--kind", "mp4",
+        "--frames", str(frames), "--fps", str(fps), "--seed", str(seed),
+    ]  # fmt: skip
+    print(f"generating a synthetic recording: {' '.join(cmd[2:])}")
+    done = subprocess.run(cmd, check=False)
+    if done.returncode != 0 or not path.is_file():
+        raise RuntimeError(f"`thermoscreen synth` failed (exit {done.returncode}); no {path}")
+    return path
+
+
+def result_line(msg: Message) -> str:
+    """One compact line per result: seq, frame, label, score, t_max."""
+    body = msg.body
+    t_max = body.get("thermal", {}).get("t_max_c")
+    thermal = f"{t_max:.1f} C" if isinstance(t_max, int | float) else "n/a (8-bit video)"
+    res = body["result"]
+    return (
+        f"  seq {body['seq']:>3}  frame {body['frame_index']:>3}  {res['label']:<8} "
+        f"score {res['score']:.3f}  t_max {thermal}  "
+        f"latency {body['latency_ms']['capture_to_result']:.0f} ms"
+    )
+
+
+def _printer(msg: Message) -> None:
+    if msg.kind == "result" and isinstance(msg.body, dict):
+        print(result_line(msg), flush=True)
+
+
+def run_demo(model: Path, workdir: Path, frames: int, fps: float, seed: int) -> int:
+    from pipeline.config import load_config
+    from pipeline.runner import RunError, run
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    recording = ensure_recording(workdir, frames, fps, seed)
+    started = time.monotonic()
+    with mosquitto(workdir) as port:
+        cfg = load_config(
+            REPO / "config" / "replay.yaml",
+            {
+                "device_id": DEMO_DEVICE,
+                "source": f"file://{recording.resolve()}",
+                "model.dir": str(model),
+                "mqtt.host": "127.0.0.1",
+                "mqtt.port": port,
+                "outbox.path": str(workdir / "outbox.sqlite"),
+                "log_level": "WARNING",
+            },
+        )
+        logging.basicConfig(level=cfg.log_level, format="%(levelname)s %(name)s: %(message)s")
+        print(f"mosquitto on 127.0.0.1:{port}; replaying {recording} with model {model}")
+        with ResultWatcher("127.0.0.1", port, DEMO_DEVICE, on_message=_printer) as watcher:
+            try:
+                summary = run(cfg)
+            except RunError as exc:
+                print(f"demo: {exc}", file=sys.stderr)
+                return 2
+            watcher.wait(lambda: watcher.count("session") >= 1, 10.0)
+            results = watcher.bodies("result")
+    wall = time.monotonic() - started
+    seqs = [r["seq"] for r in results if r["session_id"] == summary.session_id]
+    complete = seqs == list(range(summary.frames_captured)) and summary.results == len(seqs)
+    verdict = summary.verdict
+    lat = summary.latency_ms
+    print()
+    print(f"frames replayed     {summary.frames_captured}")
+    print(f"results received    {len(seqs)} (seq 0..{len(seqs) - 1}, none missing: {complete})")
+    if verdict:
+        print(f"rolling verdict     {verdict['label']} (score {verdict['score']:.3f})")
+    print(f"pipeline rate       {summary.fps:.1f} fps; capture->result p50 {lat['p50']:.1f} ms, "
+          f"p95 {lat['p95']:.1f} ms")  # fmt: skip
+    print(
+        f"outbox              {'empty' if summary.outbox_pending == 0 else summary.outbox_pending}"
+    )
+    print(f"demo wall time      {wall:.1f} s")
+    print()
+    print(f"Note: {NOT_MEDICAL}.")
+    print(DISCLAIMER)
+    return 0 if complete and summary.outbox_pending == 0 else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.demo",
+        description=f"Replay a synthetic recording through the pipeline.\n\n{DISCLAIMER}",
+    )
+    parser.add_argument("--model", type=Path, required=True, help="model directory")
+    parser.add_argument("--workdir", type=Path, required=True, help="where the demo writes")
+    parser.add_argument("--frames", type=int, default=60, help="frames in the recording")
+    parser.add_argument("--fps", type=float, default=10.0, help="recording frame rate")
+    parser.add_argument("--seed", type=int, default=7, help="synthetic recording seed")
+    args = parser.parse_args(argv)
+    try:
+        return run_demo(args.model, args.workdir, args.frames, args.fps, args.seed)
+    except (RuntimeError, TimeoutError, ValueError) as exc:  # ConfigError is a ValueError
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

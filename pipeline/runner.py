@@ -1,0 +1,783 @@
+"""`thermoscreen run`: capture -> preprocess + classify -> session + publish -> optional output.
+
+Each stage runs in its own thread; bounded queues join them and one stop event ends them:
+
+    capture --(live: 1-slot newest wins, drops counted | replay: bounded queue, blocks)-->
+    classify --(bounded queue, blocks)--> publish (session, results, state, stats)
+    --(bounded queue; live drops the oldest and counts)--> annotated output
+
+The model (sha256, labels, graph) and its preprocessing are checked before the first frame.
+SIGINT/SIGTERM stop capture; a replay still classifies and publishes what was captured, then the
+session summary and the `stopped` status go out and the outbox is flushed (bounded). Results
+that the broker has not acknowledged stay in the durable outbox and go out on the next start.
+
+Exit codes: 0 done; 2 bad input (config, model, source, output: one line on stderr); 1 failure
+while running; 3 finished but results still wait in the outbox (broker unreachable).
+
+Screening support only: thermography is an adjunct to mammography, never a diagnosis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import queue
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline import DISCLAIMER
+from pipeline.capture import (
+    EndOfStream,
+    LatestSlot,
+    Source,
+    SourceError,
+    SourceOptions,
+    open_source,
+)
+from pipeline.classify import Classifier, load_classifier, model_info, resolve_preprocessing
+from pipeline.config import AppConfig, ConfigError, OutboxConfig, load_config
+from pipeline.manifest import ModelError
+from pipeline.preprocess import PreprocessConfig, render
+from pipeline.session import Session, VerdictPolicy
+from pipeline.types import Frame, FrameResult, ModelInfo, Prediction, ThermalStats
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_PENDING = 3
+DEFAULT_CONFIG = Path("config/default.yaml")
+STATS_SCHEMA = 1
+_POLL_S = 0.2
+_LATENCY_WINDOW = 10_000
+
+
+class RunError(Exception):
+    """A run that cannot start (bad config, model, source or output); one line with the fix."""
+
+
+class ResultSink(Protocol):
+    """What the runner needs from the MQTT publisher (pipeline.publish.Publisher)."""
+
+    def start(self) -> None: ...
+
+    def publish_result(self, result: FrameResult, model: ModelInfo) -> str: ...
+
+    def publish_state(self, camera_id: str, state: dict[str, Any]) -> None: ...
+
+    def publish_session(self, camera_id: str, summary: dict[str, Any]) -> None: ...
+
+    def publish_stats(self, stats: dict[str, Any]) -> None: ...
+
+    def stop(self, flush_timeout_s: float) -> bool: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+class Output(Protocol):
+    """An annotated output (pipeline.output)."""
+
+    def write(
+        self,
+        gray8: npt.NDArray[np.uint8],
+        prediction: Prediction,
+        thermal: ThermalStats | None,
+        frame_index: int,
+    ) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _End:
+    """Queue sentinel: the stage upstream has finished."""
+
+
+END = _End()
+
+
+@dataclass(frozen=True)
+class Classified:
+    """A frame after preprocess + classify, on its way to the session and publisher."""
+
+    frame: Frame
+    gray: npt.NDArray[np.uint8]
+    prediction: Prediction
+    thermal: ThermalStats | None
+    capture_to_result_ms: float
+
+
+@dataclass
+class RunSummary:
+    """What a run did; printed at the end and returned to callers such as the demo."""
+
+    session_id: str
+    mode: str
+    end_reason: str
+    frames_captured: int
+    results: int
+    wall_s: float
+    fps: float
+    latency_ms: dict[str, float]
+    drops: dict[str, int]
+    verdict: dict[str, Any] | None
+    outbox_pending: int
+    flushed: bool
+    error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.error is not None:
+            return EXIT_BAD_INPUT if self.end_reason == "source" else EXIT_FAILED
+        return EXIT_PENDING if self.outbox_pending > 0 else EXIT_OK
+
+
+@dataclass
+class _Counters:
+    captured: int = 0
+    classified: int = 0
+    published: int = 0
+    handoff_dropped: int = 0
+    output_dropped: int = 0
+    output_errors: int = 0
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
+    inference_ms: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
+
+
+def percentiles(values: list[float] | deque[float]) -> dict[str, float]:
+    """p50/p95/p99 in ms (empty -> zeros) for stats and the summary."""
+    if not values:
+        return {"p50": 0.0, "p95": 0.0, "p99": 0.0}
+    p50, p95, p99 = np.percentile(np.asarray(values, dtype=np.float64), [50, 95, 99])
+    return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3)}
+
+
+class Pipeline:
+    """The threaded stages of one session. Build with opened parts, then `run()`."""
+
+    def __init__(
+        self,
+        cfg: AppConfig,
+        source: Source,
+        classifier: Classifier,
+        preprocess: PreprocessConfig,
+        publisher: ResultSink,
+        live: bool,
+        output_factory: Callable[[int, int], Output] | None = None,
+        max_frames: int | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.source = source
+        self.classifier = classifier
+        self.preprocess = preprocess
+        self.publisher = publisher
+        self.live = live
+        self.output_factory = output_factory
+        self.max_frames = max_frames
+        self.stop = stop or threading.Event()
+        self.model = model_info(classifier)
+        manifest = classifier.model.manifest
+        self.session = Session(
+            mode="live" if live else "replay",
+            camera_id=cfg.camera_id,
+            device_id=cfg.device_id,
+            source=source.uri,
+            policy=VerdictPolicy.build(
+                labels=classifier.labels,
+                window_frames=cfg.session.window_frames,
+                method=cfg.session.method,
+                configured_threshold=cfg.session.threshold,
+                manifest_threshold=manifest.threshold,
+                positive_label=manifest.positive_label,
+                use_manifest_threshold=cfg.session.use_manifest_threshold,
+            ),
+            model=self.model,
+        )
+        self.counters = _Counters()
+        self._slot = LatestSlot()
+        self._frames: queue.Queue[Frame | _End] = queue.Queue(cfg.queues.replay_frames)
+        self._results: queue.Queue[Classified | _End] = queue.Queue(cfg.queues.results)
+        self._out: queue.Queue[Classified | _End] = queue.Queue(cfg.queues.output)
+        self._capture_done = threading.Event()
+        self._classify_done = threading.Event()
+        self._publish_done = threading.Event()
+        self._failed = threading.Event()
+        self._error: str | None = None
+        self._error_kind = ""
+        self._end_reason = "stopped"
+        self._started_mono = time.monotonic()
+        self._last_stats_mono = self._started_mono
+        self._last_stats_results = 0
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def run(self) -> RunSummary:
+        """Run every stage until EOS, stop or error; the session summary is published before
+        this returns. The publisher is not stopped here (the caller owns it)."""
+        self._started_mono = time.monotonic()
+        self._last_stats_mono = self._started_mono
+        threads = [
+            self._thread("capture", self._capture_loop),
+            self._thread("classify", self._classify_loop),
+            self._thread("publish", self._publish_loop),
+        ]
+        if self.output_factory is not None:
+            threads.append(self._thread("output", self._output_loop))
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(_POLL_S)
+        return self._summary()
+
+    def _thread(self, name: str, body: Callable[[], None]) -> threading.Thread:
+        def guarded() -> None:
+            try:
+                body()
+            except Exception as exc:  # a stage crashed: record, stop the others, end the session
+                log.exception("%s stage failed", name)
+                self._fail(f"{name}: {exc}", "stage")
+
+        return threading.Thread(target=guarded, name=f"thermoscreen-{name}", daemon=True)
+
+    def _fail(self, message: str, kind: str) -> None:
+        if self._error is None:
+            self._error, self._error_kind = message, kind
+        self._end_reason = "error"
+        self._failed.set()
+        self.stop.set()
+
+    # --- capture ---------------------------------------------------------------------------
+
+    def _capture_loop(self) -> None:
+        try:
+            while not self.stop.is_set() and not self._reached_max():
+                frame = self.source.read(self.cfg.capture.read_timeout_s)
+                if frame is not None:
+                    self._hand_off(frame)
+            if not self.stop.is_set():
+                log.info("stopping after --max-frames %d", self.max_frames)
+        except EndOfStream:
+            self._end_reason = "eos"
+        except SourceError as exc:
+            self._fail(str(exc), "source")
+        finally:
+            self._capture_done.set()
+            self._slot.close()
+            self._put_blocking(self._frames, END)
+
+    def _reached_max(self) -> bool:
+        return self.max_frames is not None and self.counters.captured >= self.max_frames
+
+    def _hand_off(self, frame: Frame) -> None:
+        self.counters.captured += 1
+        if self.live:
+            before = self._slot.dropped
+            self._slot.put(frame)
+            self.counters.handoff_dropped += self._slot.dropped - before
+        else:
+            self._put_blocking(self._frames, frame)
+
+    def _put_blocking(self, q: queue.Queue[Any], item: Any) -> None:
+        """Backpressure: wait for room, unless a stage failed (then nobody will make room)."""
+        while True:
+            try:
+                q.put(item, timeout=_POLL_S)
+                return
+            except queue.Full:
+                if self._failed.is_set():
+                    return
+
+    # --- classify --------------------------------------------------------------------------
+
+    def _classify_loop(self) -> None:
+        try:
+            while not self._failed.is_set():
+                frame = self._next_frame()
+                if frame is END:
+                    break
+                if isinstance(frame, Frame):
+                    self._put_blocking(self._results, self._classify(frame))
+        finally:
+            self._classify_done.set()
+            self._put_blocking(self._results, END)
+
+    def _next_frame(self) -> Frame | _End | None:
+        """The next captured frame; None when nothing arrived yet; END when capture is over."""
+        if self.live:
+            frame = self._slot.get(_POLL_S)
+            if frame is None and self._capture_done.is_set():
+                return END
+            return frame
+        try:
+            return self._frames.get(timeout=_POLL_S)
+        except queue.Empty:
+            return None
+
+    def _classify(self, frame: Frame) -> Classified:
+        gray = render(frame, self.preprocess)
+        prediction = self.classifier.classify(gray)
+        thermal = ThermalStats.of(frame.celsius())
+        latency_ms = (time.monotonic_ns() - frame.capture_mono_ns) / 1e6
+        self.counters.classified += 1
+        self.counters.latencies_ms.append(latency_ms)
+        self.counters.inference_ms.append(prediction.inference_ms)
+        return Classified(frame, gray, prediction, thermal, latency_ms)
+
+    # --- session + publish -----------------------------------------------------------------
+
+    def _publish_loop(self) -> None:
+        try:
+            while True:
+                item = _get(self._results, self._classify_done)
+                if isinstance(item, _End):
+                    break
+                if item is not None:
+                    self._publish(item)
+                self._maybe_stats()
+        finally:
+            self._publish_done.set()
+            self._put_blocking(self._out, END)
+            self._end_session()
+
+    def _publish(self, item: Classified) -> None:
+        result = self.session.add(
+            item.frame, item.prediction, item.thermal, item.capture_to_result_ms
+        )
+        self.publisher.publish_result(result, self.model)
+        self.counters.published += 1
+        if result.seq % self.cfg.session.state_every_frames == 0:
+            self.publisher.publish_state(self.cfg.camera_id, self.session.state_payload())
+        if self.output_factory is not None:
+            self._to_output(item)
+
+    def _to_output(self, item: Classified) -> None:
+        if not self.live:
+            self._put_blocking(self._out, item)
+            return
+        while True:  # live: never block the publisher; drop the oldest annotated frame
+            try:
+                self._out.put_nowait(item)
+                return
+            except queue.Full:
+                try:
+                    self._out.get_nowait()
+                    self.counters.output_dropped += 1
+                except queue.Empty:
+                    pass
+
+    def _end_session(self) -> None:
+        reason = self._end_reason if self._end_reason in ("eos", "error") else "stopped"
+        self.session.end(reason)  # type: ignore[arg-type]
+        self.publisher.publish_state(self.cfg.camera_id, self.session.state_payload())
+        self.publisher.publish_session(
+            self.cfg.camera_id, self.session.summary_payload(self.drops())
+        )
+        self.publisher.publish_stats(self.stats_payload())
+
+    def _maybe_stats(self) -> None:
+        now = time.monotonic()
+        if now - self._last_stats_mono < self.cfg.mqtt.stats_interval_s:
+            return
+        stats = self.stats_payload()
+        self.publisher.publish_stats(stats)
+        log.info(
+            "%d results, %.1f fps, capture->result p50 %.1f ms p95 %.1f ms, drops %s",
+            self.counters.published,
+            stats["fps"],
+            stats["latency_ms"]["capture_to_result"]["p50"],
+            stats["latency_ms"]["capture_to_result"]["p95"],
+            stats["drops"],
+        )
+
+    def drops(self) -> dict[str, int]:
+        """Every drop, per stage (replay keeps these at zero by design)."""
+        return {
+            "source": int(self.source.stats.dropped),
+            "handoff": self.counters.handoff_dropped,
+            "output": self.counters.output_dropped,
+        }
+
+    def stats_payload(self) -> dict[str, Any]:
+        """The `stats` message: rate since the last one, latency percentiles, drops, queues."""
+        now = time.monotonic()
+        done = self.counters.published
+        interval = max(now - self._last_stats_mono, 1e-9)
+        fps = (done - self._last_stats_results) / interval
+        self._last_stats_mono, self._last_stats_results = now, done
+        src = self.source.stats
+        return {
+            "schema": STATS_SCHEMA,
+            "device_id": self.cfg.device_id,
+            "camera_id": self.cfg.camera_id,
+            "session_id": self.session.session_id,
+            "mode": self.session.mode,
+            "uptime_s": round(now - self._started_mono, 3),
+            "frames": {"captured": self.counters.captured, "results": done},
+            "fps": round(fps, 3),
+            "latency_ms": {
+                "capture_to_result": percentiles(self.counters.latencies_ms),
+                "inference": percentiles(self.counters.inference_ms),
+            },
+            "drops": self.drops(),
+            "queues": {
+                "frames": None if self.live else self._frames.qsize(),
+                "results": self._results.qsize(),
+                "output": self._out.qsize(),
+            },
+            "source": {"rebuilds": src.rebuilds, "errors": src.errors},
+            "outbox": self.publisher.stats(),
+        }
+
+    # --- output ----------------------------------------------------------------------------
+
+    def _output_loop(self) -> None:
+        assert self.output_factory is not None
+        out: Output | None = None
+        try:
+            while True:
+                item = _get(self._out, self._publish_done)
+                if isinstance(item, _End):
+                    break
+                if item is None:
+                    continue
+                if out is None:
+                    height, width = item.gray.shape[:2]
+                    out = self.output_factory(width, height)
+                out.write(item.gray, item.prediction, item.thermal, item.frame.index)
+        finally:
+            if out is not None:
+                out.close()
+
+    # --- summary ---------------------------------------------------------------------------
+
+    def _summary(self) -> RunSummary:
+        wall = time.monotonic() - self._started_mono
+        verdict = self.session.verdict()
+        return RunSummary(
+            session_id=self.session.session_id,
+            mode=self.session.mode,
+            end_reason="source" if self._error_kind == "source" else str(self.session.end_reason),
+            frames_captured=self.counters.captured,
+            results=self.counters.published,
+            wall_s=wall,
+            fps=self.counters.published / wall if wall > 0 else 0.0,
+            latency_ms=percentiles(self.counters.latencies_ms),
+            drops=self.drops(),
+            verdict=verdict.to_dict(self.session.policy) if verdict else None,
+            outbox_pending=0,
+            flushed=False,
+            error=self._error,
+        )
+
+
+def _get(q: queue.Queue[Any], upstream_done: threading.Event) -> Any:
+    """The next item; None while waiting; END once upstream is done and nothing is left
+    (also when a failed upstream could not deliver its END)."""
+    try:
+        return q.get(timeout=_POLL_S)
+    except queue.Empty:
+        return END if upstream_done.is_set() else None
+
+
+# --- building a run from config ------------------------------------------------------------
+
+
+def source_options(cfg: AppConfig) -> SourceOptions:
+    """Config -> capture options; an explicit mode overrides what the URI scheme implies."""
+    live = None if cfg.mode == "auto" else cfg.mode == "live"
+    c = cfg.capture
+    return SourceOptions(
+        camera_id=cfg.camera_id,
+        live=live,
+        fps=c.fps,
+        realtime=c.realtime,
+        profile=c.profile,
+        width=c.width,
+        height=c.height,
+        jetson=c.jetson,
+        reconnect_min_s=c.reconnect_min_s,
+        reconnect_max_s=c.reconnect_max_s,
+        loop=c.loop,
+    )
+
+
+def outbox_for(cfg: AppConfig, live: bool) -> OutboxConfig | None:
+    """Replay never drops: a full outbox blocks capture. Live takes the configured policy."""
+    if not cfg.outbox.enabled:
+        return None
+    if live:
+        return cfg.outbox
+    return cfg.outbox.model_copy(update={"when_full": "block"})
+
+
+def _make_publisher(cfg: AppConfig, live: bool) -> ResultSink:
+    from pipeline.publish import Publisher
+
+    publisher: ResultSink = Publisher(cfg.mqtt, cfg.device_id, outbox_for(cfg, live))
+    return publisher
+
+
+def _output_factory(cfg: AppConfig) -> Callable[[int, int], Output] | None:
+    if cfg.output is None:
+        return None
+    from pipeline.output import open_output
+
+    uri, fps = cfg.output, cfg.capture.fps
+
+    def factory(width: int, height: int) -> Output:
+        made: Output = open_output(uri, width, height, fps)
+        return made
+
+    return factory
+
+
+def _pending(stats: dict[str, Any]) -> int:
+    """Unacknowledged results left in the outbox, from the publisher's stats."""
+    for key in ("outbox_pending", "pending"):
+        value = stats.get(key)
+        if isinstance(value, int):
+            return value
+    nested = stats.get("outbox")
+    if isinstance(nested, dict) and isinstance(nested.get("pending"), int):
+        return int(nested["pending"])
+    return 0
+
+
+@contextmanager
+def _closing(thing: Any) -> Iterator[Any]:
+    try:
+        yield thing
+    finally:
+        thing.close()
+
+
+def run(
+    cfg: AppConfig,
+    stop: threading.Event | None = None,
+    max_frames: int | None = None,
+    publisher: ResultSink | None = None,
+) -> RunSummary:
+    """Check the model, open the source, run one session and flush the publisher.
+
+    Raises RunError (one line) when the run cannot start. `stop` ends it early (signals).
+    """
+    if cfg.source is None:
+        raise RunError("no source: give SOURCE on the command line or `source:` in the config")
+    stop = stop or threading.Event()
+    try:
+        classifier = load_classifier(
+            cfg.model.dir,
+            backend=cfg.model.backend,
+            threshold=cfg.model.threshold,
+            top_k=cfg.model.top_k,
+            intra_op_threads=cfg.model.intra_op_threads,
+        )
+    except (ModelError, ValueError) as exc:
+        raise RunError(str(exc)) from exc
+    with _closing(classifier):
+        try:
+            preprocess = resolve_preprocessing(
+                classifier.model, cfg.preprocess, cfg.model.follow_manifest
+            )
+            source = open_source(cfg.source, source_options(cfg))
+            source.open()
+        except (ModelError, SourceError) as exc:
+            raise RunError(str(exc)) from exc
+        with _closing(source):
+            live = source.is_live if cfg.mode == "auto" else cfg.mode == "live"
+            log.info(
+                "%s %s -> model %s (%s), preprocessing %s",
+                "live" if live else "replay",
+                source.uri,
+                classifier.model.manifest.name,
+                classifier.backend,
+                preprocess.model_dump(),
+            )
+            sink = publisher or _make_publisher(cfg, live)
+            sink.start()
+            try:
+                pipeline = Pipeline(
+                    cfg,
+                    source,
+                    classifier,
+                    preprocess,
+                    sink,
+                    live=live,
+                    output_factory=_output_factory(cfg),
+                    max_frames=max_frames,
+                    stop=stop,
+                )
+            except ValueError as exc:  # e.g. an operating threshold without a positive label
+                sink.stop(0.0)
+                raise RunError(f"{classifier.model.root}: {exc}") from exc
+            summary = pipeline.run()
+            summary.flushed = sink.stop(cfg.flush_timeout_s)
+            summary.outbox_pending = _pending(sink.stats())
+            return summary
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "source",
+        nargs="?",
+        help="source URI (file://rec.mp4, v4l2:///dev/video0, "
+        "dmr://folder, test://, ...); overrides `source:` in the config",
+    )
+    parser.add_argument(
+        "output",
+        nargs="?",
+        help="annotated output URI (file://out.mp4, display://0, rtp://host:port)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"YAML config (default {DEFAULT_CONFIG} when it exists); "
+        "THERMOSCREEN_* variables override it, flags override both",
+    )
+    parser.add_argument(
+        "--model", type=Path, help="model directory (model.onnx, labels.txt, model.json)"
+    )
+    parser.add_argument("--backend", choices=["auto", "onnxruntime", "jetson"])
+    parser.add_argument("--device-id", help="device id (MQTT topic level)")
+    parser.add_argument("--camera-id", help="camera id (MQTT topic level)")
+    parser.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker")
+    parser.add_argument("--mode", choices=["auto", "live", "replay"])
+    parser.add_argument(
+        "--realtime",
+        action="store_true",
+        default=None,
+        help="replay recordings at their own frame rate",
+    )
+    parser.add_argument("--fps", type=float, help="frame rate of test:// sources")
+    parser.add_argument(
+        "--follow-manifest",
+        action="store_true",
+        default=None,
+        help="use the model's preprocessing when the config's differs",
+    )
+    parser.add_argument("--max-frames", type=int, help="stop after N captured frames")
+    parser.add_argument("--outbox", type=Path, help="durable outbox file (SQLite)")
+    parser.add_argument(
+        "--flush-timeout", type=float, help="seconds to wait for the outbox to empty at exit"
+    )
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.epilog = (
+        "exit codes: 0 done; 1 failed while running; 2 bad input (config, model, source); "
+        "3 finished but results still wait in the outbox (they go out on the next start)"
+    )
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """CLI flags -> dotted config overrides (only the flags given)."""
+    flat: dict[str, Any] = {
+        "source": args.source,
+        "output": args.output,
+        "model.dir": args.model,
+        "model.backend": args.backend,
+        "device_id": args.device_id,
+        "camera_id": args.camera_id,
+        "mode": args.mode,
+        "capture.realtime": args.realtime,
+        "capture.fps": args.fps,
+        "model.follow_manifest": args.follow_manifest,
+        "outbox.path": args.outbox,
+        "flush_timeout_s": args.flush_timeout,
+        "log_level": args.log_level,
+    }
+    if args.broker:
+        host, sep, port = args.broker.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(f"--broker {args.broker!r}: expected HOST:PORT, e.g. 127.0.0.1:1883")
+        flat["mqtt.host"], flat["mqtt.port"] = host, int(port)
+    return {k: v for k, v in flat.items() if v is not None}
+
+
+def _config_path(args: argparse.Namespace) -> Path | None:
+    if args.config is not None:
+        return Path(args.config)
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM set the stop event: the run drains, publishes the summary and exits."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            log.warning("%s again: still shutting down", signal.Signals(signum).name)
+        else:
+            log.info("%s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def print_summary(summary: RunSummary, cfg: AppConfig) -> None:
+    lat = summary.latency_ms
+    print(
+        f"thermoscreen run: {summary.results} results from {summary.frames_captured} frames in "
+        f"{summary.wall_s:.1f} s ({summary.fps:.1f} fps); capture->result p50 {lat['p50']:.1f} ms, "
+        f"p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms"
+    )
+    verdict = summary.verdict
+    said = f"{verdict['label']} (score {verdict['score']:.3f})" if verdict else "none (no frames)"
+    dropped = sum(summary.drops.values())
+    print(
+        f"session {summary.session_id} ({summary.mode}): ended by {summary.end_reason}; "
+        f"rolling verdict {said}; drops {dropped} {summary.drops}"
+    )
+    if summary.outbox_pending:
+        print(
+            f"{summary.outbox_pending} results are still waiting in the outbox {cfg.outbox.path} "
+            f"(broker {cfg.mqtt.host}:{cfg.mqtt.port} did not acknowledge them); nothing is "
+            "lost: they are sent on the next start with this outbox",
+            file=sys.stderr,
+        )
+    else:
+        print("outbox: empty (every result acknowledged by the broker)")
+    print(f"Note: {DISCLAIMER}")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(_config_path(args), overrides_from_args(args))
+    except ConfigError as exc:
+        print(f"thermoscreen run: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    logging.basicConfig(
+        level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    stop = threading.Event()
+    try:
+        with _stop_on_signals(stop):
+            summary = run(cfg, stop=stop, max_frames=args.max_frames)
+    except RunError as exc:
+        print(f"thermoscreen run: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if summary.error is not None:
+        print(f"thermoscreen run: {summary.error}", file=sys.stderr)
+    print_summary(summary, cfg)
+    return summary.exit_code
