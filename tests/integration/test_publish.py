@@ -1,0 +1,442 @@
+"""The MQTT publisher against a real mosquitto: topics, QoS, retained status, Last Will, and no
+result lost across a broker outage or a crash of the publishing process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from pipeline.config import MqttConfig, OutboxConfig
+from pipeline.payload import schema_errors
+from pipeline.publish import Publisher, PublisherStopped
+from pipeline.types import FrameResult, ModelInfo, Prediction, ThermalStats, TopK
+from tests.conftest import REPO, Broker
+
+DEVICE = "dev1"
+MODEL = ModelInfo(name="tiny", version="1", sha256="a" * 64, backend="onnxruntime")
+WAIT_S = 20.0  # generous upper bound on waits; tests finish as soon as the condition holds
+
+
+def make_result(seq: int, camera_id: str = "cam0", session_id: str = "s1") -> FrameResult:
+    pred = Prediction(
+        label="healthy",
+        index=0,
+        score=0.875,
+        scores=(0.875, 0.125),
+        top_k=(TopK(0, "healthy", 0.875), TopK(1, "sick", 0.125)),
+        inference_ms=2.5,
+    )
+    return FrameResult(
+        session_id=session_id,
+        mode="replay",
+        camera_id=camera_id,
+        seq=seq,
+        frame_index=seq,
+        capture_ts=time.time(),
+        source="dmr://test",
+        prediction=pred,
+        thermal=ThermalStats(22.5, 35.25, 30.0),
+        capture_to_result_ms=4.0,
+    )
+
+
+def mqtt_config(broker: Broker, **overrides: object) -> MqttConfig:
+    """Short keepalive and backoff so that reconnects in tests take well under a second."""
+    base: dict[str, object] = {
+        "host": broker.host,
+        "port": broker.port,
+        "keepalive_s": 5,
+        "reconnect_min_s": 0.1,
+        "reconnect_max_s": 0.5,
+        "result_expiry_s": 3600,
+    }
+    base.update(overrides)
+    return MqttConfig.model_validate(base)
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+    properties: Properties | None
+
+
+class Collector:
+    """A real subscriber, like the logger: fixed client id, persistent session, QoS 1, so the
+    broker queues for it while it reconnects after a broker restart."""
+
+    def __init__(self, broker: Broker, topic: str = "thermoscreen/#") -> None:
+        self.messages: list[Received] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"collector-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv5,
+        )
+        self.client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: self._subscribed.set()
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 600
+        self.client.connect(broker.host, broker.port, clean_start=False, properties=props)
+        self.client.loop_start()
+        assert self._subscribed.wait(WAIT_S), "collector could not subscribe"
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append(Received(msg.topic, msg.payload, bool(msg.retain), msg.properties))
+
+    def on(self, topic: str) -> list[Received]:
+        with self._lock:
+            return [m for m in self.messages if m.topic == topic]
+
+    def result_ids(self, topic: str = "thermoscreen/dev1/cam0/result") -> list[str]:
+        return [json.loads(m.payload)["message_id"] for m in self.on(topic)]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def retained(broker: Broker, topic: str) -> bytes | None:
+    """What a new subscriber gets as the retained message on `topic` (None if nothing)."""
+    got: list[bytes] = []
+    done = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+
+    def on_message(c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
+        if msg.retain:
+            got.append(msg.payload)
+            done.set()
+
+    client.on_message = on_message
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    done.wait(2.0)  # retained messages arrive right after SUBACK, or not at all
+    client.disconnect()
+    client.loop_stop()
+    return got[-1] if got else None
+
+
+@pytest.fixture
+def collector(broker: Broker) -> Iterator[Collector]:
+    c = Collector(broker)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def publishers() -> Iterator[list[Publisher]]:
+    """Publishers a test started; stopped at the end even when the test fails."""
+    started: list[Publisher] = []
+    yield started
+    for p in started:
+        p.stop(flush_timeout_s=0.5)
+
+
+def start_publisher(
+    publishers: list[Publisher], mqtt_cfg: MqttConfig, outbox: OutboxConfig | None
+) -> Publisher:
+    pub = Publisher(mqtt_cfg, DEVICE, outbox)
+    pub.start()
+    publishers.append(pub)
+    return pub
+
+
+# -- contract ---------------------------------------------------------------------------------
+
+
+def test_results_arrive_in_order_schema_valid_with_expiry_and_status(
+    broker: Broker, collector: Collector, tmp_path: Path, publishers: list[Publisher]
+) -> None:
+    pub = start_publisher(publishers, mqtt_config(broker), OutboxConfig(path=tmp_path / "o.sqlite"))
+    assert wait_until(lambda: pub.connected)
+    assert wait_until(lambda: retained(broker, "thermoscreen/dev1/status") == b"online")
+
+    sent = [pub.publish_result(make_result(i), MODEL) for i in range(40)]
+    assert wait_until(lambda: len(collector.result_ids()) >= 40)
+    results = collector.on("thermoscreen/dev1/cam0/result")
+    payloads = [json.loads(m.payload) for m in results]
+    assert [p["message_id"] for p in payloads] == sent
+    assert [p["seq"] for p in payloads] == list(range(40))
+    for m, p in zip(results, payloads, strict=True):
+        assert schema_errors(p) == []
+        assert p["device_id"] == DEVICE and p["model"]["sha256"] == "a" * 64
+        assert m.retain is False
+        assert m.properties is not None
+        assert 0 < m.properties.MessageExpiryInterval <= 3600
+        assert m.properties.ContentType == "application/json"
+
+    assert pub.stop() is True
+    stats = pub.stats()
+    assert stats["acked"] == 40 and stats["pending"] == 0 and stats["dropped_full"] == 0
+    assert retained(broker, "thermoscreen/dev1/status") == b"stopped"
+    with pytest.raises(PublisherStopped):
+        pub.publish_result(make_result(40), MODEL)
+
+
+def test_state_is_retained_session_durable_stats_qos0(
+    broker: Broker, collector: Collector, publishers: list[Publisher]
+) -> None:
+    pub = start_publisher(publishers, mqtt_config(broker), None)
+    assert wait_until(lambda: pub.connected)
+    pub.publish_state("cam0", {"verdict": "healthy", "frames": 3})
+    pub.publish_session("cam0", {"session_id": "s1", "verdict": "healthy"})
+    pub.publish_stats({"fps": 12.5})
+    assert wait_until(lambda: len(collector.on("thermoscreen/dev1/stats")) == 1)
+    assert wait_until(lambda: len(collector.on("thermoscreen/dev1/cam0/session")) == 1)
+    assert (
+        json.loads(collector.on("thermoscreen/dev1/cam0/session")[0].payload)["session_id"] == "s1"
+    )
+    assert wait_until(lambda: pub.stats()["pending"] == 0)
+    state = retained(broker, "thermoscreen/dev1/cam0/state")
+    assert state is not None and json.loads(state) == {"verdict": "healthy", "frames": 3}
+    assert retained(broker, "thermoscreen/dev1/stats") is None  # stats are not retained
+
+
+def test_bad_ids_and_topic_levels_raise_at_once(broker: Broker) -> None:
+    for device in ("", "a/b", "a+b", "a#", "x" * 65):
+        with pytest.raises(ValueError, match="device_id"):
+            Publisher(mqtt_config(broker), device)
+    pub = Publisher(mqtt_config(broker), DEVICE)
+    with pytest.raises(ValueError, match="topic level"):
+        pub.topic("cam/0")
+    with pytest.raises(ValueError, match="camera_id"):
+        pub.publish_result(make_result(0, camera_id="cam+0"), MODEL)
+    with pytest.raises(ValueError, match="camera_id"):
+        pub.publish_state("", {})
+    assert pub.topic("cam0", "result") == "thermoscreen/dev1/cam0/result"
+    assert pub.stop(flush_timeout_s=0.1) is True  # never started, nothing stored
+
+
+# -- outages ----------------------------------------------------------------------------------
+
+
+def test_broker_down_at_start_queues_then_delivers_exactly_the_set(
+    broker: Broker, tmp_path: Path, publishers: list[Publisher]
+) -> None:
+    broker.stop()
+    pub = start_publisher(publishers, mqtt_config(broker), OutboxConfig(path=tmp_path / "o.sqlite"))
+    sent = {pub.publish_result(make_result(i), MODEL) for i in range(30)}  # returns, no hang
+    assert pub.stats()["pending"] == 30
+    assert wait_until(lambda: pub.last_error is not None)
+    assert "connection refused" in str(pub.last_error)
+    assert pub.connected is False and pub.fatal_error is None  # refused: retry, not fatal
+
+    broker.start()
+    collector = Collector(broker)
+    try:
+        assert wait_until(lambda: set(collector.result_ids()) == sent)
+        assert wait_until(lambda: pub.stats()["pending"] == 0)
+        assert pub.stop() is True
+        assert set(collector.result_ids()) == sent
+    finally:
+        collector.close()
+
+
+def test_broker_restart_mid_stream_loses_no_result(
+    broker: Broker, collector: Collector, tmp_path: Path, publishers: list[Publisher]
+) -> None:
+    pub = start_publisher(publishers, mqtt_config(broker), OutboxConfig(path=tmp_path / "o.sqlite"))
+    assert wait_until(lambda: pub.connected)
+    sent: list[str] = []
+
+    def produce() -> None:
+        for i in range(300):
+            sent.append(pub.publish_result(make_result(i), MODEL))
+            time.sleep(0.005)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    assert wait_until(lambda: len(sent) >= 60)
+    broker.stop()
+    assert wait_until(lambda: not pub.connected)
+    time.sleep(0.3)  # results keep coming while the broker is down
+    broker.start()
+    producer.join(WAIT_S)
+    assert not producer.is_alive()
+
+    assert wait_until(lambda: set(sent) <= set(collector.result_ids()))
+    assert pub.stop() is True
+    received = collector.result_ids()
+    assert set(received) == set(sent)  # at least once, none missing
+    stats = pub.stats()
+    assert stats["reconnects"] >= 1 and stats["acked"] >= 300
+    online = [m for m in collector.on("thermoscreen/dev1/status") if m.payload == b"online"]
+    assert len(online) >= 2  # `online` again after the reconnect
+
+
+def test_block_when_full_waits_and_stop_releases_the_producer(
+    broker: Broker, tmp_path: Path, publishers: list[Publisher]
+) -> None:
+    broker.stop()
+    outbox = OutboxConfig(path=tmp_path / "o.sqlite", max_messages=3, when_full="block")
+    pub = start_publisher(publishers, mqtt_config(broker), outbox)
+    for i in range(3):
+        pub.publish_result(make_result(i), MODEL)
+    outcome: list[BaseException] = []
+
+    def producer() -> None:
+        try:
+            pub.publish_result(make_result(3), MODEL)
+        except PublisherStopped as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=producer)
+    t.start()
+    t.join(0.5)
+    assert t.is_alive()  # full and the broker is down: the replay producer waits
+    assert pub.stop(flush_timeout_s=0.2) is False  # nothing could be acked
+    t.join(WAIT_S)
+    assert not t.is_alive() and len(outcome) == 1
+    assert pub.stats()["pending"] == 3 and pub.stats()["dropped_full"] == 0
+
+
+def test_drop_oldest_when_full_counts_and_keeps_the_newest(
+    broker: Broker, tmp_path: Path, publishers: list[Publisher]
+) -> None:
+    broker.stop()
+    outbox = OutboxConfig(path=tmp_path / "o.sqlite", max_messages=5, when_full="drop_oldest")
+    pub = start_publisher(publishers, mqtt_config(broker), outbox)
+    sent = [pub.publish_result(make_result(i), MODEL) for i in range(12)]
+    assert pub.stats()["dropped_full"] == 7 and pub.stats()["pending"] == 5
+
+    broker.start()
+    collector = Collector(broker)
+    try:
+        assert wait_until(lambda: pub.stats()["pending"] == 0)
+        assert wait_until(lambda: set(collector.result_ids()) == set(sent[-5:]))
+    finally:
+        collector.close()
+
+
+def test_stop_with_broker_down_keeps_results_for_the_next_start(
+    broker: Broker, tmp_path: Path, publishers: list[Publisher]
+) -> None:
+    broker.stop()
+    outbox = OutboxConfig(path=tmp_path / "o.sqlite")
+    first = Publisher(mqtt_config(broker), DEVICE, outbox)
+    first.start()
+    sent = {first.publish_result(make_result(i), MODEL) for i in range(5)}
+    assert first.stop(flush_timeout_s=0.2) is False
+
+    broker.start()
+    collector = Collector(broker)
+    try:
+        second = start_publisher(publishers, mqtt_config(broker), outbox)
+        assert wait_until(lambda: set(collector.result_ids()) == sent)
+        assert second.stop() is True
+    finally:
+        collector.close()
+
+
+# -- the publishing process dies --------------------------------------------------------------
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from pipeline.config import MqttConfig, OutboxConfig
+    from pipeline.publish import Publisher
+    from tests.integration.test_publish import MODEL, make_result
+
+    port, outbox_path, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    cfg = MqttConfig(port=port, keepalive_s=5, reconnect_min_s=0.1, reconnect_max_s=0.5)
+    pub = Publisher(cfg, "dev1", OutboxConfig(path=Path(outbox_path)))
+    pub.start()
+    if n == 0:
+        while not pub.connected:
+            time.sleep(0.02)
+    for i in range(n):
+        print(pub.publish_result(make_result(i), MODEL), flush=True)
+    print("ready", flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def run_child(port: int, outbox_path: Path, n: int) -> tuple[subprocess.Popen[str], list[str]]:
+    """Start a publisher process; return it with the message ids it printed before 'ready'."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(port), str(outbox_path), str(n)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.stdout is not None
+    ids: list[str] = []
+    for line in proc.stdout:
+        if line.strip() == "ready":
+            return proc, ids
+        ids.append(line.strip())
+    proc.wait()
+    raise AssertionError(f"publisher process exited with {proc.returncode} before it was ready")
+
+
+def sigkill(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(WAIT_S)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def test_last_will_offline_when_the_publisher_process_is_killed(
+    broker: Broker, collector: Collector, tmp_path: Path
+) -> None:
+    proc, _ = run_child(broker.port, tmp_path / "o.sqlite", 0)
+    try:
+        assert wait_until(lambda: retained(broker, "thermoscreen/dev1/status") == b"online")
+    finally:
+        sigkill(proc)
+    status = "thermoscreen/dev1/status"
+    assert wait_until(lambda: [m.payload for m in collector.on(status)][-1:] == [b"offline"])
+    assert retained(broker, status) == b"offline"
+
+
+def test_results_of_a_killed_process_are_delivered_by_the_next_publisher(
+    broker: Broker, tmp_path: Path, publishers: list[Publisher]
+) -> None:
+    broker.stop()
+    outbox_path = tmp_path / "o.sqlite"
+    proc, sent = run_child(broker.port, outbox_path, 25)
+    sigkill(proc)  # no clean stop: the results exist only in the outbox file
+    assert len(sent) == 25
+
+    broker.start()
+    collector = Collector(broker)
+    try:
+        pub = start_publisher(publishers, mqtt_config(broker), OutboxConfig(path=outbox_path))
+        assert wait_until(lambda: set(collector.result_ids()) == set(sent))
+        assert collector.result_ids() == sent  # re-sent in id order
+        assert pub.stop() is True
+    finally:
+        collector.close()
