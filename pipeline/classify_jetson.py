@@ -98,12 +98,18 @@ class JetsonImageNetClassifier:
                 "minutes on the first start",
                 model.onnx_path,
             )
-        self._net: Any = self._ji.imageNet(
-            model=str(model.onnx_path),
-            labels=str(model.labels_path),
-            input_blob=model.manifest.input.name,
-            output_blob=model.manifest.output.name,
-        )
+        try:
+            self._net: Any = self._ji.imageNet(
+                model=str(model.onnx_path),
+                labels=str(model.labels_path),
+                input_blob=model.manifest.input.name,
+                output_blob=model.manifest.output.name,
+            )
+        except Exception as exc:  # the extension raises plain Exception; TensorRT logs the cause
+            raise ModelError(
+                f"{model.onnx_path}: imageNet could not load it ({exc}); see the TensorRT log "
+                "above, check the TensorRT version parses opset 13, or use backend: onnxruntime"
+            ) from exc
         self._check_labels()
         # Every class comes back (softmax outputs are >= 0); our own threshold is applied after.
         self._net.SetThreshold(0.0)
@@ -133,7 +139,7 @@ class JetsonImageNetClassifier:
             np.copyto(self._view, image)
         return self._image
 
-    def probabilities(self, image: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    def frame_probabilities(self, image: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         """Frame -> class probabilities [N], from imageNet's full result list."""
         if self._net is None:
             raise RuntimeError("classifier is closed")
@@ -153,7 +159,7 @@ class JetsonImageNetClassifier:
     def classify(self, image: npt.NDArray[np.uint8]) -> Prediction:
         """Frame -> Prediction with the same rules as the ONNX Runtime backend."""
         t0 = time.perf_counter_ns()
-        probs = self.probabilities(image)
+        probs = self.frame_probabilities(image)
         pred = imagenet_prediction(probs, self.labels, self.threshold, self.top_k)
         return dataclasses.replace(pred, inference_ms=(time.perf_counter_ns() - t0) / 1e6)
 

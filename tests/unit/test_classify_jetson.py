@@ -228,3 +228,17 @@ def test_real_imagenet_agrees_with_onnxruntime(tmp_path: Path) -> None:
         gray = _frame(h, w, 0)
         a, b = jet.classify(gray), ort_clf.classify(gray)
         assert np.allclose(a.scores, b.scores, atol=2e-2)
+
+
+def test_imagenet_load_failure_is_one_line_model_error(
+    fake_jetson: tuple[Any, Any], tiny_model: Path
+) -> None:
+    path = tiny_model / "model.json"
+    data = json.loads(path.read_text())
+    data["input"]["name"] = "data"  # imageNet cannot find this blob in the graph
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelError) as err:
+        JetsonImageNetClassifier(load_model_dir(tiny_model))
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{tiny_model / 'model.onnx'}: imageNet could not load it")
