@@ -1,0 +1,246 @@
+"""`thermoscreen quantize`: INT8 static quantization of an exported model, beside the FP32 one.
+
+Why static INT8: on a small CPU the FP32 ResNet18 is the pipeline's bottleneck; ONNX Runtime's
+QDQ INT8 kernels run it faster. Calibration uses real thermograms rendered exactly as serving
+renders them (`pipeline.preprocess`), so the activation ranges are the ones the model sees in use.
+The result is a full model directory (model.onnx, labels.txt, model.json with its own sha256 and a
+`quantization` record) that `pipeline.manifest.load_model_dir` and the ONNX Runtime backend load
+like any other. The Jetson backend keeps the FP32 model and builds its FP16 TensorRT engine from
+it.
+
+Every run checks the INT8 model against FP32 on held-out frames (not used for calibration): top-1
+agreement and the largest probability difference, and fails below `--min-agreement`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quant_pre_process,
+    quantize_static,
+)
+
+from pipeline import DISCLAIMER
+from pipeline.dmr import DataError, list_thermograms, load_frame
+from pipeline.manifest import (
+    LABELS_NAME,
+    ONNX_NAME,
+    ModelDir,
+    ModelError,
+    load_model_dir,
+    sha256_file,
+    write_manifest,
+)
+from pipeline.preprocess import model_input, render
+
+log = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+
+
+class QuantizeError(ValueError):
+    """A quantization that cannot be done or fails its check; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """INT8 vs FP32 on held-out frames."""
+
+    frames: int
+    top1_agreement: float
+    max_prob_diff: float
+    mean_prob_diff: float
+
+
+def serving_tensors(model: ModelDir, files: list[Path]) -> list[F32]:
+    """Each file rendered and turned into model input exactly as the pipeline does it."""
+    m = model.manifest
+    size = (int(m.input.shape[2]), int(m.input.shape[3]))
+    out: list[F32] = []
+    for i, path in enumerate(files):
+        gray = render(load_frame(path, index=i), m.preprocessing)
+        out.append(model_input(gray, size, m.mean, m.std))
+    return out
+
+
+def split_files(files: list[Path], n_calib: int, n_check: int) -> tuple[list[Path], list[Path]]:
+    """Calibration and check frames, disjoint, each spread evenly over the folder's order."""
+    if len(files) < 2:
+        raise QuantizeError(
+            f"need at least 2 thermograms (calibration + check), found {len(files)}; "
+            "pass a folder of training frames with --calib"
+        )
+    n_calib = max(1, min(n_calib, len(files) - 1))
+    pick = np.unique(np.linspace(0, len(files) - 1, n_calib).round().astype(int))
+    calib = [files[i] for i in pick]
+    rest = [f for i, f in enumerate(files) if i not in set(pick.tolist())]
+    step = max(1, len(rest) // max(1, n_check))
+    check = rest[::step][:n_check]
+    return calib, check
+
+
+class _Reader(CalibrationDataReader):  # type: ignore[misc]
+    """Feeds ready tensors to ONNX Runtime's calibrator, one frame per batch."""
+
+    def __init__(self, input_name: str, tensors: list[F32]) -> None:
+        self._feeds = iter([{input_name: t} for t in tensors])
+
+    def get_next(self) -> dict[str, F32] | None:
+        return next(self._feeds, None)
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def agreement(fp32: Path, int8: Path, input_name: str, tensors: list[F32]) -> Agreement:
+    """Top-1 agreement and probability differences between two ONNX files on the same tensors."""
+    a, b = _session(fp32), _session(int8)
+    same, diffs = 0, []
+    for t in tensors:
+        pa = np.asarray(a.run(None, {input_name: t})[0]).reshape(-1)
+        pb = np.asarray(b.run(None, {input_name: t})[0]).reshape(-1)
+        same += int(np.argmax(pa) == np.argmax(pb))
+        diffs.append(float(np.max(np.abs(pa - pb))))
+    return Agreement(
+        frames=len(tensors),
+        top1_agreement=same / len(tensors),
+        max_prob_diff=max(diffs),
+        mean_prob_diff=float(np.mean(diffs)),
+    )
+
+
+def quantize_model_dir(
+    model_dir: Path,
+    calib_dir: Path,
+    out_dir: Path,
+    max_images: int = 64,
+    check_images: int = 32,
+    per_channel: bool = True,
+    min_agreement: float = 0.9,
+) -> tuple[ModelDir, Agreement]:
+    """Quantize `model_dir` into `out_dir` (a new model directory) and check it against FP32."""
+    src = load_model_dir(model_dir)
+    files = list_thermograms(calib_dir)
+    calib_files, check_files = split_files(files, max_images, check_images)
+    log.info("calibrating on %d frames, checking on %d", len(calib_files), len(check_files))
+    input_name = src.manifest.input.name
+    calib = serving_tensors(src, calib_files)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / ONNX_NAME
+    with tempfile.TemporaryDirectory(prefix="thermoscreen-quant-") as tmp:
+        prepped = Path(tmp) / "prepped.onnx"
+        quant_pre_process(str(src.onnx_path), str(prepped), skip_symbolic_shape=False)
+        quantize_static(
+            str(prepped),
+            str(target),
+            calibration_data_reader=_Reader(input_name, calib),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+    check = agreement(src.onnx_path, target, input_name, serving_tensors(src, check_files))
+    if check.top1_agreement < min_agreement:
+        raise QuantizeError(
+            f"{target}: INT8 top-1 agrees with FP32 on {check.top1_agreement:.1%} of "
+            f"{check.frames} held-out frames, below --min-agreement {min_agreement:.0%}; "
+            "calibrate on more or more typical frames (--max-images)"
+        )
+    shutil.copyfile(src.labels_path, out_dir / LABELS_NAME)
+    m = src.manifest
+    record = {
+        "method": "onnxruntime static, QDQ",
+        "weights": "int8 symmetric, per-channel" if per_channel else "int8 symmetric, per-tensor",
+        "activations": "uint8 asymmetric, MinMax calibration",
+        "onnxruntime": ort.__version__,
+        "from_sha256": m.sha256,
+        "from_version": m.version,
+        "calibration": {
+            "folder": str(calib_dir),
+            "frames": len(calib_files),
+            "preprocessing": "pipeline.preprocess (render + model_input), as serving",
+        },
+        "check": asdict(check),
+        "backend": "onnxruntime CPU; the jetson backend builds FP16 TensorRT from the FP32 model",
+    }
+    manifest = m.model_copy(
+        update={
+            "name": f"{m.name}-int8",
+            "version": f"{m.version}+int8",
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "sha256": sha256_file(target),
+            "quantization": record,
+        }
+    )
+    write_manifest(out_dir, manifest)
+    return load_model_dir(out_dir), check
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="FP32 model directory")
+    parser.add_argument(
+        "--calib",
+        type=Path,
+        required=True,
+        help="folder of training thermograms (DMR matrices or images) for calibration",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="INT8 model directory to write")
+    parser.add_argument(
+        "--max-images", type=int, default=64, help="calibration frames (default 64)"
+    )
+    parser.add_argument(
+        "--check-images",
+        type=int,
+        default=32,
+        help="held-out frames for the INT8 vs FP32 check (default 32)",
+    )
+    parser.add_argument(
+        "--per-tensor", action="store_true", help="per-tensor weights instead of per-channel"
+    )
+    parser.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.9,
+        help="fail when INT8 top-1 agrees with FP32 on fewer held-out frames (default 0.9)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.max_images < 1 or args.check_images < 1:
+        print("thermoscreen quantize: --max-images and --check-images must be >= 1")
+        return 2
+    try:
+        model, check = quantize_model_dir(
+            args.model,
+            args.calib,
+            args.out,
+            max_images=args.max_images,
+            check_images=args.check_images,
+            per_channel=not args.per_tensor,
+            min_agreement=args.min_agreement,
+        )
+    except (ModelError, DataError, QuantizeError) as exc:
+        print(f"thermoscreen quantize: {exc}")
+        return 1
+    print(json.dumps({"model": str(model.root), "check": asdict(check)}, indent=2))
+    print(DISCLAIMER)
+    return 0
