@@ -74,6 +74,11 @@ class ModelManifest(BaseModel):
     synthetic: bool = Field(
         default=False, description="True for demo models trained on synthetic thermograms."
     )
+    quantization: dict[str, Any] | None = Field(
+        default=None,
+        description="How an INT8 model was derived from its FP32 parent (`thermoscreen quantize`); "
+        "null for an exported FP32 model.",
+    )
     disclaimer: str = DISCLAIMER
 
 
