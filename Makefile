@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	gstreamer1.0-libav gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 \
 	libgirepository1.0-dev libcairo2-dev pkg-config gcc python3-venv python3-dev \
-	mosquitto mosquitto-clients openssl
+	mosquitto mosquitto-clients openssl postgresql
 DEMO_MODEL := models/demo
 DEMO_DIR := var/demo
 
