@@ -61,14 +61,18 @@ class ModelManifest(BaseModel):
     resize: Literal["nearest-stretch"] = Field(
         default="nearest-stretch", description="imageNet's whole-frame nearest-neighbour stretch."
     )
-    preprocessing: PreprocessConfig = Field(description="Rendering and equalization used in training.")
+    preprocessing: PreprocessConfig = Field(
+        description="Rendering and equalization used in training."
+    )
     labels: tuple[str, ...] = Field(description="Class labels, same order as output.")
     threshold: float | None = Field(
         default=None,
         description="Operating threshold on the positive ('sick') probability chosen on validation "
         "folds; null means argmax.",
     )
-    positive_label: str = Field(default="sick", description="Label whose probability is thresholded.")
+    positive_label: str = Field(
+        default="sick", description="Label whose probability is thresholded."
+    )
     data: dict[str, Any] = Field(default_factory=dict, description="Training data summary.")
     metrics: dict[str, Any] = Field(default_factory=dict, description="Evaluation metrics.")
     synthetic: bool = Field(
@@ -96,7 +100,9 @@ def check_labels(labels: list[str] | tuple[str, ...], where: str) -> None:
         raise ModelError(f"{where}: no labels; write one label per line (e.g. healthy, sick)")
     for i, label in enumerate(labels):
         if not label.strip() or label != label.strip():
-            raise ModelError(f"{where}: label {i + 1} is blank or padded; remove blank lines/spaces")
+            raise ModelError(
+                f"{where}: label {i + 1} is blank or padded; remove blank lines/spaces"
+            )
         if _SYNSET.match(label):
             raise ModelError(
                 f"{where}: label {label!r} looks like an ImageNet synset ('n' + 8 chars + "
@@ -140,15 +146,21 @@ def load_model_dir(root: str | Path, verify_sha256: bool = True) -> ModelDir:
     """Read and check a model directory; raise ModelError with one line on any disagreement."""
     root = Path(root)
     if not root.is_dir():
-        raise ModelError(f"{root}: model directory not found; build one with `make model` or "
-                         "`thermoscreen export`")
+        raise ModelError(
+            f"{root}: model directory not found; build one with `make model` or "
+            "`thermoscreen export`"
+        )
     mpath = root / MANIFEST_NAME
     if not mpath.is_file():
-        raise ModelError(f"{mpath}: manifest missing; re-export the model with `thermoscreen export`")
+        raise ModelError(
+            f"{mpath}: manifest missing; re-export the model with `thermoscreen export`"
+        )
     try:
         manifest = ModelManifest.model_validate(json.loads(mpath.read_text(encoding="utf-8")))
     except json.JSONDecodeError as exc:
-        raise ModelError(f"{mpath}: not valid JSON ({exc.msg} at line {exc.lineno}); re-export") from exc
+        raise ModelError(
+            f"{mpath}: not valid JSON ({exc.msg} at line {exc.lineno}); re-export"
+        ) from exc
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])

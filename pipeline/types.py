@@ -43,7 +43,9 @@ class Frame:
         if self.kind is FrameKind.CELSIUS:
             return np.asarray(self.pixels, dtype=np.float32)
         if self.kind is FrameKind.RAW16:
-            kelvin = self.pixels.astype(np.float32) * np.float32(self.scale) + np.float32(self.offset)
+            kelvin = self.pixels.astype(np.float32) * np.float32(self.scale) + np.float32(
+                self.offset
+            )
             return kelvin - np.float32(KELVIN_OFFSET)
         return None
 
