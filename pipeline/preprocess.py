@@ -3,11 +3,13 @@
 Math (DESIGN.md, "Preprocessing"):
 
 1. render: celsius or raw16 -> uint8 through a thermal window (default 20-38 C) or per-frame
-   min-max; gray8 is used as is. Scaling is v = floor(clip((C - lo) / (hi - lo), 0, 1) * 255 + 0.5).
-2. equalize: global histogram equalization (OpenCV's equalizeHist, the seed's method), CLAHE, or none.
+   min-max; gray8 is used as is. Scaling: v = floor(clip((C - lo) / (hi - lo), 0, 1) * 255 + 0.5).
+2. equalize: global histogram equalization (OpenCV's equalizeHist, the seed's method), CLAHE, or
+   none.
 3. model input, exactly as jetson-inference imageNet prepares an ONNX model's input: gray replicated
    to RGB; nearest-neighbour stretch of the whole frame with source index
-   floor(dst_index * float32(in_size / out_size)); x / 255, minus mean, divided by std; NCHW float32.
+   floor(dst_index * float32(in_size / out_size)); x / 255, minus mean, divided by std; NCHW
+   float32.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ class PreprocessConfig(BaseModel):
 
     window_c: tuple[float, float] | None = Field(
         default=(20.0, 38.0),
-        description="Thermal window [low, high] in Celsius mapped to 0-255; null for per-frame min-max.",
+        description="Thermal window [low, high] in Celsius mapped to 0-255; null for per-frame "
+        "min-max.",
     )
     equalization: Literal["global", "clahe", "none"] = Field(
         default="global", description="Histogram equalization after rendering to 8 bits."
