@@ -61,10 +61,10 @@ _JSON = "application/json"
 
 # CONNACK reason codes that retrying will not fix without a config change.
 _FATAL_CONNACK = {
-    133: "client identifier rejected: set mqtt.client_id to one the broker accepts",
-    134: f"bad user name or password: check {ENV_MQTT_USERNAME}/{ENV_MQTT_PASSWORD}",
-    135: f"not authorized: check {ENV_MQTT_USERNAME}/{ENV_MQTT_PASSWORD}",
-    140: "bad authentication method: check the broker's authentication settings",
+    133: "set mqtt.client_id to one the broker accepts",
+    134: f"check {ENV_MQTT_USERNAME}/{ENV_MQTT_PASSWORD}",
+    135: f"check {ENV_MQTT_USERNAME}/{ENV_MQTT_PASSWORD}",
+    140: "check the broker's authentication settings",
 }
 
 
@@ -224,7 +224,10 @@ class Publisher:
             client_id=cfg.client_id or f"thermoscreen-{self.device_id}",
             protocol=MQTTProtocolVersion.MQTTv5,
         )
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        if log.isEnabledFor(logging.DEBUG):
+            # paho's own lines (one ERROR per failed reconnect loop) only when debugging; our
+            # client thread logs one line per distinct connection problem instead.
+            client.enable_logger(logging.getLogger(f"{__name__}.paho"))
         client.max_inflight_messages_set(_PAHO_INFLIGHT)
         client.max_queued_messages_set(0)  # our window bounds what paho holds
         # paho annotates int; it only does arithmetic on the delays, so sub-second floats work.
@@ -467,9 +470,11 @@ class Publisher:
             elif isinstance(event, _ConnectFailed):
                 self._record_error(event.message, event.fatal)
             else:
-                self._online = False
-                if not self._stopping.is_set():
+                # After a refused CONNACK paho reports a disconnect too; keep the refusal as
+                # the error, it names the fix.
+                if self._online and not self._stopping.is_set():
                     self._record_error(f"connection to the broker lost ({event.reason})", False)
+                self._online = False
         return acked_rows
 
     def _handle_ack(self, event: _Acked, acked_rows: list[int]) -> None:

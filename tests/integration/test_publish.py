@@ -25,7 +25,7 @@ from pipeline.config import MqttConfig, OutboxConfig
 from pipeline.payload import schema_errors
 from pipeline.publish import Publisher, PublisherStopped
 from pipeline.types import FrameResult, ModelInfo, Prediction, ThermalStats, TopK
-from tests.conftest import REPO, Broker
+from tests.conftest import REPO, Broker, free_port
 
 DEVICE = "dev1"
 MODEL = ModelInfo(name="tiny", version="1", sha256="a" * 64, backend="onnxruntime")
@@ -440,3 +440,102 @@ def test_results_of_a_killed_process_are_delivered_by_the_next_publisher(
         assert pub.stop() is True
     finally:
         collector.close()
+
+
+# -- authentication and TLS: fatal errors the CLI can report in one line ---------------------
+
+
+def _start_broker(tmp_path: Path, name: str, listener_lines: str) -> Broker:
+    port = free_port()
+    workdir = tmp_path / name
+    workdir.mkdir()
+    # As root, mosquitto drops to user `mosquitto`, which cannot read files under pytest's tmp
+    # folders (0700); `user` is ignored when the tests run unprivileged.
+    user = "user root\n" if os.geteuid() == 0 else ""
+    text = f"{user}listener {port} 127.0.0.1\n{listener_lines}"
+    b = Broker(port=port, workdir=workdir, config_text=text)
+    b.start()
+    return b
+
+
+def test_bad_credentials_are_fatal_and_named_then_env_credentials_connect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, publishers: list[Publisher]
+) -> None:
+    passwd = tmp_path / "passwd"
+    subprocess.run(
+        ["mosquitto_passwd", "-c", "-b", str(passwd), "edge", "s3cret"], check=True, timeout=30
+    )
+    passwd.chmod(0o600)
+    broker = _start_broker(tmp_path, "auth", f"allow_anonymous false\npassword_file {passwd}\n")
+    try:
+        monkeypatch.setenv("THERMOSCREEN_MQTT_USERNAME", "edge")
+        monkeypatch.setenv("THERMOSCREEN_MQTT_PASSWORD", "wrong")
+        pub = start_publisher(publishers, mqtt_config(broker), None)
+        assert wait_until(lambda: pub.fatal_error is not None)
+        assert "check THERMOSCREEN_MQTT_USERNAME/THERMOSCREEN_MQTT_PASSWORD" in str(pub.fatal_error)
+        assert pub.connected is False and pub.last_error == pub.fatal_error
+
+        monkeypatch.setenv("THERMOSCREEN_MQTT_PASSWORD", "s3cret")
+        good = Publisher(mqtt_config(broker), "dev2")
+        good.start()
+        publishers.append(good)
+        assert wait_until(lambda: good.connected)
+        assert good.fatal_error is None
+    finally:
+        for p in publishers:
+            p.stop(flush_timeout_s=0.2)
+        broker.stop()
+
+
+def _make_ca_and_server_cert(folder: Path, ca_name: str) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 signed by it (openssl CLI)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ca_key, ca_crt = folder / "ca.key", folder / "ca.crt"
+    key, csr, crt = folder / "server.key", folder / "server.csr", folder / "server.crt"
+    ext = folder / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    cmds = [
+        ["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca_crt, "-days", "1",
+         "-subj", f"/CN={ca_name}"],
+        ["openssl", "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        ["openssl", "x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key,
+         "-CAcreateserial", "-out", crt, "-days", "1", "-extfile", ext],
+    ]  # fmt: skip
+    for cmd in cmds:
+        subprocess.run([str(c) for c in cmd], check=True, capture_output=True, timeout=30)
+    return ca_crt, crt, key
+
+
+def test_tls_verify_failure_is_fatal_and_names_ca_file_then_right_ca_connects(
+    tmp_path: Path, publishers: list[Publisher]
+) -> None:
+    ca, crt, key = _make_ca_and_server_cert(tmp_path / "pki", "thermoscreen-test-ca")
+    other_ca, _, _ = _make_ca_and_server_cert(tmp_path / "other", "some-other-ca")
+    broker = _start_broker(
+        tmp_path, "tls", f"allow_anonymous true\ncafile {ca}\ncertfile {crt}\nkeyfile {key}\n"
+    )
+    try:
+        wrong = start_publisher(
+            publishers, mqtt_config(broker, tls={"enabled": True, "ca_file": other_ca}), None
+        )
+        assert wait_until(lambda: wrong.fatal_error is not None)
+        assert "TLS certificate verify failed" in str(wrong.fatal_error)
+        assert "check tls.ca_file" in str(wrong.fatal_error)
+
+        right = Publisher(mqtt_config(broker, tls={"enabled": True, "ca_file": ca}), "dev2")
+        right.start()
+        publishers.append(right)
+        assert wait_until(lambda: right.connected)
+        right.publish_result(make_result(0), MODEL)
+        assert wait_until(lambda: right.stats()["acked"] == 1)
+    finally:
+        for p in publishers:
+            p.stop(flush_timeout_s=0.2)
+        broker.stop()
+
+
+def test_missing_tls_file_raises_at_once(broker: Broker, tmp_path: Path) -> None:
+    cfg = mqtt_config(broker, tls={"enabled": True, "ca_file": tmp_path / "nope.crt"})
+    with pytest.raises(ValueError, match=r"mqtt\.tls\.ca_file .*nope\.crt: file not found"):
+        Publisher(cfg, DEVICE)
