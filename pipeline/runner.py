@@ -136,11 +136,13 @@ class RunSummary:
     outbox_pending: int
     flushed: bool
     error: str | None = None
+    error_kind: str = ""  # "source" (bad input: exit 2) or "stage" (exit 1)
+    broker_error: str | None = None  # the publisher's last connection error
 
     @property
     def exit_code(self) -> int:
         if self.error is not None:
-            return EXIT_BAD_INPUT if self.end_reason == "source" else EXIT_FAILED
+            return EXIT_BAD_INPUT if self.error_kind == "source" else EXIT_FAILED
         return EXIT_PENDING if self.outbox_pending > 0 else EXIT_OK
 
 
@@ -470,7 +472,7 @@ class Pipeline:
         return RunSummary(
             session_id=self.session.session_id,
             mode=self.session.mode,
-            end_reason="source" if self._error_kind == "source" else str(self.session.end_reason),
+            end_reason=str(self.session.end_reason),
             frames_captured=self.counters.captured,
             results=self.counters.published,
             wall_s=wall,
@@ -481,6 +483,7 @@ class Pipeline:
             outbox_pending=0,
             flushed=False,
             error=self._error,
+            error_kind=self._error_kind,
         )
 
 
@@ -626,7 +629,9 @@ def run(
                 raise RunError(f"{classifier.model.root}: {exc}") from exc
             summary = pipeline.run()
             summary.flushed = sink.stop(cfg.flush_timeout_s)
-            summary.outbox_pending = _pending(sink.stats())
+            stats = sink.stats()
+            summary.outbox_pending = _pending(stats)
+            summary.broker_error = stats.get("last_error")
             return summary
 
 
@@ -750,10 +755,11 @@ def print_summary(summary: RunSummary, cfg: AppConfig) -> None:
         f"rolling verdict {said}; drops {dropped} {summary.drops}"
     )
     if summary.outbox_pending:
+        why = f": {summary.broker_error}" if summary.broker_error else ""
         print(
-            f"{summary.outbox_pending} results are still waiting in the outbox {cfg.outbox.path} "
-            f"(broker {cfg.mqtt.host}:{cfg.mqtt.port} did not acknowledge them); nothing is "
-            "lost: they are sent on the next start with this outbox",
+            f"{summary.outbox_pending} messages are still waiting in the outbox {cfg.outbox.path} "
+            f"(results and session summaries not acknowledged by {cfg.mqtt.host}:{cfg.mqtt.port}"
+            f"{why}); nothing is lost: they are sent on the next start with this outbox",
             file=sys.stderr,
         )
     else:
