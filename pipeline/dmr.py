@@ -26,6 +26,10 @@ from pipeline.types import Frame, FrameKind
 MATRIX_SUFFIXES = (".txt", ".txt.gz")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 PLAUSIBLE_C = (-40.0, 150.0)  # outside this a "temperature" is a unit or parsing mistake
+# .txt files that sit beside thermograms but are documentation, never matrices
+NOT_THERMOGRAMS = frozenset(
+    {"readme.txt", "synthetic.txt", "license.txt", "notes.txt", "labels.txt", "requirements.txt"}
+)
 
 _DELIMITERS = str.maketrans({";": " ", "\t": " ", "\r": None})
 _NATURAL_SPLIT = re.compile(r"(\d+)")
@@ -105,7 +109,9 @@ def parse_dmr_name(name: str | Path) -> DmrName | None:
 
 
 def is_matrix(path: str | Path) -> bool:
-    return Path(path).name.lower().endswith(MATRIX_SUFFIXES)
+    """A temperature-matrix file name (.txt/.txt.gz), not a README or SYNTHETIC.txt notice."""
+    name = Path(path).name.lower()
+    return name.endswith(MATRIX_SUFFIXES) and name not in NOT_THERMOGRAMS
 
 
 def is_image(path: str | Path) -> bool:

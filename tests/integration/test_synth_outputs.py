@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ from pipeline.dmr import read_matrix, read_png16
 from pipeline.preprocess import PreprocessConfig, render_celsius
 from pipeline.synthetic import SyntheticStream, patient_seed, synth_thermogram
 from training.datasets import scan, summary
-from training.synth import celsius_to_centikelvin, patient_labels
+from training.synth import celsius_to_centikelvin, format_matrix, patient_labels
 
 Gst = pytest.importorskip("gi.repository.Gst", reason="PyGObject with GStreamer is required")
 
@@ -56,10 +58,14 @@ def _frames_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_matrices_match_shared_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_matrices_match_shared_layout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     line = _synth(capsys, "--out", str(tmp_path / "a"), "--patients", "6", "--seed", "3")
     assert "6 patients (3 healthy, 3 sick) as matrices" in line
-    items = scan(tmp_path / "a")
+    with caplog.at_level(logging.WARNING):
+        items = scan(tmp_path / "a")
+    assert "belong to no patient" not in caplog.text  # SYNTHETIC.txt is no thermogram
     assert [i.patient_id for i in items] == [str(9001 + i) for i in range(6)]
     assert summary(items)["classes"] == {
         "healthy": {"patients": 3, "images": 3},
@@ -186,3 +192,11 @@ def test_out_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     target.write_text("x")
     assert cli(["synth", "--out", str(target)]) == 2
     assert "is a file; pass a folder" in capsys.readouterr().err
+
+
+def test_format_matrix_matches_savetxt() -> None:
+    rng = np.random.default_rng(0)
+    celsius = (rng.uniform(-5.0, 45.0, size=(7, 9))).astype(np.float32)
+    buffer = io.BytesIO()
+    np.savetxt(buffer, celsius, fmt="%.2f", delimiter=" ")
+    assert format_matrix(celsius) == buffer.getvalue()

@@ -250,7 +250,8 @@ def test_patient_number_ignores_leading_zeros() -> None:
 
 
 def test_list_thermograms_natural_order_and_filter(tmp_path: Path) -> None:
-    for name in ["frame_10.png", "frame_2.png", "frame_1.png", "T0003.txt.gz", "notes.md", "x.csv"]:
+    names = ["frame_10.png", "frame_2.png", "frame_1.png", "T0003.txt.gz", "notes.md", "x.csv"]
+    for name in [*names, "SYNTHETIC.txt", "README.txt"]:  # notices beside data, not matrices
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "sub.png").mkdir()
     (tmp_path / "T0001.JPG").write_bytes(b"")
