@@ -370,6 +370,9 @@ class GstSource:
             timeout_ns = int(self._opts.open_timeout_s * Gst.SECOND)
             ret, _, _ = pipeline.get_state(timeout_ns)
         if ret in (Gst.StateChangeReturn.SUCCESS, Gst.StateChangeReturn.NO_PREROLL):
+            with self._lock:  # close() may have run meanwhile: never leave a pipeline playing
+                if self._closing.is_set() or self._pipeline is not pipeline:
+                    pipeline.set_state(Gst.State.NULL)
             return
         bus = pipeline.get_bus()
         msg = bus.pop_filtered(Gst.MessageType.ERROR) if bus is not None else None

@@ -175,7 +175,7 @@ def test_live_newest_frame_wins_and_drops_are_counted() -> None:
     try:
         first = source.read(5.0)
         assert first is not None
-        time.sleep(0.3)  # a slow consumer: ~30 frames arrive meanwhile
+        assert wait_for(lambda: source.stats.dropped >= 3)  # a slow consumer
         newest = source.read(5.0)
         assert newest is not None
         stats = source.stats

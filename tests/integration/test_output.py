@@ -107,7 +107,6 @@ def test_rtp_loopback_is_received_and_decoded() -> None:
     )
     sink = receiver.get_by_name("sink")
     receiver.set_state(Gst.State.PLAYING)
-    receiver.get_state(5 * Gst.SECOND)
     sent = 30
     try:
         output = open_output(f"rtp://127.0.0.1:{port}", W, H, 30)
