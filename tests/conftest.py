@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -54,6 +55,10 @@ class Broker:
         if text is None:
             text = f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
         text += f"persistence true\npersistence_location {self.workdir}/\n"
+        if os.geteuid() == 0:
+            # as root mosquitto drops to the `mosquitto` user, which cannot write the persistence
+            # file (or read certificates) under pytest's private tmp dirs: stay root in tests
+            text += "user root\n"
         conf.write_text(text)
         log = (self.workdir / "mosquitto.log").open("ab")
         self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=log)

@@ -72,7 +72,7 @@ class Publisher:
     username: str | None = None
     password: str | None = None
     ca_file: Path | None = None
-    acked: set[int] = field(default_factory=set)
+    acked: dict[int, str] = field(default_factory=dict)  # mid -> PUBACK reason
     connect_rc: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -89,9 +89,9 @@ class Publisher:
         self.client.on_publish = self._on_publish
         self.client.on_connect = lambda _c, _u, _f, rc, _p: self.connect_rc.append(str(rc))
 
-    def _on_publish(self, _c: Any, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
+    def _on_publish(self, _c: Any, _u: Any, mid: int, rc: Any, _p: Any) -> None:
         with self._lock:
-            self.acked.add(mid)
+            self.acked[mid] = str(rc)
 
     def __enter__(self) -> Publisher:
         self.client.connect(self.host, self.port)
@@ -113,7 +113,7 @@ class Publisher:
     def wait_acked(self, mids: Sequence[int], timeout_s: float = 20.0) -> None:
         def done() -> bool:
             with self._lock:
-                return set(mids) <= self.acked
+                return set(mids) <= self.acked.keys()
 
         wait_until(done, timeout_s, f"PUBACK for {len(mids)} messages")
 
@@ -189,3 +189,32 @@ def stored_seqs(db: Path, session: str) -> list[int]:
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT seq FROM results WHERE session = ? ORDER BY seq", (session,))
         return [int(r[0]) for r in rows]
+
+
+def make_png16_recording(folder: Path, frames: int) -> Path:
+    """A small synthetic 16-bit PNG recording made by `thermoscreen synth` (not medical data)."""
+    cmd = [sys.executable, "-m", "pipeline.cli", "synth", "--out", str(folder), "--kind", "png16"]
+    cmd += ["--frames", str(frames), "--size", "96x128", "--patients", "2", "--seed", "3"]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=REPO, timeout=120)
+    # the folder source replays every file; keep only the frames
+    for extra in folder.iterdir():
+        if extra.suffix != ".png":
+            extra.unlink()
+    return folder
+
+
+def run_pipeline(
+    recording: Path,
+    model: Path,
+    broker_port: int,
+    outbox: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    log_path: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """`thermoscreen run` on a recording as a subprocess (so tests can SIGKILL it)."""
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", str(recording), "--model", str(model)]
+    cmd += ["--broker", f"127.0.0.1:{broker_port}", "--outbox", str(outbox), *extra]
+    out = (log_path or outbox.with_suffix(".log")).open("ab")
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=full_env)

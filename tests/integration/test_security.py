@@ -1,0 +1,278 @@
+"""The shipped broker configs (config/mosquitto/mosquitto.conf and acl) on a real mosquitto:
+TLS with test-made certificates, passwords, and the per-device ACL; the pipeline and the logger
+connect with credentials from the environment, and bad credentials or CAs fail with one line."""
+
+from __future__ import annotations
+
+import re
+import socket
+import sqlite3
+import ssl
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from tests.conftest import REPO, Broker, free_port
+from tests.helpers.mqtt_logger import (
+    LoggerProcess,
+    Publisher,
+    count_rows,
+    make_payload,
+    make_png16_recording,
+    result_topic,
+    run_pipeline,
+    stored_seqs,
+    wait_until,
+)
+
+SHIPPED = REPO / "config" / "mosquitto"
+PASSWORDS = {"edge-01": "dev1-secret", "edge-02": "dev2-secret", "logger": "log-secret"}
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    rogue_ca: Path
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=cwd, timeout=60)
+
+
+def _make_ca(folder: Path, name: str) -> None:
+    _openssl(
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", f"{name}.key", "-out", f"{name}.crt", "-days", "2", "-subj", f"/CN={name}",
+        cwd=folder,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A CA, a server certificate for 127.0.0.1/localhost (SAN) signed by it, and a rogue CA."""
+    d = tmp_path_factory.mktemp("pki")
+    _make_ca(d, "ca")
+    _make_ca(d, "rogue")
+    _openssl(
+        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost", cwd=d,
+    )  # fmt: skip
+    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    _openssl(
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext", cwd=d,
+    )  # fmt: skip
+    return Pki(d / "ca.crt", d / "server.crt", d / "server.key", d / "rogue.crt")
+
+
+def shipped_config(port: int, etc: Path) -> str:
+    """config/mosquitto/mosquitto.conf with its paths pointed at `etc` and the listener at
+    127.0.0.1:port; persistence lines are left to the Broker fixture."""
+    lines = []
+    for line in (SHIPPED / "mosquitto.conf").read_text().splitlines():
+        if line.startswith(("persistence", "autosave_interval")):
+            continue
+        line = line.replace("/etc/mosquitto/thermoscreen/", f"{etc}/")
+        lines.append(re.sub(r"^listener 8883$", f"listener {port} 127.0.0.1", line))
+    text = "\n".join(lines) + "\n"
+    assert f"listener {port} 127.0.0.1" in text and "allow_anonymous false" in text
+    return text
+
+
+@pytest.fixture
+def secure_broker(tmp_path: Path, pki: Pki) -> Iterator[Broker]:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    for name in ("ca.crt", "server.crt", "server.key"):
+        (etc / name).write_bytes((pki.ca.parent / name).read_bytes())
+    (etc / "acl").write_text((SHIPPED / "acl").read_text())  # the exact shipped ACL
+    for i, (user, password) in enumerate(PASSWORDS.items()):
+        create = ["-c"] if i == 0 else []
+        cmd = ["mosquitto_passwd", "-b", *create, str(etc / "passwd"), user, password]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+    port = free_port()
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    b = Broker(port=port, workdir=workdir, config_text=shipped_config(port, etc))
+    b.start()
+    yield b
+    b.stop()
+
+
+def _client_env(user: str, password: str, ca: Path) -> dict[str, str]:
+    return {
+        "THERMOSCREEN_MQTT_USERNAME": user,
+        "THERMOSCREEN_MQTT_PASSWORD": password,
+        "THERMOSCREEN_MQTT__TLS__ENABLED": "true",
+        "THERMOSCREEN_MQTT__TLS__CA_FILE": str(ca),
+    }
+
+
+def _logger(broker: Broker, tmp_path: Path, ca: Path, user: str, password: str) -> LoggerProcess:
+    args = ["--broker", f"127.0.0.1:{broker.port}", "--db", str(tmp_path / "results.sqlite")]
+    args += ["--tls-ca", str(ca)]
+    env = {"THERMOSCREEN_MQTT_USERNAME": user, "THERMOSCREEN_MQTT_PASSWORD": password}
+    return LoggerProcess(tmp_path, args, env=env)
+
+
+def test_pipeline_and_logger_talk_over_tls_with_credentials_from_the_environment(
+    secure_broker: Broker, tmp_path: Path, pki: Pki, tiny_model: Path
+) -> None:
+    frames = 6
+    recording = make_png16_recording(tmp_path / "rec", frames)
+    logger = _logger(secure_broker, tmp_path, pki.ca, "logger", PASSWORDS["logger"]).start()
+    logger.wait_subscribed()
+    env = _client_env("edge-01", PASSWORDS["edge-01"], pki.ca)
+    run = run_pipeline(
+        recording, tiny_model, secure_broker.port, tmp_path / "outbox.sqlite", env=env
+    )
+    assert run.wait(timeout=120) == 0, (tmp_path / "outbox.log").read_text()
+    db = tmp_path / "results.sqlite"
+    wait_until(lambda: db.exists() and count_rows(db, "sessions") == 1, 30, "the session summary")
+    assert logger.stop() == 0
+    assert count_rows(db, "results") == frames
+    assert count_rows(db, "rejects") == 0
+    assert count_rows(db, "statuses", "WHERE device = 'edge-01' AND status = 'stopped'") == 1
+    with sqlite3.connect(db) as conn:
+        (session,) = conn.execute("SELECT session FROM sessions").fetchone()
+    assert stored_seqs(db, session) == list(range(frames))
+
+
+def _only_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line]
+    assert len(lines) == 1, f"expected one line, got:\n{text}"
+    return lines[0]
+
+
+def test_logger_with_a_wrong_password_exits_with_one_line(
+    secure_broker: Broker, tmp_path: Path, pki: Pki
+) -> None:
+    logger = _logger(secure_broker, tmp_path, pki.ca, "logger", "Xq7-not-the-password").start()
+    assert logger.wait(timeout_s=60) == 3
+    line = _only_line(logger.text())
+    # mosquitto 2.0 answers a wrong password with reason 135 (older brokers: 134)
+    assert re.fullmatch(
+        f"thermoscreen log: broker 127.0.0.1:{secure_broker.port} refused the connection: "
+        r"(Not authorized|Bad user name or password); check \$THERMOSCREEN_MQTT_USERNAME and "
+        r"\$THERMOSCREEN_MQTT_PASSWORD",
+        line,
+    ), line
+    assert "Xq7" not in line
+
+
+def test_logger_that_does_not_trust_the_broker_certificate_exits_with_one_line(
+    secure_broker: Broker, tmp_path: Path, pki: Pki
+) -> None:
+    logger = _logger(secure_broker, tmp_path, pki.rogue_ca, "logger", PASSWORDS["logger"]).start()
+    assert logger.wait(timeout_s=60) == 3
+    line = _only_line(logger.text())
+    assert line.startswith(
+        f"thermoscreen log: TLS: cannot verify broker 127.0.0.1:{secure_broker.port}"
+    )
+    assert "certificate" in line and line.endswith(
+        "give the CA that signed its certificate with --tls-ca"
+    )
+
+
+def test_pipeline_with_a_wrong_password_names_the_refusal_and_keeps_its_results(
+    secure_broker: Broker, tmp_path: Path, pki: Pki, tiny_model: Path
+) -> None:
+    recording = make_png16_recording(tmp_path / "rec", 2)
+    env = _client_env("edge-01", "Xq7-not-the-password", pki.ca)
+    log = tmp_path / "run.log"
+    run = run_pipeline(
+        recording, tiny_model, secure_broker.port, tmp_path / "outbox.sqlite",
+        "--flush-timeout", "5", env=env, log_path=log,
+    )  # fmt: skip
+    # the publisher keeps retrying (a device must survive a broker restart), then exits 3 with
+    # the results kept in its outbox and the broker's reason named
+    assert run.wait(timeout=120) == 3
+    text = log.read_text()
+    assert "refused the connection (135 Not authorized)" in text
+    assert "THERMOSCREEN_MQTT_PASSWORD" in text
+    assert "Xq7-not-the-password" not in text
+
+
+CONNECT_V311 = b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00"  # clean session, empty client id
+
+
+def _first_reply(sock: socket.socket) -> bytes:
+    sock.settimeout(10)
+    sock.sendall(CONNECT_V311)
+    try:
+        return sock.recv(16)
+    except (ConnectionResetError, ssl.SSLError):
+        return b""
+
+
+def test_plain_tcp_to_the_tls_port_gets_no_connack(secure_broker: Broker, pki: Pki) -> None:
+    with socket.create_connection(("127.0.0.1", secure_broker.port), timeout=10) as plain:
+        reply = _first_reply(plain)
+    assert not reply.startswith(b"\x20"), "the TLS port answered a plain MQTT CONNECT"
+    # control: the same CONNECT inside TLS gets a CONNACK (refusing the anonymous client: rc 5)
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    with (
+        socket.create_connection(("127.0.0.1", secure_broker.port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        assert _first_reply(tls) == b"\x20\x02\x00\x05"
+
+
+class _Subscriber:
+    def __init__(self, port: int, ca: Path) -> None:
+        self.received: list[str] = []
+        self.ready = False
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id="acl-reader", protocol=MQTTProtocolVersion.MQTTv5
+        )
+        self.client.username_pw_set("logger", PASSWORDS["logger"])
+        self.client.tls_set(ca_certs=str(ca))
+        self.client.on_message = lambda _c, _u, msg: self.received.append(msg.topic)
+        self.client.on_subscribe = lambda *_a: setattr(self, "ready", True)
+        self.client.on_connect = lambda c, *_a: c.subscribe("thermoscreen/#", qos=1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        wait_until(lambda: self.ready, 20, "ACL subscriber")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_shipped_acl_confines_devices_to_their_prefix_and_readers_to_reading(
+    secure_broker: Broker, pki: Pki
+) -> None:
+    sub = _Subscriber(secure_broker.port, pki.ca)
+    own = make_payload(0, device="edge-01")
+    foreign = make_payload(0, device="edge-02")
+    port, ca = secure_broker.port, pki.ca
+    try:
+        device = Publisher("127.0.0.1", port, "edge-01", "edge-01", PASSWORDS["edge-01"], ca)
+        reader = Publisher("127.0.0.1", port, "logger-pub", "logger", PASSWORDS["logger"], ca)
+        with device, reader:
+            denied = [
+                device.publish(result_topic(foreign), str(foreign)),
+                device.publish("thermoscreen/edge-02/status", "offline", retain=True),
+            ]
+            denied_reader = [
+                reader.publish(result_topic(own), str(own)),
+                reader.publish("thermoscreen/logger/status", "online"),
+            ]
+            reader.wait_acked(denied_reader)
+            marker = device.publish(result_topic(own), str(own))  # allowed: its own prefix
+            device.wait_acked([*denied, marker])
+            # the broker forwards in order: once the marker is here, nothing earlier is coming
+            wait_until(lambda: result_topic(own) in sub.received, 20, "the allowed message")
+        assert sub.received == [result_topic(own)]
+        assert [device.acked[m] for m in denied] == ["Not authorized"] * 2
+        assert [reader.acked[m] for m in denied_reader] == ["Not authorized"] * 2
+        assert device.acked[marker] == "Success"
+    finally:
+        sub.close()
