@@ -237,3 +237,52 @@ def test_live_rebuild_with_backoff_survives_a_lost_file(tmp_path: Path) -> None:
         source.close()
     assert after.rebuilds > before.rebuilds >= 2
     assert got and got[0].index >= 4
+
+
+def _raw_replay(tmp_path: Path, data: bytes, caps: str, profile: str) -> list[Frame]:
+    """Crafted camera buffers pushed through a real pipeline (multifilesrc stands in for the
+    camera element; the profile's caps and the appsink are what the camera path runs)."""
+    raw = tmp_path / "frame.raw"
+    raw.write_bytes(data)
+    uri = f"gst://multifilesrc location={raw} loop=true num-buffers=3 caps={caps}"
+    source = open_source(uri, SourceOptions(jetson=False, live=False, profile=profile))
+    source.open()
+    try:
+        return read_all(source)
+    finally:
+        source.close()
+
+
+def test_p2pro_buffers_through_gstreamer_read_30c(tmp_path: Path) -> None:
+    from pipeline.profiles import get_profile
+
+    prof = get_profile("p2pro")
+    image_half = np.full((192, 512), 0x80, np.uint8)
+    counts = prof.from_celsius(np.full((192, 256), 30.0))
+    counts[5, 7] = prof.from_celsius(36.6)
+    data = np.concatenate([image_half, counts.astype("<u2").view(np.uint8).reshape(192, 512)])
+    caps = "video/x-raw,format=YUY2,width=256,height=384,framerate=25/1"
+    frames = _raw_replay(tmp_path, data.tobytes(), caps, "p2pro")
+    assert len(frames) == 3
+    frame = frames[0]
+    assert frame.kind is FrameKind.RAW16 and frame.pixels.shape == (192, 256)
+    assert frame.scale == 1 / 64
+    celsius = frame.celsius()
+    assert celsius is not None
+    assert abs(float(celsius[0, 0]) - 30.0) <= 1 / 128
+    assert abs(float(celsius[5, 7]) - 36.6) <= 1 / 128
+
+
+def test_lepton_y16_through_gstreamer_with_row_padding(tmp_path: Path) -> None:
+    width, height = 81, 4  # 162 data bytes per row; GStreamer pads GRAY16 rows to 164
+    counts = np.full((height, width), 30315, dtype="<u2")  # 30.00 C in centi-kelvin
+    counts[1, 2] = 31015  # 37.00 C
+    rows = np.full((height, 164), 0xFF, np.uint8)
+    rows[:, :162] = counts.view(np.uint8).reshape(height, 162)
+    caps = f"video/x-raw,format=GRAY16_LE,width={width},height={height},framerate=9/1"
+    frames = _raw_replay(tmp_path, rows.tobytes(), caps, "lepton")
+    assert len(frames) == 3
+    np.testing.assert_array_equal(frames[0].pixels, counts)
+    celsius = frames[0].celsius()
+    assert celsius is not None
+    assert abs(float(celsius[0, 0]) - 30.0) < 1e-3 and abs(float(celsius[1, 2]) - 37.0) < 1e-3
