@@ -24,9 +24,10 @@ from tests.helpers.mqtt_logger import (
     stored_seqs,
     wait_until,
 )
+from tests.helpers.postgres import fresh_database, postgres_server, unavailable_reason
 
 
-def _logger(broker: Broker, tmp_path: Path, db: Path, *extra: str) -> LoggerProcess:
+def _logger(broker: Broker, tmp_path: Path, db: Path | str, *extra: str) -> LoggerProcess:
     args = ["--broker", f"127.0.0.1:{broker.port}", "--db", str(db), *extra]
     return LoggerProcess(tmp_path, args)
 
@@ -215,3 +216,27 @@ def test_bad_broker_argument_is_one_line(tmp_path: Path, value: str) -> None:
     assert lines == [
         f"thermoscreen log: --broker {value!r}: expected HOST:PORT, e.g. 127.0.0.1:1883"
     ]
+
+
+def test_logger_writes_to_postgresql(broker: Broker, tmp_path: Path) -> None:
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    payloads = [make_payload(seq) for seq in range(10)]
+    with postgres_server() as server:
+        url = fresh_database(server)
+        logger = _logger(broker, tmp_path, url).start()
+        logger.wait_subscribed()
+        with Publisher(broker.host, broker.port) as pub:
+            mids = pub.publish_results(payloads) + pub.publish_results(payloads[:2])
+            mids.append(pub.publish("thermoscreen/edge-01/cam0/result", b"\x00binary"))
+            pub.wait_acked(mids)
+            wait_until(lambda: "stored=10 duplicates=2 rejects=1" in logger.text(), 30, "counters")
+        assert logger.stop() == 0
+        store = open_store(url)
+        try:
+            assert [r.seq for r in store.results()] == list(range(10))
+            assert store.duplicates() == {("edge-01", "sess-1"): 2}
+            assert [(r.raw, r.size_bytes) for r in store.rejects()] == [(b"\x00binary", 7)]
+        finally:
+            store.close()
