@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pipeline.cli import main as cli_main
+from pipeline.logger import subscriptions
 from pipeline.payload import encode
 from pipeline.session import Session, VerdictPolicy
 from pipeline.store import open_store
@@ -240,3 +242,30 @@ def test_logger_writes_to_postgresql(broker: Broker, tmp_path: Path) -> None:
             assert [(r.raw, r.size_bytes) for r in store.rejects()] == [(b"\x00binary", 7)]
         finally:
             store.close()
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ((), ["t/+/+/result", "t/+/+/state", "t/+/+/session", "t/+/status"]),
+        (("t/#",), ["t/#"]),  # overlapping filters would deliver each message twice
+        (("t/+/+/+",), ["t/+/status", "t/+/+/+"]),
+        (
+            ("other/#", "other/#"),
+            ["t/+/+/result", "t/+/+/state", "t/+/+/session", "t/+/status", "other/#"],
+        ),
+    ],
+)
+def test_subscriptions_never_overlap(extra: tuple[str, ...], expected: list[str]) -> None:
+    assert subscriptions("t", extra) == expected
+
+
+def test_help_names_the_credentials_and_the_refusal_exit_status(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["log", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "password only from $THERMOSCREEN_MQTT_PASSWORD" in text
+    assert "exits with status 3" in text
+    assert "adjunct to mammography" in text
