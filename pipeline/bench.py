@@ -393,6 +393,7 @@ def measure_pipeline(
     )
     collector.take()
     cmd = [*thermoscreen_cmd(), "run", f"file://{video.resolve()}", "--config", str(cfg)]
+    cmd += ["--max-frames", str(frames)]
     run = _checked(run_child(cmd, timeout_s=60 + frames), "thermoscreen run (replay)")
     time.sleep(0.2)
     results = results_of(collector.take(), device)

@@ -19,12 +19,14 @@ import datetime as dt
 import json
 import logging
 import shutil
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -146,6 +148,8 @@ def quantize_model_dir(
     with tempfile.TemporaryDirectory(prefix="thermoscreen-quant-") as tmp:
         prepped = Path(tmp) / "prepped.onnx"
         quant_pre_process(str(src.onnx_path), str(prepped), skip_symbolic_shape=False)
+        # Probabilities stay float: a uint8 softmax would round them to steps of 1/255.
+        ops = {n.op_type for n in onnx.load(str(prepped)).graph.node} - {"Softmax"}
         quantize_static(
             str(prepped),
             str(target),
@@ -155,6 +159,7 @@ def quantize_model_dir(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            op_types_to_quantize=sorted(ops),
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
     check = agreement(src.onnx_path, target, input_name, serving_tensors(src, check_files))
@@ -169,7 +174,7 @@ def quantize_model_dir(
     record = {
         "method": "onnxruntime static, QDQ",
         "weights": "int8 symmetric, per-channel" if per_channel else "int8 symmetric, per-tensor",
-        "activations": "uint8 asymmetric, MinMax calibration",
+        "activations": "uint8 asymmetric, MinMax calibration; the final softmax stays float",
         "onnxruntime": ort.__version__,
         "from_sha256": m.sha256,
         "from_version": m.version,
@@ -224,9 +229,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # onnxruntime.quantization logs every bias copy at INFO on the root logger: keep it quiet.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
     if args.max_images < 1 or args.check_images < 1:
-        print("thermoscreen quantize: --max-images and --check-images must be >= 1")
+        print(
+            "thermoscreen quantize: --max-images and --check-images must be >= 1", file=sys.stderr
+        )
         return 2
     try:
         model, check = quantize_model_dir(
@@ -239,7 +248,7 @@ def main(args: argparse.Namespace) -> int:
             min_agreement=args.min_agreement,
         )
     except (ModelError, DataError, QuantizeError) as exc:
-        print(f"thermoscreen quantize: {exc}")
+        print(f"thermoscreen quantize: {exc}", file=sys.stderr)
         return 1
     print(json.dumps({"model": str(model.root), "check": asdict(check)}, indent=2))
     print(DISCLAIMER)
