@@ -212,30 +212,29 @@ class Outbox:
             ]
 
     def mark_sent(self, ids: Iterable[int]) -> None:
-        """Count one more attempt for each row (one transaction), so re-sends are visible."""
-        params = [(i,) for i in ids]
-        if not params:
-            return
-        with self._lock:
-            if self._closed:
-                return
-            self._db.execute("BEGIN")
-            self._db.executemany("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", params)
-            self._db.execute("COMMIT")
+        """Count one more attempt for each row, so re-sends (also after a crash) are visible."""
+        self.settle(acked=(), sent=ids)
 
     def ack(self, ids: Iterable[int]) -> int:
-        """Delete acknowledged rows in one transaction; returns how many were still there."""
-        params = [(i,) for i in ids]
-        if not params:
+        """Delete acknowledged rows; returns how many were still there."""
+        return self.settle(acked=ids, sent=())
+
+    def settle(self, acked: Iterable[int], sent: Iterable[int]) -> int:
+        """Delete `acked` rows and count an attempt for `sent` rows, in one transaction (one
+        commit and one lock hand-off per client-thread step). Returns how many rows were deleted."""
+        deletes = [(i,) for i in acked]
+        updates = [(i,) for i in sent]
+        if not deletes and not updates:
             return 0
         with self._room:
             if self._closed:
                 return 0
             before = self._db.total_changes
             self._db.execute("BEGIN")
-            self._db.executemany("DELETE FROM outbox WHERE id = ?", params)
-            self._db.execute("COMMIT")
+            self._db.executemany("DELETE FROM outbox WHERE id = ?", deletes)
             deleted = self._db.total_changes - before
+            self._db.executemany("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", updates)
+            self._db.execute("COMMIT")
             self._count -= deleted
             if deleted:
                 self._room.notify_all()

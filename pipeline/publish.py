@@ -205,6 +205,7 @@ class Publisher:
         self._cursor = 0  # highest outbox row id handed to paho on this connection
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
         self._inflight_rows: set[int] = set()
+        self._sent_unmarked: list[int] = []  # attempts recorded with the next step's acks
         self._status_mids: set[int] = set()
         self._state_pending: dict[str, bytes] = {}
         self._props: dict[int | None, Properties] = {}
@@ -452,8 +453,10 @@ class Publisher:
 
     def _step(self) -> None:
         acked_rows = self._handle_events()
-        if acked_rows:
-            self._outbox.ack(acked_rows)
+        # Acks are deleted before rows are read again (after a reconnect the cursor restarts);
+        # the attempts of the previous step's sends ride in the same transaction.
+        self._outbox.settle(acked_rows, self._sent_unmarked)
+        self._sent_unmarked = []
         self._handle_commands()
         if self._online:
             self._send_states()
@@ -563,7 +566,7 @@ class Publisher:
             if row.attempts:
                 self._counts["resent"] += 1
             sent.append(row.id)
-        self._outbox.mark_sent(sent)
+        self._sent_unmarked.extend(sent)
 
     def _properties(self, expiry_s: int | None) -> Properties:
         """PUBLISH properties, built once per expiry and shared (paho only reads them)."""
@@ -613,6 +616,7 @@ class Publisher:
             log.warning("the broker did not acknowledge the `stopped` status")
 
     def _shutdown(self) -> None:
+        self._outbox.settle((), self._sent_unmarked)
         self._client.disconnect()
         self._client.loop_stop()
         self._connected = False

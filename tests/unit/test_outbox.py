@@ -141,3 +141,23 @@ def test_bad_arguments_raise_at_once(tmp_path: Path) -> None:
         Outbox(MEMORY, max_messages=0)
     with pytest.raises(ValueError, match="when_full"):
         Outbox(MEMORY, when_full="spill")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("synchronous", ["normal", "full"])
+def test_many_puts_then_batched_acks_leave_it_empty(tmp_path: Path, synchronous: str) -> None:
+    """Run with -s to see puts/s (one transaction per put) for each synchronous mode."""
+    import time
+
+    ob = Outbox(tmp_path / "o.sqlite", max_messages=10_000, synchronous=synchronous)  # type: ignore[arg-type]
+    n = 2000 if synchronous == "normal" else 300  # full: one fsync per put
+    payload = b"x" * 700  # about one result message
+    t0 = time.perf_counter()
+    ids = [ob.put(TOPIC, payload, expiry_s=86400) for _ in range(n)]
+    t1 = time.perf_counter()
+    assert ob.pending == n and ids == list(range(ids[0], ids[0] + n))
+    for k in range(0, n, 100):
+        assert ob.settle(ids[k : k + 100], ids[k + 100 : k + 200]) == 100
+    t2 = time.perf_counter()
+    assert ob.pending == 0 and ob.rows_after(0, 10) == []
+    print(f"\nsynchronous={synchronous}: {n / (t1 - t0):.0f} puts/s, {n / (t2 - t1):.0f} acks/s")
+    ob.close()
