@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -370,13 +371,15 @@ CHILD = textwrap.dedent(
     from pipeline.publish import Publisher
     from tests.integration.test_publish import MODEL, make_result
 
-    port, outbox_path, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    port, outbox_path, n, online = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
     cfg = MqttConfig(port=port, keepalive_s=5, reconnect_min_s=0.1, reconnect_max_s=0.5)
     pub = Publisher(cfg, "dev1", OutboxConfig(path=Path(outbox_path)))
     pub.start()
-    if n == 0:
+    if online == "1":
         while not pub.connected:
             time.sleep(0.02)
+        print("connected", flush=True)
+        sys.stdin.readline()  # the test's go-ahead
     for i in range(n):
         print(pub.publish_result(make_result(i), MODEL), flush=True)
     print("ready", flush=True)
@@ -385,21 +388,32 @@ CHILD = textwrap.dedent(
 )
 
 
-def run_child(port: int, outbox_path: Path, n: int) -> tuple[subprocess.Popen[str], list[str]]:
-    """Start a publisher process; return it with the message ids it printed before 'ready'."""
+def run_child(
+    port: int, outbox_path: Path, n: int, when_connected: Callable[[], None] | None = None
+) -> tuple[subprocess.Popen[str], list[str]]:
+    """Start a publisher process that publishes `n` results, after connecting and calling
+    `when_connected` if given; return it with the message ids it printed before 'ready'."""
+    online = when_connected is not None
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(port), str(outbox_path), str(n)],
+        [sys.executable, "-c", CHILD, str(port), str(outbox_path), str(n), str(int(online))],
         cwd=REPO,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
-    assert proc.stdout is not None
+    assert proc.stdout is not None and proc.stdin is not None
     ids: list[str] = []
     for line in proc.stdout:
-        if line.strip() == "ready":
+        word = line.strip()
+        if word == "ready":
             return proc, ids
-        ids.append(line.strip())
+        if word == "connected" and when_connected is not None:
+            when_connected()
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            continue
+        ids.append(word)
     proc.wait()
     raise AssertionError(f"publisher process exited with {proc.returncode} before it was ready")
 
@@ -407,14 +421,15 @@ def run_child(port: int, outbox_path: Path, n: int) -> tuple[subprocess.Popen[st
 def sigkill(proc: subprocess.Popen[str]) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(WAIT_S)
-    if proc.stdout is not None:
-        proc.stdout.close()
+    for stream in (proc.stdout, proc.stdin):
+        if stream is not None:
+            stream.close()
 
 
 def test_last_will_offline_when_the_publisher_process_is_killed(
     broker: Broker, collector: Collector, tmp_path: Path
 ) -> None:
-    proc, _ = run_child(broker.port, tmp_path / "o.sqlite", 0)
+    proc, _ = run_child(broker.port, tmp_path / "o.sqlite", 0, when_connected=lambda: None)
     try:
         assert wait_until(lambda: retained(broker, "thermoscreen/dev1/status") == b"online")
     finally:
@@ -442,6 +457,37 @@ def test_results_of_a_killed_process_are_delivered_by_the_next_publisher(
         assert pub.stop() is True
     finally:
         collector.close()
+
+
+def test_sent_but_unacked_results_of_a_killed_process_are_resent_and_counted(
+    broker: Broker, collector: Collector, tmp_path: Path, publishers: list[Publisher]
+) -> None:
+    """The broker is frozen (SIGSTOP) so the results go out but no PUBACK comes back; the
+    process dies; the next publisher sends them again and counts them as re-sends."""
+    assert broker.proc is not None
+    outbox_path = tmp_path / "o.sqlite"
+    n = 10
+    proc, sent = run_child(
+        broker.port, outbox_path, n, when_connected=lambda: broker.proc.send_signal(signal.SIGSTOP)
+    )
+    try:
+
+        def attempted() -> int:
+            with sqlite3.connect(outbox_path) as db:
+                return int(
+                    db.execute("SELECT COUNT(*) FROM outbox WHERE attempts > 0").fetchone()[0]
+                )
+
+        assert wait_until(lambda: attempted() == n)  # handed to the client, never acked
+    finally:
+        sigkill(proc)
+        broker.proc.send_signal(signal.SIGCONT)
+
+    pub = start_publisher(publishers, mqtt_config(broker), OutboxConfig(path=outbox_path))
+    assert wait_until(lambda: set(sent) <= set(collector.result_ids()))
+    assert wait_until(lambda: pub.stats()["pending"] == 0)
+    assert pub.stats()["resent"] == n  # every one of them may be a duplicate downstream
+    assert pub.stop() is True
 
 
 # -- authentication and TLS: fatal errors the CLI can report in one line ---------------------
