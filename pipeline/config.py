@@ -123,6 +123,12 @@ class CaptureConfig(_Strict):
     reconnect_max_s: float = Field(
         default=30.0, gt=0, description="Longest delay between live source rebuilds."
     )
+    replay_stall_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Replay: end with an error when the source delivers nothing for this long "
+        "(a stuck decoder); 0 waits forever.",
+    )
     read_timeout_s: float = Field(
         default=0.5,
         gt=0,

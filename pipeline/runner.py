@@ -267,10 +267,18 @@ class Pipeline:
 
     def _capture_loop(self) -> None:
         try:
+            last_frame_mono = time.monotonic()
             while not self.stop.is_set() and not self._reached_max():
                 frame = self.source.read(self.cfg.capture.read_timeout_s)
                 if frame is not None:
                     self._hand_off(frame)
+                    last_frame_mono = time.monotonic()
+                elif self._stalled(last_frame_mono):
+                    raise SourceError(
+                        f"source '{self.source.uri}': no frame for "
+                        f"{self.cfg.capture.replay_stall_s:g} s in a replay; the recording or "
+                        "its decoder is stuck (raise capture.replay_stall_s if it is just slow)"
+                    )
             if not self.stop.is_set():
                 log.info("stopping after --max-frames %d", self.max_frames)
         except EndOfStream:
@@ -281,6 +289,12 @@ class Pipeline:
             self._capture_done.set()
             self._slot.close()
             self._put_blocking(self._frames, END)
+
+    def _stalled(self, last_frame_mono: float) -> bool:
+        """A replay whose source stays silent: fail instead of waiting forever. Live sources
+        rebuild themselves (capture's stall timeout) and may legitimately wait."""
+        limit = self.cfg.capture.replay_stall_s
+        return not self.live and limit > 0 and time.monotonic() - last_frame_mono > limit
 
     def _reached_max(self) -> bool:
         return self.max_frames is not None and self.counters.captured >= self.max_frames
