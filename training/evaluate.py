@@ -1,0 +1,400 @@
+"""`thermoscreen evaluate`: per-image and per-patient screening metrics with bootstrap intervals.
+
+An exported model directory (`--model`) is scored through the pipeline's own ONNX Runtime path
+(`render` -> `model_input` -> `OnnxRuntimeClassifier`), so the numbers describe what serving does.
+A training run (`--run`) is scored in PyTorch from its checkpoint, on the split it saved.
+Patient score = mean of its images' probabilities. Bootstrap intervals resample patients.
+Metrics are also reported on patients with numeric ID < 300 alone: in DMR-IR every patient from
+ID 300 on is sick and looks different, so a model can score well by recognising the era.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline import DISCLAIMER
+from pipeline.dmr import DataError
+from pipeline.manifest import ModelError, load_model_dir
+from pipeline.preprocess import PreprocessConfig, render
+from training import metrics
+from training.models import ModelBuildError
+
+log = logging.getLogger(__name__)
+
+POSITIVE_LABEL = "sick"
+OLD_ERA_LIMIT = 300
+SPLITS = ("test", "val", "train", "all")
+F32 = npt.NDArray[np.float32]
+
+
+class EvaluationError(ValueError):
+    """Inputs that cannot be evaluated together; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Per-image results: probabilities [N, K] in the model's label order."""
+
+    paths: list[str]
+    patient_ids: list[str]
+    targets: npt.NDArray[np.int64]
+    probs: npt.NDArray[np.float64]
+    labels: tuple[str, ...]
+
+
+def positive_index(labels: Sequence[str]) -> int:
+    """The class whose probability is the screening score: 'sick', else the last label."""
+    return list(labels).index(POSITIVE_LABEL) if POSITIVE_LABEL in labels else len(labels) - 1
+
+
+def label_targets(item_labels: Sequence[str], model_labels: Sequence[str], where: str) -> list[int]:
+    """Data labels as model output indices; a label the model does not know is an error."""
+    index = {label: i for i, label in enumerate(model_labels)}
+    unknown = sorted(set(item_labels) - set(index))
+    if unknown:
+        raise EvaluationError(
+            f"{where}: data label {unknown[0]!r} is not among the model's labels "
+            f"{list(model_labels)}; evaluate on data labelled with the model's classes"
+        )
+    return [index[label] for label in item_labels]
+
+
+def patient_key(patient_id: str) -> str:
+    """ "0002" and "2" are one patient."""
+    return str(int(patient_id)) if patient_id.isdigit() else patient_id
+
+
+def numeric_id(patient_id: str) -> int | None:
+    return int(patient_id) if str(patient_id).isdigit() else None
+
+
+# ---------------------------------------------------------------- metrics for one scored set
+
+
+def _section(
+    targets: npt.NDArray[np.int64],
+    probs: npt.NDArray[np.float64],
+    groups: list[npt.NDArray[np.intp]],
+    n_classes: int,
+    pos: int,
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    preds = np.argmax(probs, axis=1)  # ties go to the lowest index, like imageNet
+    y = (targets == pos).astype(np.int64)
+    yp = (preds == pos).astype(np.int64)
+    score = probs[:, pos]
+
+    def stat(idx: npt.NDArray[np.intp]) -> dict[str, float]:
+        return metrics.binary_metrics(y[idx], yp[idx], score[idx])
+
+    intervals = metrics.bootstrap(groups, stat, n_boot, seed)
+    out: dict[str, Any] = {name: intervals[name].as_dict() for name in metrics.METRIC_NAMES}
+    out["n"] = int(targets.size)
+    out["n_positive"] = int(y.sum())
+    out["confusion_matrix"] = metrics.confusion_matrix(targets, preds, n_classes).tolist()
+    return out
+
+
+def report_for(scored: Scored, n_boot: int, seed: int) -> dict[str, Any]:
+    """Per-image and per-patient sections (point estimates, 95% intervals, confusion matrices)."""
+    pos = positive_index(scored.labels)
+    k = len(scored.labels)
+    patients, groups = metrics.group_indices(scored.patient_ids)
+    per_image = _section(scored.targets, scored.probs, groups, k, pos, n_boot, seed)
+    patient_probs = metrics.mean_by_group(scored.probs, groups)
+    patient_targets = np.asarray([scored.targets[g[0]] for g in groups], dtype=np.int64)
+    singletons = [np.asarray([i], dtype=np.intp) for i in range(len(patients))]
+    per_patient = _section(patient_targets, patient_probs, singletons, k, pos, n_boot, seed)
+    return {
+        "n_images": int(scored.targets.size),
+        "n_patients": len(patients),
+        "per_image": per_image,
+        "per_patient": per_patient,
+    }
+
+
+def subset(scored: Scored, keep: Callable[[str], bool]) -> Scored:
+    idx = [i for i, p in enumerate(scored.patient_ids) if keep(p)]
+    return Scored(
+        paths=[scored.paths[i] for i in idx],
+        patient_ids=[scored.patient_ids[i] for i in idx],
+        targets=scored.targets[idx],
+        probs=scored.probs[idx],
+        labels=scored.labels,
+    )
+
+
+def full_report(scored: Scored, n_boot: int, seed: int) -> dict[str, Any]:
+    """The whole report: all patients, and the pre-2018 acquisitions (ID < 300) when they are a
+    proper subset of the data."""
+    if scored.targets.size == 0:
+        raise EvaluationError("no images to evaluate; check --data and --split")
+    out: dict[str, Any] = {
+        "labels": list(scored.labels),
+        "positive_label": scored.labels[positive_index(scored.labels)],
+        "bootstrap": {"resamples": n_boot, "seed": seed, "level": 0.95, "unit": "patient"},
+        "all": report_for(scored, n_boot, seed),
+    }
+    ids = [numeric_id(p) for p in scored.patient_ids]
+    old = [i is not None and i < OLD_ERA_LIMIT for i in ids]
+    if any(old) and not all(old):
+        older = subset(scored, lambda p: (numeric_id(p) or OLD_ERA_LIMIT) < OLD_ERA_LIMIT)
+        out["id_below_300"] = report_for(older, n_boot, seed)
+        out["id_below_300"]["note"] = (
+            "DMR-IR patients with ID >= 300 (2018-2020) are all sick and look different; "
+            "these metrics exclude them"
+        )
+    return out
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def _items_for_split(
+    items: list[Any], split_ids: dict[str, list[str]] | None, split: str
+) -> list[Any]:
+    if split == "all":
+        return items
+    if split_ids is None:
+        raise EvaluationError(
+            f"--split {split} needs the run's split.json (or a model whose model.json records "
+            "the split); use --split all"
+        )
+    wanted = {patient_key(str(p)) for p in split_ids.get(split, [])}
+    if not wanted:
+        raise EvaluationError(f"the saved split has no {split!r} patients; use another --split")
+    chosen = [it for it in items if patient_key(str(it.patient_id)) in wanted]
+    if not chosen:
+        raise EvaluationError(
+            f"none of the {len(wanted)} {split!r} patients of the saved split are in --data; "
+            "pass the folder the model was trained on, or --split all"
+        )
+    return chosen
+
+
+def score_with_model_dir(model_dir: Path, items: list[Any]) -> Scored:
+    """Scores through serving's path: render -> model_input -> ONNX Runtime classifier."""
+    from pipeline.classify_onnx import OnnxRuntimeClassifier
+
+    model = load_model_dir(model_dir)
+    targets = label_targets([it.label for it in items], model.labels, str(model_dir))
+    classifier = OnnxRuntimeClassifier(model, intra_op_threads=2)
+    cfg = model.manifest.preprocessing
+    probs = [classifier.probabilities(classifier.tensor(render(it.load(), cfg))) for it in items]
+    classifier.close()
+    return Scored(
+        paths=[str(it.path) for it in items],
+        patient_ids=[str(it.patient_id) for it in items],
+        targets=np.asarray(targets, dtype=np.int64),
+        probs=np.asarray(probs, dtype=np.float64).reshape(len(items), -1),
+        labels=model.labels,
+    )
+
+
+def score_with_run(run_dir: Path, items: list[Any], checkpoint: str) -> Scored:
+    """Scores a training run's checkpoint in PyTorch (same tensors as serving: EvalPreset)."""
+    from training import train
+
+    run = train.read_run(run_dir)
+    labels = tuple(run["labels"])
+    targets = label_targets([it.label for it in items], labels, str(run_dir))
+    model = train.load_run_model(run_dir, checkpoint)
+    cfg = PreprocessConfig.model_validate(run["preprocessing"])
+    images = [render(it.load(), cfg) for it in items]
+    probs = train.predict(model, images)
+    return Scored(
+        paths=[str(it.path) for it in items],
+        patient_ids=[str(it.patient_id) for it in items],
+        targets=np.asarray(targets, dtype=np.int64),
+        probs=probs.astype(np.float64),
+        labels=labels,
+    )
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def write_outputs(report: dict[str, Any], scored: Scored, out: Path) -> None:
+    """report.json, predictions.csv, confusion.png and roc.png in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    pos = positive_index(scored.labels)
+    with (out / "predictions.csv").open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "patient_id", "label", "predicted", f"p_{scored.labels[pos]}"])
+        for i, path in enumerate(scored.paths):
+            w.writerow(
+                [
+                    path,
+                    scored.patient_ids[i],
+                    scored.labels[scored.targets[i]],
+                    scored.labels[int(np.argmax(scored.probs[i]))],
+                    f"{scored.probs[i, pos]:.6f}",
+                ]
+            )
+    report["figures"] = plot(report, scored, out)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+def plot(report: dict[str, Any], scored: Scored, out: Path) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(scored.labels)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    for ax, level in zip(axes, ("per_image", "per_patient"), strict=True):
+        cm = np.asarray(report["all"][level]["confusion_matrix"])
+        ax.imshow(cm, cmap="Blues")
+        for (r, c), v in np.ndenumerate(cm):
+            ax.text(c, r, str(v), ha="center", va="center", color="black")
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(level.replace("_", " "))
+    fig.suptitle("Confusion matrices (adjunct to mammography only)")
+    fig.tight_layout()
+    fig.savefig(out / "confusion.png", dpi=100)
+    plt.close(fig)
+
+    pos = positive_index(scored.labels)
+    _, groups = metrics.group_indices(scored.patient_ids)
+    y_img = (scored.targets == pos).astype(np.int64)
+    p_probs = metrics.mean_by_group(scored.probs, groups)
+    y_pat = np.asarray([y_img[g[0]] for g in groups], dtype=np.int64)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, y, s in (
+        ("per image", y_img, scored.probs[:, pos]),
+        ("per patient", y_pat, p_probs[:, pos]),
+    ):
+        fpr, tpr, _ = metrics.roc_curve(y, s)
+        ax.plot(fpr, tpr, marker=".", label=f"{name} (AUC {metrics.roc_auc(y, s):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title(f"ROC, positive class '{scored.labels[pos]}'")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "roc.png", dpi=100)
+    plt.close(fig)
+    return {"confusion": "confusion.png", "roc": "roc.png"}
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """Human-readable summary for the terminal."""
+
+    def fmt(m: dict[str, Any]) -> str:
+        v, (lo, hi) = m["value"], m["ci95"]
+        if v is None:
+            return "   n/a"
+        ci = f"[{lo:.3f}, {hi:.3f}]" if lo is not None else "[n/a]"
+        return f"{v:.3f} {ci}"
+
+    lines = []
+    for part in ("all", "id_below_300"):
+        if part not in report:
+            continue
+        sec = report[part]
+        lines.append(f"{part}: {sec['n_patients']} patients, {sec['n_images']} images")
+        for level in ("per_image", "per_patient"):
+            cells = "  ".join(f"{n} {fmt(sec[level][n])}" for n in metrics.METRIC_NAMES)
+            lines.append(f"  {level:<11} {cells}")
+    return lines
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--model", type=Path, help="exported model directory (scored with ONNX Runtime)"
+    )
+    src.add_argument("--run", type=Path, help="training run directory (scored in PyTorch)")
+    parser.add_argument("--data", type=Path, required=True, help="labelled thermogram folder")
+    parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        default=None,
+        help="patients to score: default 'all' for --model, 'test' (from split.json) for --run",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        choices=("best", "last"),
+        default="best",
+        help="with --run: which checkpoint",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="folder for report.json and plots")
+    parser.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamples (patients)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+
+
+def evaluate(
+    data: Path,
+    model: Path | None = None,
+    run: Path | None = None,
+    split: str | None = None,
+    checkpoint: str = "best",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> tuple[dict[str, Any], Scored]:
+    """Score `data` with a model directory or a run and build the report."""
+    from training import datasets
+
+    if n_boot < 1:
+        raise EvaluationError(f"--bootstrap must be >= 1, got {n_boot}")
+    items = datasets.scan(data)
+    if model is not None:
+        split = split or "all"
+        manifest_split = load_model_dir(model).manifest.data.get("split_patients")
+        chosen = _items_for_split(items, manifest_split, split)
+        scored = score_with_model_dir(model, chosen)
+        source: dict[str, Any] = {"model": str(model), "backend": "onnxruntime"}
+        m = load_model_dir(model).manifest
+        source.update(name=m.name, version=m.version, sha256=m.sha256, synthetic=m.synthetic)
+    else:
+        assert run is not None
+        from training import train
+
+        split = split or "test"
+        chosen = _items_for_split(items, train.read_split(run), split)
+        scored = score_with_run(run, chosen, checkpoint)
+        source = {"run": str(run), "checkpoint": checkpoint, "backend": "pytorch"}
+    report = {"disclaimer": DISCLAIMER, "source": source, "data": str(data), "split": split}
+    report.update(full_report(scored, n_boot, seed))
+    return report, scored
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        report, scored = evaluate(
+            args.data, args.model, args.run, args.split, args.checkpoint, args.bootstrap, args.seed
+        )
+        out = args.out or (
+            args.run / f"eval-{report['split']}" if args.run else Path("results/evaluation")
+        )
+        write_outputs(report, scored, out)
+    except (DataError, ModelError, ModelBuildError, EvaluationError) as exc:
+        print(f"thermoscreen evaluate: {exc}", file=sys.stderr)
+        return 2
+    for line in summary_lines(report):
+        print(line)
+    print(f"report: {out / 'report.json'}")
+    print(DISCLAIMER)
+    return 0
