@@ -112,6 +112,11 @@ class Outbox:
             self._last_id = int(
                 self._db.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0]
             )
+        except sqlite3.OperationalError as exc:
+            self._release_lockfile()
+            raise OutboxError(
+                f"outbox {self.path}: cannot open it ({exc}); check outbox.path"
+            ) from exc
         except sqlite3.DatabaseError as exc:
             self._release_lockfile()
             raise OutboxError(
@@ -286,8 +291,13 @@ class Outbox:
 def _lock_exclusively(path: Path) -> IO[bytes]:
     """One process per outbox: two publishers acking each other's rows would lose results.
     The flock dies with the process, so a SIGKILLed run does not block the next one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lockfile = (path.parent / (path.name + ".lock")).open("ab")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lockfile = (path.parent / (path.name + ".lock")).open("ab")
+    except OSError as exc:
+        raise OutboxError(
+            f"outbox {path}: cannot create it ({exc.strerror}); check outbox.path"
+        ) from exc
     try:
         fcntl.flock(lockfile.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:

@@ -223,6 +223,22 @@ def test_state_is_retained_session_durable_stats_qos0(
     assert retained(broker, "thermoscreen/dev1/stats") is None  # stats are not retained
 
 
+def test_offline_state_keeps_only_the_newest_and_stats_are_dropped_and_counted(
+    broker: Broker, publishers: list[Publisher]
+) -> None:
+    broker.stop()
+    pub = start_publisher(publishers, mqtt_config(broker), None)
+    for frames in (1, 2, 3):
+        pub.publish_state("cam0", {"verdict": "healthy", "frames": frames})
+    pub.publish_stats({"fps": 1.0})
+    assert wait_until(lambda: pub.stats()["stats_dropped"] == 1)
+    broker.start()
+    assert wait_until(lambda: pub.connected)
+    assert wait_until(lambda: retained(broker, "thermoscreen/dev1/cam0/state") is not None)
+    state = retained(broker, "thermoscreen/dev1/cam0/state")
+    assert state is not None and json.loads(state)["frames"] == 3
+
+
 def test_bad_ids_and_topic_levels_raise_at_once(broker: Broker) -> None:
     for device in ("", "a/b", "a+b", "a#", "x" * 65):
         with pytest.raises(ValueError, match="device_id"):

@@ -161,3 +161,10 @@ def test_many_puts_then_batched_acks_leave_it_empty(tmp_path: Path, synchronous:
     assert ob.pending == 0 and ob.rows_after(0, 10) == []
     print(f"\nsynchronous={synchronous}: {n / (t1 - t0):.0f} puts/s, {n / (t2 - t1):.0f} acks/s")
     ob.close()
+
+
+def test_an_outbox_path_that_cannot_be_created_is_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    with pytest.raises(OutboxError, match=r"outbox .*file/o\.sqlite: cannot create it"):
+        Outbox(blocker / "o.sqlite")
