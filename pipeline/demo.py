@@ -183,6 +183,7 @@ def ensure_recording(workdir: Path, frames: int, fps: float, seed: int) -> Path:
     cmd = [
         sys.executable, "-m", "pipeline.cli", "synth", "--out", str(out), "--kind", "mp4",
         "--frames", str(frames), "--fps", str(fps), "--seed", str(seed),
+        "--patients", str(max(1, frames // 10)),  # each synthetic patient on screen ~10 frames
     ]  # fmt: skip
     print(f"generating a synthetic recording: {' '.join(cmd[2:])}")
     done = subprocess.run(cmd, check=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -203,3 +204,21 @@ def test_sigterm_stops_a_live_run_cleanly(broker: Broker, tiny_model: Path, tmp_
     assert all("thermal" in r for r in results)  # test:// frames are Celsius
     assert "ended by stopped" in out.decode()
     assert np.isfinite(session["score"]["mean"])
+
+
+def test_demo_reports_every_result_and_stops_its_broker(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.demo import main as demo
+
+    code = demo(["--model", str(tiny_model), "--workdir", str(tmp_path), "--frames", "10"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    lines = [line.split() for line in out.splitlines() if line.strip().startswith("seq ")]
+    assert [int(words[1]) for words in lines] == list(range(10))
+    assert "results received    10 (seq 0..9, none missing: True)" in out
+    assert "not a medical model" in out and "adjunct to mammography" in out
+    port = int(out.split("mosquitto on 127.0.0.1:")[1].split(";")[0])
+    with pytest.raises(OSError):  # the demo's broker is gone
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    assert (tmp_path / "recording" / "recording.mp4").is_file()
