@@ -430,12 +430,11 @@ class Logger:
             for msg in batch:
                 store_message(self.store, msg, self.cfg.topic_prefix, self.opts, self.counters)
             self.store.commit()
-        except Exception as exc:  # database engines raise their own types; nothing was acked
+        except StoreError as exc:
             self.counters = before
-            self.store.rollback()
             raise LoggerError(
-                f"database {self.store!r}: write failed ({exc}); messages stay unacknowledged "
-                "at the broker and are re-sent when the logger restarts",
+                f"database {exc}; nothing of this batch was acknowledged: the broker re-sends it "
+                "when the logger restarts",
                 EXIT_DATABASE,
             ) from exc
         for msg in batch:

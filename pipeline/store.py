@@ -185,7 +185,8 @@ class _SqlStore:
     _types: ClassVar[dict[str, str]]
     _jsonarg = "?"
 
-    def __init__(self, conn: Any, label: str) -> None:
+    def __init__(self, conn: Any, label: str, errors: tuple[type[Exception], ...]) -> None:
+        self._errors = errors  # the engine's own exception types, turned into StoreError
         self._conn = conn
         self._label = label
         self._create()
@@ -195,7 +196,16 @@ class _SqlStore:
         return text
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        return self._conn.execute(self._sql(sql), tuple(params))
+        try:
+            return self._conn.execute(self._sql(sql), tuple(params))
+        except self._errors as exc:
+            raise self._failed("query", exc) from exc
+
+    def _failed(self, what: str, exc: Exception) -> StoreError:
+        lines = str(exc).strip().splitlines()
+        return StoreError(
+            f"{self._label}: {what} failed ({lines[0] if lines else type(exc).__name__})"
+        )
 
     def _load_json(self, value: Any) -> Any:
         return json.loads(value) if isinstance(value, str | bytes) else value
@@ -247,10 +257,16 @@ class _SqlStore:
         self._execute(_INSERT_REJECT, (topic, bytes(raw), size_bytes, reason, received_ts))
 
     def commit(self) -> None:
-        self._conn.commit()
+        try:
+            self._conn.commit()
+        except self._errors as exc:
+            raise self._failed("commit", exc) from exc
 
     def rollback(self) -> None:
-        self._conn.rollback()
+        try:
+            self._conn.rollback()
+        except self._errors as exc:
+            raise self._failed("rollback", exc) from exc
 
     def close(self) -> None:
         self._conn.close()
@@ -323,7 +339,7 @@ class SqliteStore(_SqlStore):
             raise StoreError(
                 f"{path}: cannot open SQLite database ({exc}); check the path"
             ) from exc
-        super().__init__(conn, str(path))
+        super().__init__(conn, str(path), (sqlite3.Error,))
 
 
 class PostgresStore(_SqlStore):
@@ -349,7 +365,7 @@ class PostgresStore(_SqlStore):
         except psycopg.Error as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise StoreError(f"{_redact(url)}: cannot connect to PostgreSQL ({first})") from exc
-        super().__init__(conn, _redact(url))
+        super().__init__(conn, _redact(url), (psycopg.Error,))
 
     def _sql(self, text: str) -> str:
         return text.replace("?", "%s")

@@ -269,3 +269,33 @@ def test_help_names_the_credentials_and_the_refusal_exit_status(
     assert "password only from $THERMOSCREEN_MQTT_PASSWORD" in text
     assert "exits with status 3" in text
     assert "adjunct to mammography" in text
+
+
+def test_a_failed_commit_is_not_acknowledged_so_the_broker_sends_it_again(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """The logger acknowledges only after commit: when the database refuses the write, the
+    logger exits with one line and the broker still holds every message for its session."""
+    db = tmp_path / "results.sqlite"
+    logger = _logger(broker, tmp_path, db).start()
+    logger.wait_subscribed()
+    with sqlite3.connect(db) as conn:  # a database that fails every insert, like a full disk
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON results "
+            "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    payloads = [make_payload(seq) for seq in range(5)]
+    with Publisher(broker.host, broker.port) as pub:
+        pub.wait_acked(pub.publish_results(payloads))
+    assert logger.wait(timeout_s=60) == 4
+    line = logger.text().strip().splitlines()[-1]
+    assert line == (
+        f"thermoscreen log: database {db}: query failed (disk full); nothing of this batch was "
+        "acknowledged: the broker re-sends it when the logger restarts"
+    )
+    assert stored_ids(db) == set()
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TRIGGER refuse")
+    logger = _logger(broker, tmp_path, db, "--exit-after-idle", "2").start()
+    assert logger.wait(timeout_s=60) == 0
+    assert stored_seqs(db, "sess-1") == list(range(5))
