@@ -22,6 +22,7 @@ from tests.helpers.mqtt_logger import (
     LoggerProcess,
     Publisher,
     make_payload,
+    result_topic,
     stored_ids,
     stored_seqs,
     wait_until,
@@ -299,3 +300,20 @@ def test_a_failed_commit_is_not_acknowledged_so_the_broker_sends_it_again(
     logger = _logger(broker, tmp_path, db, "--exit-after-idle", "2").start()
     assert logger.wait(timeout_s=60) == 0
     assert stored_seqs(db, "sess-1") == list(range(5))
+
+
+def test_config_file_sets_broker_and_prefix_and_max_messages_ends_the_run(
+    broker: Broker, tmp_path: Path
+) -> None:
+    config = tmp_path / "site.yaml"
+    config.write_text(f"mqtt:\n  host: 127.0.0.1\n  port: {broker.port}\n  topic_prefix: clinic\n")
+    db = tmp_path / "results.sqlite"
+    args = ["--config", str(config), "--db", str(db), "--max-messages", "3"]
+    logger = LoggerProcess(tmp_path, args).start()
+    logger.wait_subscribed()
+    payloads = [make_payload(seq) for seq in range(3)]
+    with Publisher(broker.host, broker.port) as pub:
+        pub.wait_acked([pub.publish(result_topic(p, "clinic"), encode(p)) for p in payloads])
+    assert logger.wait(timeout_s=60) == 0  # exits by itself after 3 messages
+    assert stored_seqs(db, "sess-1") == [0, 1, 2]
+    assert "subscribing to clinic/+/+/result" in logger.text()
