@@ -50,6 +50,7 @@ from pipeline.capture import (
 from pipeline.classify import Classifier, load_classifier, model_info, resolve_preprocessing
 from pipeline.config import AppConfig, ConfigError, OutboxConfig, load_config
 from pipeline.manifest import ModelError
+from pipeline.output import OutputError
 from pipeline.preprocess import PreprocessConfig, render
 from pipeline.session import Session, VerdictPolicy
 from pipeline.types import Frame, FrameResult, ModelInfo, Prediction, ThermalStats
@@ -456,28 +457,35 @@ class Pipeline:
                 "output": self._out.qsize(),
             },
             "source": {"rebuilds": src.rebuilds, "errors": src.errors},
+            "output_errors": self.counters.output_errors,
             "outbox": self.publisher.stats(),
         }
 
     # --- output ----------------------------------------------------------------------------
 
     def _output_loop(self) -> None:
+        """Annotated frames to the output. The output is optional: when it fails, the error is
+        logged and counted and screening goes on without it (frames are drained, not drawn)."""
         assert self.output_factory is not None
         out: Output | None = None
+        broken = False
         try:
             while True:
                 item = _get(self._out, self._publish_done)
                 if isinstance(item, _End):
                     break
-                if item is None:
+                if item is None or broken:
                     continue
-                if out is None:
-                    height, width = item.gray.shape[:2]
-                    out = self.output_factory(width, height)
-                out.write(item.gray, item.prediction, item.thermal, item.frame.index)
+                try:
+                    out = out or self.output_factory(item.gray.shape[1], item.gray.shape[0])
+                    out.write(item.gray, item.prediction, item.thermal, item.frame.index)
+                except OutputError as exc:
+                    log.error("%s; going on without the annotated output", exc)
+                    self.counters.output_errors += 1
+                    broken = True
         finally:
             if out is not None:
-                out.close()
+                _close_output(out)
 
     # --- summary ---------------------------------------------------------------------------
 
@@ -500,6 +508,13 @@ class Pipeline:
             error=self._error,
             error_kind=self._error_kind,
         )
+
+
+def _close_output(out: Output) -> None:
+    try:
+        out.close()
+    except OutputError as exc:
+        log.error("%s", exc)
 
 
 def _get(q: queue.Queue[Any], upstream_done: threading.Event) -> Any:
@@ -549,15 +564,17 @@ def _make_publisher(cfg: AppConfig, live: bool) -> ResultSink:
     return publisher
 
 
-def _output_factory(cfg: AppConfig) -> Callable[[int, int], Output] | None:
-    if cfg.output is None:
-        return None
-    from pipeline.output import open_output
+def _output_factory(cfg: AppConfig, preprocess: PreprocessConfig) -> Callable[[int, int], Output]:
+    """Opens the output at the first frame's size; the URI is checked now (OutputError)."""
+    from pipeline.output import OutputOptions, describe_output, open_output
 
+    assert cfg.output is not None
     uri, fps = cfg.output, cfg.capture.fps
+    options = OutputOptions(window_c=preprocess.window_c, jetson=cfg.capture.jetson)
+    describe_output(uri, 64, 64, fps, options)  # unknown scheme, missing host:port -> now
 
     def factory(width: int, height: int) -> Output:
-        made: Output = open_output(uri, width, height, fps)
+        made: Output = open_output(uri, width, height, fps, options)
         return made
 
     return factory
@@ -611,9 +628,10 @@ def run(
             preprocess = resolve_preprocessing(
                 classifier.model, cfg.preprocess, cfg.model.follow_manifest
             )
+            outputs = _output_factory(cfg, preprocess) if cfg.output is not None else None
             source = open_source(cfg.source, source_options(cfg))
             source.open()
-        except (ModelError, SourceError) as exc:
+        except (ModelError, SourceError, OutputError) as exc:
             raise RunError(str(exc)) from exc
         with _closing(source):
             live = source.is_live if cfg.mode == "auto" else cfg.mode == "live"
@@ -635,7 +653,7 @@ def run(
                     preprocess,
                     sink,
                     live=live,
-                    output_factory=_output_factory(cfg),
+                    output_factory=outputs,
                     max_frames=max_frames,
                     stop=stop,
                 )

@@ -150,10 +150,12 @@ def test_png16_replay_publishes_one_result_per_frame_with_thermal(
     assert retained.body["state"] == "ended"
 
 
-def test_mp4_replay_through_gstreamer_has_no_thermal(
+def test_mp4_replay_through_gstreamer_has_no_thermal_and_writes_annotated_output(
     broker: Broker, tiny_model: Path, recordings: dict[str, Path], tmp_path: Path
 ) -> None:
+    annotated = tmp_path / "annotated.avi"
     cfg = replay_config(broker, tiny_model, f"file://{recordings['mp4']}", tmp_path)
+    cfg = cfg.model_copy(update={"output": f"file://{annotated}"})
     summary, watcher = replay(broker, cfg)
     assert (summary.results, summary.frames_captured, summary.exit_code) == (N_FRAMES,) * 2 + (0,)
     results = watcher.bodies("result")
@@ -162,6 +164,12 @@ def test_mp4_replay_through_gstreamer_has_no_thermal(
     assert all(r["source"].endswith("recording.mp4") for r in results)
     session = check_session_messages(watcher, summary)
     assert session["mode"] == "replay"
+    video = cv2.VideoCapture(str(annotated))  # the annotated output has every frame, none dropped
+    decoded = 0
+    while video.read()[0]:
+        decoded += 1
+    video.release()
+    assert decoded == N_FRAMES
 
 
 def test_sigterm_stops_a_live_run_cleanly(broker: Broker, tiny_model: Path, tmp_path: Path) -> None:

@@ -153,3 +153,16 @@ def test_unreachable_broker_keeps_results_in_the_outbox_until_it_is_back(
     sessions = watcher.bodies("session")
     assert {s["session_id"] for s in sessions} == set(by_session)
     assert sorted(s["frames"] for s in sessions) == [N_FRAMES, N_FRAMES]
+
+
+def test_unknown_output_scheme_is_refused_before_the_first_frame(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_model: Path, png16: Path
+) -> None:
+    (tmp_path / "none.yaml").write_text("{}\n")
+    args = ["run", str(png16), "smtp://host/x", "--model", str(tiny_model), "--config",
+            str(tmp_path / "none.yaml"), "--broker", f"127.0.0.1:{free_port()}",
+            "--outbox", str(tmp_path / "o.sqlite")]  # fmt: skip
+    assert cli(args) == EXIT_BAD_INPUT
+    captured = capsys.readouterr()
+    assert "output 'smtp://host/x': unknown scheme" in one_error_line(captured.err)
+    assert "results from" not in captured.out  # refused before any frame was read
