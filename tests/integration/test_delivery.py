@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.report import report_from_store
+from pipeline.store import open_store
 from tests.conftest import Broker
 from tests.helpers.mqtt_logger import (
     LoggerProcess,
@@ -82,6 +84,7 @@ def test_broker_outage_mid_replay_loses_nothing(
     outage_s = time.monotonic() - down
     assert run.wait(timeout=120) == 0, outbox.with_suffix(".log").read_text()
     wait_until(lambda: count_rows(db, "results") >= FRAMES, 60, f"{FRAMES} results")
+    wait_until(lambda: count_rows(db, "sessions") == 1, 30, "the session summary")
     assert logger.stop() == 0
     sessions = _sessions(db)
     assert len(sessions) == 1
@@ -89,6 +92,11 @@ def test_broker_outage_mid_replay_loses_nothing(
     assert seqs == list(range(FRAMES))  # each result exactly once
     assert _outbox_results(outbox) == {}
     assert at_stop < FRAMES, "the outage came after the replay: nothing was tested"
+    store = open_store(db)
+    (report,) = report_from_store(store)
+    store.close()
+    assert (report.frames, report.reported_frames, report.missing_seq) == (FRAMES, FRAMES, [])
+    assert report.verdict_source == "session" and report.verdict in ("healthy", "sick")
     _report(
         "broker outage", sent=FRAMES, stored_before_outage=at_stop, stored=len(seqs),
         duplicates_dropped=_duplicates(db), outage_s=f"{outage_s:.1f}",
