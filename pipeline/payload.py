@@ -76,7 +76,7 @@ def _validator(name: str) -> jsonschema.protocols.Validator:
     schema = json.loads(text)
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
-    return cls(schema)  # type: ignore[no-any-return]
+    return cls(schema)
 
 
 def schema_errors(payload: Any, name: str = "result") -> list[str]:

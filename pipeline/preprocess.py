@@ -60,7 +60,8 @@ def scale_to_u8(values: npt.NDArray[np.floating], low: float, high: float) -> U8
     if span <= 0:
         return np.zeros(values.shape, dtype=np.uint8)
     unit = np.clip((values.astype(np.float32) - np.float32(low)) / span, 0.0, 1.0)
-    return np.floor(unit * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
+    out: U8 = np.floor(unit * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
+    return out
 
 
 def render_celsius(celsius: npt.NDArray[np.floating], window_c: tuple[float, float] | None) -> U8:
@@ -74,12 +75,14 @@ def equalize(gray: U8, cfg: PreprocessConfig) -> U8:
     """Histogram equalization as configured (global is OpenCV's equalizeHist)."""
     gray = np.ascontiguousarray(gray, dtype=np.uint8)
     if cfg.equalization == "global":
-        return cv2.equalizeHist(gray)
+        out: U8 = np.asarray(cv2.equalizeHist(gray), dtype=np.uint8)
+        return out
     if cfg.equalization == "clahe":
         clahe = cv2.createCLAHE(
             clipLimit=cfg.clahe_clip_limit, tileGridSize=(cfg.clahe_tile_grid, cfg.clahe_tile_grid)
         )
-        return clahe.apply(gray)
+        out = np.asarray(clahe.apply(gray), dtype=np.uint8)
+        return out
     return gray
 
 
