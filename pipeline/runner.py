@@ -52,7 +52,7 @@ from pipeline.config import AppConfig, ConfigError, OutboxConfig, load_config
 from pipeline.manifest import ModelError
 from pipeline.output import OutputError
 from pipeline.preprocess import PreprocessConfig, render
-from pipeline.session import Session, VerdictPolicy
+from pipeline.session import EndReason, Session, VerdictPolicy
 from pipeline.types import Frame, FrameResult, ModelInfo, Prediction, ThermalStats
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ class Pipeline:
         self._failed = threading.Event()
         self._error: str | None = None
         self._error_kind = ""
-        self._end_reason = "stopped"
+        self._end_reason: EndReason = "stopped"
         self._started_mono = time.monotonic()
         self._last_stats_mono = self._started_mono
         self._last_stats_results = 0
@@ -398,8 +398,7 @@ class Pipeline:
                     pass
 
     def _end_session(self) -> None:
-        reason = self._end_reason if self._end_reason in ("eos", "error") else "stopped"
-        self.session.end(reason)  # type: ignore[arg-type]
+        self.session.end(self._end_reason)
         self.publisher.publish_state(self.cfg.camera_id, self.session.state_payload())
         self.publisher.publish_session(
             self.cfg.camera_id, self.session.summary_payload(self.drops())

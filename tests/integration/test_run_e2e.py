@@ -172,6 +172,18 @@ def test_mp4_replay_through_gstreamer_has_no_thermal_and_writes_annotated_output
     assert decoded == N_FRAMES
 
 
+def test_max_frames_ends_a_replay_early_as_stopped(
+    broker: Broker, tiny_model: Path, recordings: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = replay_config(broker, tiny_model, str(recordings["png16"]), tmp_path)
+    with ResultWatcher(broker.host, broker.port, DEVICE) as watcher:
+        summary = run(cfg, max_frames=4)
+        assert watcher.wait(lambda: watcher.count("session") >= 1, 15)
+    assert (summary.frames_captured, summary.results, summary.end_reason) == (4, 4, "stopped")
+    assert [r["seq"] for r in watcher.bodies("result")] == [0, 1, 2, 3]
+    assert watcher.bodies("session")[0]["end_reason"] == "stopped"
+
+
 def test_sigterm_stops_a_live_run_cleanly(broker: Broker, tiny_model: Path, tmp_path: Path) -> None:
     config = tmp_path / "live.yaml"
     config.write_text(
@@ -210,6 +222,8 @@ def test_sigterm_stops_a_live_run_cleanly(broker: Broker, tiny_model: Path, tmp_
     indices = [r["frame_index"] for r in results]
     assert indices == sorted(set(indices))  # live may skip frames (counted) but never reorders
     assert all("thermal" in r for r in results)  # test:// frames are Celsius
+    # every skipped frame index is accounted for as a counted drop (source or handoff)
+    assert max(indices) + 1 <= len(results) + sum(session["drops"].values())
     assert "ended by stopped" in out.decode()
     assert np.isfinite(session["score"]["mean"])
 

@@ -104,6 +104,16 @@ def test_bad_config_value_names_the_flag(
     assert "command line: field 'capture.fps'" in one_error_line(err)
 
 
+def test_malformed_broker_flag(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_model: Path, png16: Path
+) -> None:
+    (tmp_path / "none.yaml").write_text("{}\n")
+    args = ["run", str(png16), "--model", str(tiny_model), "--broker", "localhost",
+            "--config", str(tmp_path / "none.yaml")]  # fmt: skip
+    assert cli(args) == EXIT_BAD_INPUT
+    assert "--broker 'localhost': expected HOST:PORT" in one_error_line(capsys.readouterr().err)
+
+
 def test_preprocessing_mismatch_is_refused_unless_following_the_manifest(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, png16: Path, broker: Broker
 ) -> None:
