@@ -692,11 +692,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", type=Path, help="model directory (model.onnx, labels.txt, model.json)"
     )
-    parser.add_argument("--backend", choices=["auto", "onnxruntime", "jetson"])
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "onnxruntime", "jetson"],
+        help="inference backend (auto: jetson where jetson-inference imports)",
+    )
     parser.add_argument("--device-id", help="device id (MQTT topic level)")
     parser.add_argument("--camera-id", help="camera id (MQTT topic level)")
     parser.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker")
-    parser.add_argument("--mode", choices=["auto", "live", "replay"])
+    parser.add_argument(
+        "--mode",
+        choices=["auto", "live", "replay"],
+        help="live keeps the newest frame (drops counted); replay drops nothing (auto: by URI)",
+    )
     parser.add_argument(
         "--realtime",
         action="store_true",
@@ -715,7 +723,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--flush-timeout", type=float, help="seconds to wait for the outbox to empty at exit"
     )
-    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level"
+    )
     parser.epilog = (
         "exit codes: 0 done; 1 failed while running; 2 bad input (config, model, source); "
         "3 finished but results still wait in the outbox (they go out on the next start)"

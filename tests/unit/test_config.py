@@ -113,3 +113,34 @@ def test_every_field_has_a_description() -> None:
         return missing
 
     assert walk(AppConfig) == []
+
+
+def test_replay_never_drops_results_whatever_the_outbox_policy() -> None:
+    from pipeline.runner import outbox_for
+
+    cfg = load_config(REPO / "config" / "default.yaml", env={})
+    assert cfg.outbox.when_full == "drop_oldest"
+    live, replay = outbox_for(cfg, live=True), outbox_for(cfg, live=False)
+    assert live is not None and live.when_full == "drop_oldest"
+    assert replay is not None and replay.when_full == "block"
+    assert outbox_for(load_config(None, {"outbox.enabled": False}, env={}), live=False) is None
+
+
+def test_cli_flags_become_dotted_overrides() -> None:
+    import argparse
+
+    from pipeline.runner import add_arguments, overrides_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["test://", "--broker", "10.0.0.5:8883", "--follow-manifest"])
+    flat = overrides_from_args(args)
+    assert flat == {
+        "source": "test://",
+        "mqtt.host": "10.0.0.5",
+        "mqtt.port": 8883,
+        "model.follow_manifest": True,
+    }
+    cfg = load_config(None, flat, env={"THERMOSCREEN_MQTT__PORT": "1"})
+    assert (cfg.mqtt.host, cfg.mqtt.port, cfg.model.follow_manifest) == ("10.0.0.5", 8883, True)
+    assert cfg.capture.realtime is False  # flags not given leave the lower layers alone
