@@ -51,11 +51,26 @@ class Scored:
     targets: npt.NDArray[np.int64]
     probs: npt.NDArray[np.float64]
     labels: tuple[str, ...]
+    positive: int  # index of the class whose probability is the screening score
+    threshold: float | None = None  # model.json's operating threshold on p(positive); None: argmax
 
 
-def positive_index(labels: Sequence[str]) -> int:
+def positive_index(labels: Sequence[str], positive_label: str = POSITIVE_LABEL) -> int:
     """The class whose probability is the screening score: 'sick', else the last label."""
-    return list(labels).index(POSITIVE_LABEL) if POSITIVE_LABEL in labels else len(labels) - 1
+    return list(labels).index(positive_label) if positive_label in labels else len(labels) - 1
+
+
+def decide(
+    probs: npt.NDArray[np.float64], pos: int, threshold: float | None
+) -> npt.NDArray[np.intp]:
+    """Predicted class per row, as serving decides: argmax (ties to the lowest index, like
+    imageNet), or with a threshold p(positive) >= threshold, else the best other class."""
+    preds = np.argmax(probs, axis=1)
+    if threshold is None:
+        return preds
+    others = probs.copy()
+    others[:, pos] = -np.inf
+    return np.where(probs[:, pos] >= threshold, pos, np.argmax(others, axis=1))
 
 
 def label_targets(item_labels: Sequence[str], model_labels: Sequence[str], where: str) -> list[int]:
@@ -88,10 +103,11 @@ def _section(
     groups: list[npt.NDArray[np.intp]],
     n_classes: int,
     pos: int,
+    threshold: float | None,
     n_boot: int,
     seed: int,
 ) -> dict[str, Any]:
-    preds = np.argmax(probs, axis=1)  # ties go to the lowest index, like imageNet
+    preds = decide(probs, pos, threshold)
     y = (targets == pos).astype(np.int64)
     yp = (preds == pos).astype(np.int64)
     score = probs[:, pos]
@@ -109,14 +125,13 @@ def _section(
 
 def report_for(scored: Scored, n_boot: int, seed: int) -> dict[str, Any]:
     """Per-image and per-patient sections (point estimates, 95% intervals, confusion matrices)."""
-    pos = positive_index(scored.labels)
-    k = len(scored.labels)
+    pos, thr, k = scored.positive, scored.threshold, len(scored.labels)
     patients, groups = metrics.group_indices(scored.patient_ids)
-    per_image = _section(scored.targets, scored.probs, groups, k, pos, n_boot, seed)
+    per_image = _section(scored.targets, scored.probs, groups, k, pos, thr, n_boot, seed)
     patient_probs = metrics.mean_by_group(scored.probs, groups)
     patient_targets = np.asarray([scored.targets[g[0]] for g in groups], dtype=np.int64)
     singletons = [np.asarray([i], dtype=np.intp) for i in range(len(patients))]
-    per_patient = _section(patient_targets, patient_probs, singletons, k, pos, n_boot, seed)
+    per_patient = _section(patient_targets, patient_probs, singletons, k, pos, thr, n_boot, seed)
     return {
         "n_images": int(scored.targets.size),
         "n_patients": len(patients),
@@ -133,6 +148,8 @@ def subset(scored: Scored, keep: Callable[[str], bool]) -> Scored:
         targets=scored.targets[idx],
         probs=scored.probs[idx],
         labels=scored.labels,
+        positive=scored.positive,
+        threshold=scored.threshold,
     )
 
 
@@ -143,7 +160,10 @@ def full_report(scored: Scored, n_boot: int, seed: int) -> dict[str, Any]:
         raise EvaluationError("no images to evaluate; check --data and --split")
     out: dict[str, Any] = {
         "labels": list(scored.labels),
-        "positive_label": scored.labels[positive_index(scored.labels)],
+        "positive_label": scored.labels[scored.positive],
+        "decision": "argmax (ties to the lowest index)"
+        if scored.threshold is None
+        else f"p({scored.labels[scored.positive]}) >= {scored.threshold} (model.json threshold)",
         "bootstrap": {"resamples": n_boot, "seed": seed, "level": 0.95, "unit": "patient"},
         "all": report_for(scored, n_boot, seed),
     }
@@ -200,6 +220,8 @@ def score_with_model_dir(model_dir: Path, items: list[Any]) -> Scored:
         targets=np.asarray(targets, dtype=np.int64),
         probs=np.asarray(probs, dtype=np.float64).reshape(len(items), -1),
         labels=model.labels,
+        positive=positive_index(model.labels, model.manifest.positive_label),
+        threshold=model.manifest.threshold,
     )
 
 
@@ -220,6 +242,7 @@ def score_with_run(run_dir: Path, items: list[Any], checkpoint: str) -> Scored:
         targets=np.asarray(targets, dtype=np.int64),
         probs=probs.astype(np.float64),
         labels=labels,
+        positive=positive_index(labels, run.get("positive_label", POSITIVE_LABEL)),
     )
 
 
@@ -229,7 +252,8 @@ def score_with_run(run_dir: Path, items: list[Any], checkpoint: str) -> Scored:
 def write_outputs(report: dict[str, Any], scored: Scored, out: Path) -> None:
     """report.json, predictions.csv, confusion.png and roc.png in `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    pos = positive_index(scored.labels)
+    pos = scored.positive
+    preds = decide(scored.probs, pos, scored.threshold)
     with (out / "predictions.csv").open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["path", "patient_id", "label", "predicted", f"p_{scored.labels[pos]}"])
@@ -239,7 +263,7 @@ def write_outputs(report: dict[str, Any], scored: Scored, out: Path) -> None:
                     path,
                     scored.patient_ids[i],
                     scored.labels[scored.targets[i]],
-                    scored.labels[int(np.argmax(scored.probs[i]))],
+                    scored.labels[int(preds[i])],
                     f"{scored.probs[i, pos]:.6f}",
                 ]
             )
@@ -270,7 +294,7 @@ def plot(report: dict[str, Any], scored: Scored, out: Path) -> dict[str, str]:
     fig.savefig(out / "confusion.png", dpi=100)
     plt.close(fig)
 
-    pos = positive_index(scored.labels)
+    pos = scored.positive
     _, groups = metrics.group_indices(scored.patient_ids)
     y_img = (scored.targets == pos).astype(np.int64)
     p_probs = metrics.mean_by_group(scored.probs, groups)

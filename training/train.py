@@ -15,11 +15,12 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,16 @@ def epoch_order(n: int, min_samples: int, generator: torch.Generator) -> list[in
 # ---------------------------------------------------------------- model steps
 
 
+def cosine_factor(epochs: int) -> Callable[[int], float]:
+    """lr multiplier of epoch e: 0.5 * (1 + cos(pi * e / epochs)). Closed form rather than
+    CosineAnnealingLR's recursion, so a run resumed with a larger --epochs follows the new curve."""
+
+    def factor(epoch: int) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * min(epoch, epochs) / epochs))
+
+    return factor
+
+
 def class_weights(targets: Sequence[int], n_classes: int) -> torch.Tensor:
     """n / (k * n_c): each class contributes equally to the loss however rare it is."""
     counts = np.bincount(np.asarray(targets), minlength=n_classes).astype(np.float64)
@@ -252,17 +263,20 @@ def train_one_epoch(
     epoch: int,
     epochs: int,
 ) -> float:
+    """One pass over `loader`; returns the mean training loss (the bar shows loss and accuracy)."""
     model.train()
-    total, n = 0.0, 0
+    total, n, right = 0.0, 0, 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=None, leave=False)
     for x, y in bar:
-        loss = loss_fn(model(x), y)
+        logits = model(x)
+        loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         total += float(loss.detach()) * len(y)
+        right += int((logits.detach().argmax(dim=1) == y).sum())
         n += len(y)
-        bar.set_postfix(loss=f"{total / n:.4f}")
+        bar.set_postfix(loss=f"{total / n:.4f}", acc=f"{right / n:.3f}")
     return total / max(n, 1)
 
 
@@ -421,7 +435,7 @@ def run_training(cfg: TrainConfig, data: Path, out: Path, resume: bool = False) 
     weights = class_weights(targets["train"], len(labels))
     loss_fn = nn.CrossEntropyLoss(weight=weights)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_factor(cfg.epochs))
 
     start_epoch, history, best_key = 0, [], None
     if resume:
@@ -429,7 +443,9 @@ def run_training(cfg: TrainConfig, data: Path, out: Path, resume: bool = False) 
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        scheduler.T_max = cfg.epochs
+        resumed = cosine_factor(cfg.epochs)(scheduler.last_epoch)  # --epochs may have grown
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+            group["lr"] = base * resumed
         start_epoch, history = int(ckpt["epoch"]), list(ckpt["history"])
         best_key = ckpt.get("best_key")
         log.info("resuming %s at epoch %d of %d", out, start_epoch + 1, cfg.epochs)
@@ -451,7 +467,7 @@ def run_training(cfg: TrainConfig, data: Path, out: Path, resume: bool = False) 
             "class_weights": dict(zip(labels, [round(float(w), 6) for w in weights], strict=True)),
         },
         "optimizer": {"name": "AdamW", "lr": cfg.lr, "weight_decay": cfg.weight_decay},
-        "scheduler": {"name": "CosineAnnealingLR", "t_max_epochs": cfg.epochs},
+        "scheduler": {"name": "cosine (closed form, LambdaLR)", "epochs": cfg.epochs},
         "batchnorm": "running statistics recomputed over the training images after each epoch",
         "epoch_samples": "augmented repeats of the training images up to min_epoch_samples",
         "seed": cfg.seed,
