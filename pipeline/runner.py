@@ -556,13 +556,6 @@ def outbox_for(cfg: AppConfig, live: bool) -> OutboxConfig | None:
     return cfg.outbox.model_copy(update={"when_full": "block"})
 
 
-def _make_publisher(cfg: AppConfig, live: bool) -> ResultSink:
-    from pipeline.publish import Publisher
-
-    publisher: ResultSink = Publisher(cfg.mqtt, cfg.device_id, outbox_for(cfg, live))
-    return publisher
-
-
 def _output_factory(cfg: AppConfig, preprocess: PreprocessConfig) -> Callable[[int, int], Output]:
     """Opens the output at the first frame's size; the URI is checked now (OutputError)."""
     from pipeline.output import OutputOptions, describe_output, open_output
@@ -629,11 +622,16 @@ def run(
             )
             outputs = _output_factory(cfg, preprocess) if cfg.output is not None else None
             source = open_source(cfg.source, source_options(cfg))
-            source.open()
         except (ModelError, SourceError, OutputError) as exc:
             raise RunError(str(exc)) from exc
+        live = source.is_live if cfg.mode == "auto" else cfg.mode == "live"
+        sink = publisher or _make_publisher(cfg, live)
+        try:
+            source.open()
+        except SourceError as exc:
+            sink.stop(0.0)
+            raise RunError(str(exc)) from exc
         with _closing(source):
-            live = source.is_live if cfg.mode == "auto" else cfg.mode == "live"
             log.info(
                 "%s %s -> model %s (%s), preprocessing %s",
                 "live" if live else "replay",
@@ -642,29 +640,47 @@ def run(
                 classifier.backend,
                 preprocess.model_dump(),
             )
-            sink = publisher or _make_publisher(cfg, live)
-            sink.start()
-            try:
-                pipeline = Pipeline(
-                    cfg,
-                    source,
-                    classifier,
-                    preprocess,
-                    sink,
-                    live=live,
-                    output_factory=outputs,
-                    max_frames=max_frames,
-                    stop=stop,
-                )
-            except ValueError as exc:  # e.g. an operating threshold without a positive label
-                sink.stop(0.0)
-                raise RunError(f"{classifier.model.root}: {exc}") from exc
-            summary = pipeline.run()
-            summary.flushed = sink.stop(cfg.flush_timeout_s)
-            stats = sink.stats()
-            summary.outbox_pending = _pending(stats)
-            summary.broker_error = stats.get("last_error")
-            return summary
+            return _run_session(cfg, source, classifier, preprocess, sink, live, outputs, stop,
+                                max_frames)  # fmt: skip
+
+
+def _make_publisher(cfg: AppConfig, live: bool) -> ResultSink:
+    """The MQTT publisher with its durable outbox; RunError when either cannot be set up."""
+    from pipeline.outbox import OutboxError
+    from pipeline.publish import Publisher
+
+    try:
+        publisher: ResultSink = Publisher(cfg.mqtt, cfg.device_id, outbox_for(cfg, live))
+    except (ValueError, OutboxError) as exc:
+        raise RunError(str(exc)) from exc
+    return publisher
+
+
+def _run_session(
+    cfg: AppConfig,
+    source: Source,
+    classifier: Classifier,
+    preprocess: PreprocessConfig,
+    sink: ResultSink,
+    live: bool,
+    outputs: Callable[[int, int], Output] | None,
+    stop: threading.Event,
+    max_frames: int | None,
+) -> RunSummary:
+    try:
+        pipeline = Pipeline(
+            cfg, source, classifier, preprocess, sink, live, outputs, max_frames, stop
+        )
+    except ValueError as exc:  # e.g. an operating threshold without a positive label
+        sink.stop(0.0)
+        raise RunError(f"{classifier.model.root}: {exc}") from exc
+    sink.start()
+    summary = pipeline.run()
+    summary.flushed = sink.stop(cfg.flush_timeout_s)
+    stats = sink.stats()
+    summary.outbox_pending = _pending(stats)
+    summary.broker_error = stats.get("last_error")
+    return summary
 
 
 # --- command line --------------------------------------------------------------------------

@@ -104,6 +104,19 @@ def test_bad_config_value_names_the_flag(
     assert "command line: field 'capture.fps'" in one_error_line(err)
 
 
+def test_outbox_that_cannot_be_created(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_model: Path, png16: Path
+) -> None:
+    (tmp_path / "none.yaml").write_text("{}\n")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the outbox folder should be\n")
+    args = ["run", str(png16), "--model", str(tiny_model), "--config",
+            str(tmp_path / "none.yaml"), "--outbox", str(blocker / "outbox.sqlite"),
+            "--broker", f"127.0.0.1:{free_port()}"]  # fmt: skip
+    assert cli(args) == EXIT_BAD_INPUT
+    assert str(blocker) in one_error_line(capsys.readouterr().err)
+
+
 def test_malformed_broker_flag(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_model: Path, png16: Path
 ) -> None:
