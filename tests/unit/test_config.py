@@ -23,6 +23,15 @@ def test_shipped_configs_load(name: str) -> None:
     assert isinstance(cfg, AppConfig)
 
 
+@pytest.mark.parametrize("name", ["default.yaml", "jetson.yaml", "replay.yaml"])
+def test_shipped_sources_are_valid_uris(name: str) -> None:
+    from pipeline.capture import parse_uri
+
+    cfg = load_config(REPO / "config" / name, env={})
+    if cfg.source is not None:
+        assert parse_uri(cfg.source).scheme in ("v4l2", "file", "dmr", "test", "csi", "rtsp")
+
+
 def test_shipped_configs_differ_where_they_should() -> None:
     jetson = load_config(REPO / "config" / "jetson.yaml", env={})
     replay = load_config(REPO / "config" / "replay.yaml", env={})
