@@ -94,6 +94,12 @@ def numeric_id(patient_id: str) -> int | None:
     return int(patient_id) if str(patient_id).isdigit() else None
 
 
+def is_old_era(patient_id: str) -> bool:
+    """DMR-IR acquisitions before 2018: numeric patient ID below 300."""
+    number = numeric_id(patient_id)
+    return number is not None and number < OLD_ERA_LIMIT
+
+
 # ---------------------------------------------------------------- metrics for one scored set
 
 
@@ -167,10 +173,9 @@ def full_report(scored: Scored, n_boot: int, seed: int) -> dict[str, Any]:
         "bootstrap": {"resamples": n_boot, "seed": seed, "level": 0.95, "unit": "patient"},
         "all": report_for(scored, n_boot, seed),
     }
-    ids = [numeric_id(p) for p in scored.patient_ids]
-    old = [i is not None and i < OLD_ERA_LIMIT for i in ids]
+    old = [is_old_era(p) for p in scored.patient_ids]
     if any(old) and not all(old):
-        older = subset(scored, lambda p: (numeric_id(p) or OLD_ERA_LIMIT) < OLD_ERA_LIMIT)
+        older = subset(scored, is_old_era)
         out["id_below_300"] = report_for(older, n_boot, seed)
         out["id_below_300"]["note"] = (
             "DMR-IR patients with ID >= 300 (2018-2020) are all sick and look different; "

@@ -115,3 +115,62 @@ def test_group_indices_and_patient_means() -> None:
 def test_interval_as_dict_reports_nan_as_none() -> None:
     iv = metrics.Interval(value=float("nan"), low=float("nan"), high=float("nan"), n_valid=0)
     assert iv.as_dict() == {"value": None, "ci95": [None, None], "n_valid": 0}
+
+
+# ---------------------------------------------------------------- evaluate's report arithmetic
+
+
+def _scored(threshold: float | None = None):  # type: ignore[no-untyped-def]
+    from training.evaluate import Scored
+
+    # patient 5 has two images (mean p_sick 0.7), patient 310 one; patient 7 is healthy
+    return Scored(
+        paths=["a", "b", "c", "d"],
+        patient_ids=["5", "5", "310", "7"],
+        targets=np.array([1, 1, 1, 0]),
+        probs=np.array([[0.6, 0.4], [0.0, 1.0], [0.45, 0.55], [0.8, 0.2]]),
+        labels=("healthy", "sick"),
+        positive=1,
+        threshold=threshold,
+    )
+
+
+def test_report_per_image_per_patient_and_old_acquisitions() -> None:
+    from training.evaluate import full_report
+
+    r = full_report(_scored(), n_boot=50, seed=0)
+    img, pat = r["all"]["per_image"], r["all"]["per_patient"]
+    assert img["confusion_matrix"] == [[1, 0], [1, 2]]  # image "a" (0.4) is missed
+    assert pat["confusion_matrix"] == [[1, 0], [0, 2]]  # patient 5's mean 0.7 is caught
+    assert img["sensitivity"]["value"] == pytest.approx(2 / 3)
+    assert pat["sensitivity"]["value"] == 1.0 and pat["auc"]["value"] == 1.0
+    old = r["id_below_300"]
+    assert old["n_patients"] == 2 and old["n_images"] == 3  # patient 310 left out
+    assert r["decision"].startswith("argmax")
+
+
+def test_report_threshold_changes_the_decision_not_the_auc() -> None:
+    from training.evaluate import decide, full_report
+
+    probs = _scored().probs
+    np.testing.assert_array_equal(decide(probs, 1, 0.3), [1, 1, 1, 0])
+    np.testing.assert_array_equal(decide(probs, 1, None), [0, 1, 1, 0])
+    loose = full_report(_scored(threshold=0.3), n_boot=20, seed=0)["all"]["per_image"]
+    strict = full_report(_scored(), n_boot=20, seed=0)["all"]["per_image"]
+    assert loose["sensitivity"]["value"] == 1.0 and strict["sensitivity"]["value"] < 1.0
+    assert loose["auc"] == strict["auc"]
+
+
+def test_only_one_era_gives_no_old_acquisition_section() -> None:
+    from training.evaluate import full_report, subset
+
+    only_old = subset(_scored(), lambda p: p != "310")
+    assert "id_below_300" not in full_report(only_old, n_boot=10, seed=0)
+
+
+def test_data_labels_the_model_lacks_are_one_line_errors() -> None:
+    from training.evaluate import EvaluationError, label_targets
+
+    assert label_targets(["sick", "healthy"], ("healthy", "sick"), "m") == [1, 0]
+    with pytest.raises(EvaluationError, match="'benign' is not among the model's labels"):
+        label_targets(["benign"], ("healthy", "sick"), "m")
