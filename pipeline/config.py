@@ -353,6 +353,8 @@ def _check_known(tree: Mapping[str, Any], model: type[BaseModel], origin: str, p
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(fields)}"
+            if "password" in str(key).lower():
+                hint = f"secrets are read only from ${ENV_MQTT_PASSWORD}, never from config"
             raise ConfigError(f"{origin}: unknown field '{dotted}' ({hint})")
         sub = _submodel(fields[key].annotation)
         if sub is not None and isinstance(value, dict):

@@ -73,8 +73,9 @@ def test_secrets_and_unrelated_variables_are_not_config_fields() -> None:
 
 def test_password_in_file_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "mqtt:\n  password: hunter2\n")
-    with pytest.raises(ConfigError, match=r"x\.yaml: unknown field 'mqtt\.password'"):
+    with pytest.raises(ConfigError, match=r"x\.yaml: unknown field 'mqtt\.password'") as info:
         load_config(path, {}, {})
+    assert "THERMOSCREEN_MQTT_PASSWORD" in str(info.value) and "hunter2" not in str(info.value)
 
 
 def test_unknown_key_suggests_the_close_one(tmp_path: Path) -> None:
