@@ -79,6 +79,7 @@ class LoggerOptions:
     client_id: str = "thermoscreen-logger"
     max_payload_bytes: int = 64 * 1024
     reject_keep_bytes: int = 4096
+    batch: int = 500  # messages per database transaction (and per round of acknowledgements)
     extra_filters: tuple[str, ...] = ()
     stats_interval_s: float = 30.0
     exit_after_idle_s: float | None = None
@@ -366,7 +367,7 @@ class Logger:
                     self.stop.wait(delay)
                     delay = min(delay * 2, self.cfg.reconnect_max_s)
                     continue
-            rc = self._client.loop(timeout=0.2)
+            rc = self._receive()
             if self._link.fatal:
                 raise LoggerError(self._link.fatal + _auth_hint(self._link.fatal), EXIT_REFUSED)
             if self._link.need_subscribe:
@@ -389,6 +390,20 @@ class Logger:
             if idle is not None and self._link.subscribed and now - last_message >= idle:
                 log.info("logger: idle for %.1f s, exiting", idle)
                 return
+
+    def _receive(self) -> MQTTErrorCode:
+        """Wait up to 0.2 s for traffic, then read what is already there, up to a batch.
+
+        paho's `loop()` reads one packet per call; one commit per message would bound the
+        logger by fsync latency, so a burst is read and committed as one transaction.
+        """
+        rc = self._client.loop(timeout=0.2)
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and len(self._link.inbox) < self.opts.batch:
+            before = len(self._link.inbox)
+            rc = self._client.loop_read()
+            if len(self._link.inbox) == before:
+                break
+        return rc
 
     def _where(self) -> tuple[str, int]:
         return self.cfg.host, self.cfg.port
