@@ -122,6 +122,10 @@ class OnnxRuntimeClassifier:
         opts = ort.SessionOptions()
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.inter_op_num_threads = 1
+        # Idle intra-op workers sleep instead of spinning: on a small CPU a spinning worker takes
+        # the core that GStreamer decoding and MQTT publishing need between inferences
+        # (`thermoscreen bench`, ResNet18, 2 cores: replay throughput up, see README "Benchmark").
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if intra_op_threads is not None:
             if intra_op_threads < 1:
                 raise ValueError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
