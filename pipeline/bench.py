@@ -18,7 +18,7 @@ because a shared machine is noisy:
   frame reaches the appsink) to delivery at the subscriber (after the broker accepted the QoS 1
   publish, so an upper bound of capture-to-acknowledgement), p50/p95/p99, frames dropped (gaps
   in `frame_index`), and whether latency grows over the run.
-- peak RSS of the pipeline process (from `wait4`), and time from start to the first result.
+- peak RSS of the pipeline process (its VmHWM), and time from start to the first result.
 
 Writes `bench.json` and `bench.md` under `--out`. Thermography is an adjunct to mammography only.
 """
@@ -234,6 +234,18 @@ class ChildRun:
     stderr_tail: str
 
 
+def _vm_hwm_kb(pid: int) -> int:
+    """Peak resident set of a running process (kB), 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return 0
+    return 0
+
+
 def run_child(
     cmd: Sequence[str],
     timeout_s: float,
@@ -243,15 +255,17 @@ def run_child(
 ) -> ChildRun:
     """Run `cmd`; with `stop_after_s` (or when `until()` turns true) send SIGINT for a clean stop.
 
-    Peak RSS comes from wait4's rusage, so it is the child's true high-water mark.
+    Peak RSS is the child's VmHWM, read while it runs: wait4's ru_maxrss would also count the
+    pages the child shared with this (large) process between fork and exec.
     """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.monotonic()
         proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=env)
         stop_sent = False
-        status, usage = 0, None
+        status, hwm_kb = 0, 0
         while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            hwm_kb = max(hwm_kb, _vm_hwm_kb(proc.pid))
+            pid, status = os.waitpid(proc.pid, os.WNOHANG)
             if pid == proc.pid:
                 break
             elapsed = time.monotonic() - start
@@ -263,7 +277,7 @@ def run_child(
                 stop_sent = True
             if elapsed > timeout_s:
                 proc.kill()
-                os.wait4(proc.pid, 0)
+                os.waitpid(proc.pid, 0)
                 proc.returncode = -9
                 raise BenchError(f"{' '.join(cmd[:3])} ... ran past {timeout_s:.0f}s; killed")
             time.sleep(0.02)
@@ -273,10 +287,9 @@ def run_child(
         err.seek(0)
         stdout = out.read().decode(errors="replace")
         stderr = err.read().decode(errors="replace")
-    assert usage is not None
     return ChildRun(
         returncode=proc.returncode,
-        max_rss_mb=usage.ru_maxrss * 1024 / 1e6,
+        max_rss_mb=hwm_kb * 1024 / 1e6,
         wall_s=wall,
         start_mono_s=start,
         stdout=stdout,

@@ -23,6 +23,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -127,6 +128,34 @@ def agreement(fp32: Path, int8: Path, input_name: str, tensors: list[F32]) -> Ag
     )
 
 
+def auc_change(fp32_dir: Path, int8_dir: Path, data: Path, split: str | None) -> dict[str, Any]:
+    """ROC AUC of both models on the evaluation set, per image and per patient, scored through
+    serving's path (render -> model_input -> ONNX Runtime), and how much INT8 moved it."""
+    from training import datasets, metrics
+    from training.evaluate import _items_for_split, positive_index, score_with_model_dir
+
+    fp32 = load_model_dir(fp32_dir)
+    split_ids = fp32.manifest.data.get("split_patients")
+    split = split or ("test" if split_ids else "all")
+    items = _items_for_split(datasets.scan(data), split_ids, split)
+    out: dict[str, Any] = {"data": str(data), "split": split, "images": len(items)}
+    for name, root in (("fp32", fp32_dir), ("int8", int8_dir)):
+        scored = score_with_model_dir(root, items)
+        pos = positive_index(scored.labels)
+        y = (scored.targets == pos).astype(np.int64)
+        _, groups = metrics.group_indices(scored.patient_ids)
+        patient_p = metrics.mean_by_group(scored.probs, groups)[:, pos]
+        patient_y = np.asarray([y[g[0]] for g in groups], dtype=np.int64)
+        out[name] = {
+            "auc_per_image": metrics.roc_auc(y, scored.probs[:, pos]),
+            "auc_per_patient": metrics.roc_auc(patient_y, patient_p),
+        }
+        out["patients"] = len(groups)
+    for unit in ("auc_per_image", "auc_per_patient"):
+        out[f"delta_{unit}"] = out["int8"][unit] - out["fp32"][unit]
+    return out
+
+
 def quantize_model_dir(
     model_dir: Path,
     calib_dir: Path,
@@ -218,6 +247,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="held-out frames for the INT8 vs FP32 check (default 32)",
     )
     parser.add_argument(
+        "--eval-data",
+        type=Path,
+        default=None,
+        help="labelled folder to report the AUC change on (recorded in model.json)",
+    )
+    parser.add_argument(
+        "--eval-split",
+        default=None,
+        help="patients of --eval-data to score: test (default when the model records its split) "
+        "or all",
+    )
+    parser.add_argument(
         "--per-tensor", action="store_true", help="per-tensor weights instead of per-channel"
     )
     parser.add_argument(
@@ -247,9 +288,17 @@ def main(args: argparse.Namespace) -> int:
             per_channel=not args.per_tensor,
             min_agreement=args.min_agreement,
         )
-    except (ModelError, DataError, QuantizeError) as exc:
+        if args.eval_data is not None:
+            evaluation = auc_change(args.model, args.out, args.eval_data, args.eval_split)
+            record = {**(model.manifest.quantization or {}), "evaluation": evaluation}
+            manifest = model.manifest.model_copy(update={"quantization": record})
+            write_manifest(args.out, manifest)
+    except (ModelError, DataError, QuantizeError, ValueError) as exc:
         print(f"thermoscreen quantize: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps({"model": str(model.root), "check": asdict(check)}, indent=2))
+    summary: dict[str, Any] = {"model": str(model.root), "check": asdict(check)}
+    if args.eval_data is not None:
+        summary["evaluation"] = evaluation
+    print(json.dumps(summary, indent=2))
     print(DISCLAIMER)
     return 0
