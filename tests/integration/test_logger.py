@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -192,8 +193,12 @@ def test_logger_sigkilled_mid_stream_loses_nothing(broker: Broker, tmp_path: Pat
     with Publisher(broker.host, broker.port) as pub:
         sent = threading.Event()
 
-        def publish() -> None:
-            pub.wait_acked(pub.publish_results(payloads), timeout_s=60)
+        def publish() -> None:  # a paced stream (20 every 50 ms) so the kill lands inside it
+            mids: list[int] = []
+            for start in range(0, n, 20):
+                mids += pub.publish_results(payloads[start : start + 20])
+                time.sleep(0.05)
+            pub.wait_acked(mids, timeout_s=60)
             sent.set()
 
         thread = threading.Thread(target=publish)
