@@ -13,6 +13,7 @@ data: a pipeline demo, not a medical model. Thermography is an adjunct to mammog
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import shutil
@@ -192,6 +193,14 @@ def ensure_recording(workdir: Path, frames: int, fps: float, seed: int) -> Path:
     return path
 
 
+def synthetic_labels(frames_csv: Path) -> dict[int, str]:
+    """frame -> label the generator drew (frames.csv from `thermoscreen synth`); {} if absent."""
+    if not frames_csv.is_file():
+        return {}
+    with frames_csv.open(newline="") as fh:
+        return {int(row["frame"]): row["label"] for row in csv.DictReader(fh)}
+
+
 def result_line(msg: Message) -> str:
     """One compact line per result: seq, frame, label, score, t_max."""
     body = msg.body
@@ -252,9 +261,12 @@ def run_demo(model: Path, workdir: Path, frames: int, fps: float, seed: int) -> 
         print(f"rolling verdict     {verdict['label']} (score {verdict['score']:.3f})")
     print(f"pipeline rate       {summary.fps:.1f} fps; capture->result p50 {lat['p50']:.1f} ms, "
           f"p95 {lat['p95']:.1f} ms")  # fmt: skip
-    print(
-        f"outbox              {'empty' if summary.outbox_pending == 0 else summary.outbox_pending}"
-    )
+    truth = synthetic_labels(recording.parent / "frames.csv")
+    if truth:
+        agree = sum(1 for r in results if truth.get(r["frame_index"]) == r["result"]["label"])
+        print(f"generator's labels  {agree}/{len(results)} frames agree (synthetic truth)")
+    pending = summary.outbox_pending
+    print(f"outbox              {'empty' if pending == 0 else f'{pending} messages waiting'}")
     print(f"demo wall time      {wall:.1f} s")
     print()
     print(f"Note: {NOT_MEDICAL}.")

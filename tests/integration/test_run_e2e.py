@@ -239,6 +239,7 @@ def test_demo_reports_every_result_and_stops_its_broker(
     lines = [line.split() for line in out.splitlines() if line.strip().startswith("seq ")]
     assert [int(words[1]) for words in lines] == list(range(10))
     assert "results received    10 (seq 0..9, none missing: True)" in out
+    assert "/10 frames agree (synthetic truth)" in out
     assert "not a medical model" in out and "adjunct to mammography" in out
     port = int(out.split("mosquitto on 127.0.0.1:")[1].split(";")[0])
     with pytest.raises(OSError):  # the demo's broker is gone
