@@ -51,9 +51,6 @@ def recordings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         frames_per_patient=6,
     )
     synth(plan)
-    # pipeline.dmr.list_thermograms takes any .txt for a matrix; keep synth's notice out of the
-    # frame folder until it skips it (reported to its owner).
-    (root / "png16" / "SYNTHETIC.txt").unlink(missing_ok=True)
     return {"mp4": root / "mp4" / "recording.mp4", "png16": root / "png16"}
 
 

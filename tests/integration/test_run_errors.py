@@ -25,7 +25,6 @@ N_FRAMES = 6
 def png16(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("png16")
     synth(SynthPlan(out, ("png16",), 1, N_FRAMES, 10.0, 5, 0.5, (96, 128), N_FRAMES))
-    (out / "SYNTHETIC.txt").unlink(missing_ok=True)  # see test_run_e2e.recordings
     return out
 
 
