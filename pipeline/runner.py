@@ -65,6 +65,7 @@ DEFAULT_CONFIG = Path("config/default.yaml")
 STATS_SCHEMA = 1
 _POLL_S = 0.2
 _LATENCY_WINDOW = 10_000
+SHUTDOWN_STALL_S = 10.0  # no progress for this long after a stop: unblock the publisher
 
 
 class RunError(Exception):
@@ -242,9 +243,11 @@ class Pipeline:
             threads.append(self._thread("output", self._output_loop))
         for t in threads:
             t.start()
+        watch = _ShutdownWatch(self)
         for t in threads:
             while t.is_alive():
                 t.join(_POLL_S)
+                watch.check()
         return self._summary()
 
     def _thread(self, name: str, body: Callable[[], None]) -> threading.Thread:
@@ -523,6 +526,35 @@ def _get(q: queue.Queue[Any], upstream_done: threading.Event) -> Any:
         return q.get(timeout=_POLL_S)
     except queue.Empty:
         return END if upstream_done.is_set() else None
+
+
+class _ShutdownWatch:
+    """After a stop, the stages drain; if they make no progress for SHUTDOWN_STALL_S (a replay
+    blocked on a full outbox while the broker is away), stop the publisher so the blocked put
+    returns and the run can end instead of hanging."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.progress = -1
+        self.since = 0.0
+        self.fired = False
+
+    def check(self) -> None:
+        p = self.pipeline
+        if self.fired or not p.stop.is_set():
+            return
+        now, done = time.monotonic(), p.counters.published + p.counters.classified
+        if done != self.progress:
+            self.progress, self.since = done, now
+            return
+        if now - self.since > SHUTDOWN_STALL_S:
+            self.fired = True
+            log.error(
+                "shutdown made no progress for %.0f s (outbox full and broker unreachable?); "
+                "stopping the publisher: results not yet in the outbox are not sent",
+                SHUTDOWN_STALL_S,
+            )
+            p.publisher.stop(0.0)
 
 
 # --- building a run from config ------------------------------------------------------------

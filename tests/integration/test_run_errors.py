@@ -188,3 +188,35 @@ def test_unknown_output_scheme_is_refused_before_the_first_frame(
     captured = capsys.readouterr()
     assert "output 'smtp://host/x': unknown scheme" in one_error_line(captured.err)
     assert "results from" not in captured.out  # refused before any frame was read
+
+
+def test_stop_with_a_full_outbox_and_no_broker_ends_instead_of_hanging(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model: Path, png16: Path
+) -> None:
+    import threading
+
+    from pipeline import runner
+    from pipeline.config import load_config
+
+    monkeypatch.setattr(runner, "SHUTDOWN_STALL_S", 0.5)  # the real 10 s, shortened
+    cfg = load_config(
+        None,
+        {
+            "source": str(png16),
+            "model.dir": str(tiny_model),
+            "mqtt.port": free_port(),  # nobody acknowledges
+            "outbox.path": str(tmp_path / "full.sqlite"),
+            "outbox.max_messages": 2,  # replay blocks on the third result
+            "flush_timeout_s": 0,
+        },
+        env={},
+    )
+    stop = threading.Event()
+    timer = threading.Timer(1.0, stop.set)  # SIGTERM's effect, while the replay is blocked
+    timer.start()
+    try:
+        summary = runner.run(cfg, stop=stop)
+    finally:
+        timer.cancel()
+    assert summary.error is not None and summary.exit_code == runner.EXIT_FAILED
+    assert summary.results == 2 and summary.outbox_pending == 2  # what was stored stays
