@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.report import report_from_store
 from pipeline.store import PostgresStore, SqliteStore, Store, StoreError, _redact, open_store
 from tests.helpers.mqtt_logger import make_payload
 from tests.helpers.postgres import fresh_database, postgres_server, unavailable_reason
@@ -159,3 +160,19 @@ def test_unwritable_sqlite_path_is_one_line(tmp_path: Path) -> None:
 )
 def test_redact_hides_only_the_password(url: str, shown: str) -> None:
     assert _redact(url) == shown
+
+
+def test_report_reads_both_engines_alike(opener: Opener) -> None:
+    store = opener()
+    for seq in (0, 1, 3):
+        store.add_result(make_payload(seq, label="sick" if seq else "healthy", score=0.9), 1.0)
+    store.add_result(make_payload(0), 2.0)  # a different message_id: a second result for seq 0
+    store.add_session("edge-01", "cam0", "sess-1", {"session_id": "sess-1", "frames": 5}, 3.0)
+    store.commit()
+    (report,) = report_from_store(store)
+    store.close()
+    assert (report.frames, report.reported_frames, report.verdict_source) == (4, 5, "session")
+    assert report.verdict is None  # the summary carries no verdict: shown as such, not guessed
+    assert report.labels == {"healthy": 2, "sick": 2}
+    assert report.missing_seq == [(2, 2), (4, 4)]
+    assert (report.score_min, report.score_max) == (0.75, 0.9)
