@@ -196,10 +196,7 @@ def make_png16_recording(folder: Path, frames: int) -> Path:
     cmd = [sys.executable, "-m", "pipeline.cli", "synth", "--out", str(folder), "--kind", "png16"]
     cmd += ["--frames", str(frames), "--size", "96x128", "--patients", "2", "--seed", "3"]
     subprocess.run(cmd, check=True, capture_output=True, cwd=REPO, timeout=120)
-    # the folder source replays every file; keep only the frames
-    for extra in folder.iterdir():
-        if extra.suffix != ".png":
-            extra.unlink()
+    assert len(list(folder.glob("*.png"))) == frames
     return folder
 
 
