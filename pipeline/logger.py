@@ -379,8 +379,12 @@ class Logger:
                 if self.opts.max_messages and self.counters.handled >= self.opts.max_messages:
                     return
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                log.warning("lost broker %s:%d (%s); reconnecting", *self._where(), rc.name)
+                log.warning(
+                    "lost broker %s:%d (%s); reconnecting in %.0f s", *self._where(), rc.name, delay
+                )
                 online = False
+                self.stop.wait(delay)
+                delay = min(delay * 2, self.cfg.reconnect_max_s)
                 continue
             now = time.monotonic()
             if now - last_stats >= self.opts.stats_interval_s:
