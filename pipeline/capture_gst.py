@@ -61,16 +61,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import gi
 import numpy as np
 import numpy.typing as npt
 
-gi.require_version("Gst", "1.0")
-gi.require_version("GstApp", "1.0")
-gi.require_version("GstVideo", "1.0")
-from gi.repository import GLib, Gst, GstApp, GstVideo  # noqa: E402
-
-from pipeline.capture import (  # noqa: E402
+from pipeline.capture import (
     EndOfStream,
     LatestSlot,
     ParsedUri,
@@ -78,13 +72,11 @@ from pipeline.capture import (  # noqa: E402
     SourceOptions,
     SourceStats,
 )
-from pipeline.profiles import CameraProfile, ProfileError, extract_raw, get_profile  # noqa: E402
-from pipeline.types import Frame, FrameKind  # noqa: E402
+from pipeline.gst import GLib, Gst, GstApp, GstVideo
+from pipeline.profiles import CameraProfile, ProfileError, extract_raw, get_profile
+from pipeline.types import Frame, FrameKind
 
 log = logging.getLogger(__name__)
-
-if not Gst.is_initialized():
-    Gst.init(None)
 
 GRAY8_CAPS = "video/x-raw,format=GRAY8"
 REPLAY_QUEUE_FRAMES = 2

@@ -44,19 +44,13 @@ from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import cv2
-import gi
 import numpy as np
 import numpy.typing as npt
 
-gi.require_version("Gst", "1.0")
-from gi.repository import GLib, Gst  # noqa: E402
-
-from pipeline.types import Prediction, ThermalStats  # noqa: E402
+from pipeline.gst import GLib, Gst
+from pipeline.types import Prediction, ThermalStats
 
 log = logging.getLogger(__name__)
-
-if not Gst.is_initialized():
-    Gst.init(None)
 
 U8 = npt.NDArray[np.uint8]
 OUTPUT_SCHEMES = ("file", "rtp", "display")

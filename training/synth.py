@@ -152,12 +152,8 @@ def write_png16(plan: SynthPlan, out: Path) -> int:
 
 def _gst() -> tuple[Any, Any]:
     """Gst and GLib from PyGObject, imported only when an MP4 is written."""
-    import gi
+    from pipeline.gst import GLib, Gst
 
-    gi.require_version("Gst", "1.0")
-    from gi.repository import GLib, Gst
-
-    Gst.init(None)
     return Gst, GLib
 
 

@@ -16,9 +16,6 @@ import cv2
 import numpy as np
 import pytest
 
-# GStreamer wraps an element type once per process: import GstApp (capture_gst does) before synth
-# creates its first appsink, or later appsinks lack pull_sample (reported to both owners).
-import pipeline.capture_gst  # noqa: F401
 from pipeline.classify import load_classifier
 from pipeline.config import AppConfig, load_config
 from pipeline.demo import ResultWatcher
