@@ -473,13 +473,21 @@ def run_training(cfg: TrainConfig, data: Path, out: Path, resume: bool = False) 
         "seed": cfg.seed,
         "threads": threads,
         "data": {
-            "source": str(data),
+            "source": str(data.resolve()),
             "split": {k: v for k, v in split.items() if k not in ("patients", "summary")},
             "summary": {p: datasets.summary(parts[p]) for p in ("train", "val", "test")},
         },
     }
     if start_epoch >= cfg.epochs:
         raise TrainError(f"{out}: already trained {start_epoch} epochs; pass a larger --epochs")
+    run["status"] = "training"
+    run["best_by"] = (
+        "validation AUC (then loss)" if images["val"] else "last epoch (no validation part)"
+    )
+    run["history"] = history
+    if start_epoch:
+        run["best_epoch"] = _best_epoch(out)
+    _write_json(out / RUN_JSON, run)  # an interrupted run can be resumed and inspected
 
     for epoch in range(start_epoch, cfg.epochs):
         torch.manual_seed(_epoch_seed(cfg.seed, epoch))  # dropout, and anything else global
@@ -501,7 +509,7 @@ def run_training(cfg: TrainConfig, data: Path, out: Path, resume: bool = False) 
         if images["val"]:
             probs = predict(model, images["val"])
             vm = quick_metrics(probs, targets["val"], patients["val"], pos, loss_fn)
-            row.update({f"val_{k}": round(v, 6) for k, v in vm.items()})
+            row.update({f"val_{k}": None if np.isnan(v) else round(v, 6) for k, v in vm.items()})
             auc = vm["auc"]
             key = [auc if not np.isnan(auc) else -1.0, -vm["loss"]]
         history.append(row)
@@ -522,12 +530,9 @@ def run_training(cfg: TrainConfig, data: Path, out: Path, resume: bool = False) 
             _save(out / "best.pt", {**state, "best_epoch": epoch + 1})
             run["best_epoch"] = epoch + 1
         _save(out / "last.pt", state)
+        run["history"] = history
+        _write_json(out / RUN_JSON, run)
 
-    run["history"] = history
-    run.setdefault("best_epoch", _best_epoch(out))
-    run["best_by"] = (
-        "validation AUC (then loss)" if images["val"] else "last epoch (no validation part)"
-    )
     if parts["test"]:
         test_images = render_all(parts["test"], cfg.preprocessing, "test")
         model.load_state_dict(
@@ -537,6 +542,7 @@ def run_training(cfg: TrainConfig, data: Path, out: Path, resume: bool = False) 
         tm = quick_metrics(probs, targets["test"], patients["test"], pos, loss_fn)
         run["test_metrics"] = {k: (None if np.isnan(v) else round(v, 6)) for k, v in tm.items()}
         log.info("test (best.pt): %s", _fmt(tm))
+    run["status"] = "done"
     run["elapsed_s"] = round(time.monotonic() - started, 1)
     _write_json(out / RUN_JSON, run)
     return run

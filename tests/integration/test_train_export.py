@@ -164,19 +164,39 @@ def test_evaluate_model_dir_report_is_consistent(
 
 @pytest.mark.slow
 def test_resume_matches_an_uninterrupted_run_and_mobilenet_exports(
-    synth_data: Path, tmp_path: Path
+    synth_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     common = ["--data", str(synth_data), "--arch", "mobilenet_v3_small", "--seed", "4", *FAST]
-    whole, part = tmp_path / "whole", tmp_path / "part"
+    whole, cut, grown = tmp_path / "whole", tmp_path / "cut", tmp_path / "grown"
     assert cli(["train", *common, "--epochs", "2", "--out", str(whole)]) == 0
-    assert cli(["train", *common, "--epochs", "1", "--out", str(part)]) == 0
-    assert cli(["train", *common, "--epochs", "2", "--out", str(part), "--resume"]) == 0
+
+    # interrupted (Ctrl-C) in the middle of epoch 2, then resumed with the same flags
+    real_epoch = train.train_one_epoch
+
+    def interrupt_second_epoch(*args: Any) -> float:
+        if args[4] == 1:
+            raise KeyboardInterrupt
+        return real_epoch(*args)
+
+    monkeypatch.setattr(train, "train_one_epoch", interrupt_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        cli(["train", *common, "--epochs", "2", "--out", str(cut)])
+    monkeypatch.setattr(train, "train_one_epoch", real_epoch)
+    assert json.loads((cut / "run.json").read_text())["status"] == "training"
+    assert cli(["train", *common, "--epochs", "2", "--out", str(cut), "--resume"]) == 0
+
+    # finished after 1 epoch, then extended to 2 (the cosine schedule follows the new total)
+    assert cli(["train", *common, "--epochs", "1", "--out", str(grown)]) == 0
+    assert cli(["train", *common, "--epochs", "2", "--out", str(grown), "--resume"]) == 0
+
     a = torch.load(whole / "last.pt", weights_only=True)
-    b = torch.load(part / "last.pt", weights_only=True)
-    assert a["epoch"] == b["epoch"] == 2
-    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
+    for other in (cut, grown):
+        b = torch.load(other / "last.pt", weights_only=True)
+        assert a["epoch"] == b["epoch"] == 2
+        assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+        for key, value in a["model"].items():
+            assert torch.equal(value, b["model"][key]), key
+    assert json.loads((cut / "run.json").read_text())["status"] == "done"
 
     model = tmp_path / "model"
     assert (
@@ -184,7 +204,7 @@ def test_resume_matches_an_uninterrupted_run_and_mobilenet_exports(
             [
                 "export",
                 "--run",
-                str(part),
+                str(cut),
                 "--out",
                 str(model),
                 "--name",
