@@ -81,6 +81,19 @@ def serving_tensors(model: ModelDir, files: list[Path]) -> list[F32]:
     return out
 
 
+def calibration_files(model: ModelDir, folder: Path, split: str | None) -> list[Path]:
+    """Frames to calibrate on: the model's own training patients when its manifest records the
+    split (so the evaluation patients stay unseen), else every thermogram in `folder`."""
+    split_ids = model.manifest.data.get("split_patients")
+    if split == "all" or (split is None and not split_ids):
+        return list_thermograms(folder)
+    from training import datasets
+    from training.evaluate import _items_for_split
+
+    items = _items_for_split(datasets.scan(folder), split_ids, split or "train")
+    return sorted({it.path for it in items})
+
+
 def split_files(files: list[Path], n_calib: int, n_check: int) -> tuple[list[Path], list[Path]]:
     """Calibration and check frames, disjoint, each spread evenly over the folder's order."""
     if len(files) < 2:
@@ -164,10 +177,11 @@ def quantize_model_dir(
     check_images: int = 32,
     per_channel: bool = True,
     min_agreement: float = 0.9,
+    calib_split: str | None = None,
 ) -> tuple[ModelDir, Agreement]:
     """Quantize `model_dir` into `out_dir` (a new model directory) and check it against FP32."""
     src = load_model_dir(model_dir)
-    files = list_thermograms(calib_dir)
+    files = calibration_files(src, calib_dir, calib_split)
     calib_files, check_files = split_files(files, max_images, check_images)
     log.info("calibrating on %d frames, checking on %d", len(calib_files), len(check_files))
     input_name = src.manifest.input.name
@@ -209,6 +223,7 @@ def quantize_model_dir(
         "from_version": m.version,
         "calibration": {
             "folder": str(calib_dir),
+            "split": calib_split or ("train" if m.data.get("split_patients") else "all"),
             "frames": len(calib_files),
             "preprocessing": "pipeline.preprocess (render + model_input), as serving",
         },
@@ -245,6 +260,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=32,
         help="held-out frames for the INT8 vs FP32 check (default 32)",
+    )
+    parser.add_argument(
+        "--calib-split",
+        choices=("train", "all"),
+        default=None,
+        help="calibrate on the model's training patients (default when model.json records its "
+        "split) or on every thermogram of --calib",
     )
     parser.add_argument(
         "--eval-data",
@@ -287,6 +309,7 @@ def main(args: argparse.Namespace) -> int:
             check_images=args.check_images,
             per_channel=not args.per_tensor,
             min_agreement=args.min_agreement,
+            calib_split=args.calib_split,
         )
         if args.eval_data is not None:
             evaluation = auc_change(args.model, args.out, args.eval_data, args.eval_split)

@@ -13,9 +13,9 @@ import pytest
 from pipeline.classify import load_classifier
 from pipeline.cli import main as cli_main
 from pipeline.dmr import list_thermograms, load_frame
-from pipeline.manifest import load_model_dir, sha256_file
+from pipeline.manifest import load_model_dir, sha256_file, write_manifest
 from pipeline.preprocess import render
-from training.quantize import QuantizeError, quantize_model_dir, split_files
+from training.quantize import QuantizeError, calibration_files, quantize_model_dir, split_files
 
 
 def test_int8_model_dir_is_loadable_checked_and_agrees_with_fp32(
@@ -88,3 +88,20 @@ def test_cli_writes_the_check_as_json(
     assert summary["check"]["frames"] == 2
     manifest = json.loads((out / "model.json").read_text())
     assert manifest["quantization"]["weights"].endswith("per-tensor")
+
+
+def test_calibration_uses_only_the_models_training_patients(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    data = tmp_path / "synth"
+    rc = cli_main(["synth", "--kind", "matrices", "--patients", "6", "--out", str(data)])
+    assert rc == 0
+    ids = sorted(p.name.split(".")[0][1:] for p in list_thermograms(data))
+    model = load_model_dir(tiny_model)
+    split = {"train": ids[:4], "val": [], "test": ids[4:]}
+    write_manifest(
+        tiny_model, model.manifest.model_copy(update={"data": {"split_patients": split}})
+    )
+    chosen = calibration_files(load_model_dir(tiny_model), data, None)
+    assert sorted(p.name.split(".")[0][1:] for p in chosen) == ids[:4]
+    assert len(calibration_files(load_model_dir(tiny_model), data, "all")) == 6
