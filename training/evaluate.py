@@ -288,7 +288,8 @@ def plot(report: dict[str, Any], scored: Scored, out: Path) -> dict[str, str]:
         cm = np.asarray(report["all"][level]["confusion_matrix"])
         ax.imshow(cm, cmap="Blues")
         for (r, c), v in np.ndenumerate(cm):
-            ax.text(c, r, str(v), ha="center", va="center", color="black")
+            dark = v > cm.max() / 2
+            ax.text(c, r, str(v), ha="center", va="center", color="white" if dark else "black")
         ax.set_xticks(range(len(labels)), labels)
         ax.set_yticks(range(len(labels)), labels)
         ax.set_xlabel("predicted")
