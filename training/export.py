@@ -227,6 +227,9 @@ def export_run(
         load_model_dir(tmp)  # the pipeline's own check, before anything is moved into place
         out.mkdir(parents=True, exist_ok=True)
         (out / MANIFEST_NAME).unlink(missing_ok=True)
+        for stale in out.glob(f"{ONNX_NAME}*.engine"):  # TensorRT caches of the previous model
+            log.info("removing %s (built from the model being replaced)", stale)
+            stale.unlink()
         for fname in (ONNX_NAME, LABELS_NAME, MANIFEST_NAME):  # manifest last
             shutil.move(str(tmp / fname), str(out / fname))
     finally:

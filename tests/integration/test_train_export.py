@@ -198,23 +198,14 @@ def test_resume_matches_an_uninterrupted_run_and_mobilenet_exports(
             assert torch.equal(value, b["model"][key]), key
     assert json.loads((cut / "run.json").read_text())["status"] == "done"
 
+    # exporting over a folder drops the TensorRT engine cached for the previous model
     model = tmp_path / "model"
-    assert (
-        cli(
-            [
-                "export",
-                "--run",
-                str(cut),
-                "--out",
-                str(model),
-                "--name",
-                "mnv3",
-                "--bootstrap",
-                "50",
-            ]
-        )
-        == 0
-    )
+    model.mkdir()
+    stale = model / "model.onnx.1.1.8201.GPU.FP16.engine"
+    stale.write_bytes(b"engine of an older model")
+    argv = ["export", "--run", str(cut), "--out", str(model), "--name", "mnv3", "--bootstrap", "50"]
+    assert cli(argv) == 0
+    assert not stale.exists()
     loaded = load_model_dir(model)
     assert loaded.manifest.architecture == "mobilenet_v3_small" and not loaded.manifest.synthetic
     assert loaded.manifest.metrics["parity_max_abs_diff"] < 1e-4
