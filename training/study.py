@@ -580,7 +580,7 @@ def score_model(model_dir: Path, data: Path, n_boot: int, seed: int) -> dict[str
     loaded = load_model_dir(model_dir)
     items = datasets.scan(data)
     scored = evaluate.score_with_model_dir(model_dir, items)
-    pos = evaluate.positive_index(scored.labels)
+    pos = evaluate.positive_index(scored.labels, loaded.manifest.positive_label)
     _, groups = metrics.group_indices(scored.patient_ids)
     patient_prob = metrics.mean_by_group(scored.probs, groups)[:, pos]
     ids = [scored.patient_ids[g[0]] for g in groups]
@@ -768,10 +768,65 @@ def _link_subset(data: Path, cohort: Cohort, dest: Path) -> None:
     (dest / "labels.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def _cell(m: dict[str, Any] | None) -> str:
+    if not m or m.get("value") is None:
+        return "n/a"
+    lo, hi = m["ci95"]
+    return f"{m['value']:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{m['value']:.3f}"
+
+
+def tables(report: dict[str, Any]) -> str:
+    """Markdown tables of a study.json (what models/README.md quotes)."""
+    head = (
+        "| {what} | patients (sick) | AUC [95% CI] | sens @ nested thr | spec @ nested thr "
+        "| fold AUC mean ± sd | Brier |\n|---|---|---|---|---|---|---|\n"
+    )
+
+    def rows(entries: dict[str, Any], part: str) -> str:
+        out = ""
+        for name, s in entries.items():
+            sec = s.get(part)
+            if sec is None:
+                continue
+            spread = sec.get("fold_auc_mean_sd")
+            sp = f"{spread[0]:.3f} ± {spread[1]:.3f}" if spread and spread[0] is not None else "n/a"
+            out += (
+                f"| {name} | {sec['patients']} ({sec['sick']}) | {_cell(sec['auc'])} "
+                f"| {_cell(sec['sensitivity'])} | {_cell(sec['specificity'])} | {sp} "
+                f"| {sec['brier']} |\n"
+            )
+        return out
+
+    text = ""
+    for title, key in (
+        ("Candidates", "candidates"),
+        ("Preprocessing and region checks", "ablations"),
+    ):
+        for part, label in (("all", "all patients"), ("id_below_300", "ID < 300 only")):
+            text += f"\n**{title}, development CV, {label}**\n\n"
+            text += head.format(what="model" if key == "candidates" else "variant")
+            text += rows(report.get(key, {}), part)
+    if "probe_trained_on_id_below_300" in report:
+        text += "\n**Probe trained and tested on ID < 300 only (5-fold CV)**\n\n"
+        text += head.format(what="model")
+        text += rows({"lite0 probe, ID < 300 only": report["probe_trained_on_id_below_300"]}, "all")
+    if "shortcut_era_probe" in report:
+        text += "\nEra probe AUC (sick only, ID >= 300 vs < 300): "
+        text += f"{_cell(report['shortcut_era_probe']['auc'])}\n"
+    hold = report.get("shipped", {}).get("holdout")
+    if hold:
+        text += "\n**Locked hold-out, shipped model through ONNX Runtime, manifest threshold**\n\n"
+        text += head.format(what="part")
+        text += rows({"hold-out, all": hold}, "all")
+        text += rows({"hold-out, ID < 300": hold}, "id_below_300")
+    return text
+
+
 def _write(out: Path, report: dict[str, Any], oof: dict[str, F64], dev: Cohort) -> None:
     """study.json, oof_scores.csv and the reliability plot (rewritten as results arrive)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / "tables.md").write_text(tables(report), encoding="utf-8")
     names = list(oof)
     rows = ["patient_id,sick,id_below_300," + ",".join(f'"{n}"' for n in names)]
     for i, p in enumerate(dev.patient_ids):
