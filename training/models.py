@@ -47,16 +47,14 @@ def check_arch(arch: str) -> str:
 
 
 def _replace_head(model: nn.Module, arch: str, num_classes: int) -> None:
+    """Swap the final Linear layer for one with `num_classes` outputs (freshly initialised)."""
     parent_path, _, leaf = HEADS[arch].rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
-    old = getattr(parent, leaf) if not leaf.isdigit() else parent[int(leaf)]  # type: ignore[index]
+    old = model.get_submodule(HEADS[arch])
     if not isinstance(old, nn.Linear):
         raise ModelBuildError(f"{arch}: expected a Linear head at {HEADS[arch]}, found {type(old)}")
-    new = nn.Linear(old.in_features, num_classes)
-    if leaf.isdigit():
-        parent[int(leaf)] = new  # type: ignore[index]
-    else:
-        setattr(parent, leaf, new)
+    # Module.__setattr__ re-registers the child, also for Sequential's numbered children ("3")
+    setattr(parent, leaf, nn.Linear(old.in_features, num_classes))
 
 
 def _imagenet_model(arch: str) -> nn.Module:
