@@ -17,7 +17,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from pipeline.bench import Received, latency_trend, steady_fps, summarize
+from pipeline.bench import (
+    Received,
+    capture_to_delivery_fps,
+    latency_trend,
+    steady_fps,
+    summarize,
+)
 from tests.conftest import REPO, Broker
 
 
@@ -126,6 +132,14 @@ def test_latency_trend_tells_growing_latency_from_flat(slow_down: bool) -> None:
 def test_steady_fps_counts_intervals_between_first_and_last_result() -> None:
     assert steady_fps([_rx(10.0 + i * 0.05) for i in range(21)]) == pytest.approx(20.0)
     assert math.isnan(steady_fps([_rx(1.0)]))
+
+
+def test_replay_rate_runs_from_first_capture_so_an_outbox_burst_cannot_inflate_it() -> None:
+    # 20 frames captured over 1 s, all delivered in one burst at t = 1.5 s (connect was late)
+    burst = [_rx(1.5 + i * 1e-4) for i in range(20)]
+    captured = [0.5 + i * 0.05 for i in range(20)]
+    assert capture_to_delivery_fps(burst, captured) == pytest.approx(20.0, rel=0.01)
+    assert steady_fps(burst) > 1000  # first-to-last arrival would report nonsense
 
 
 def test_summary_ratios_are_per_repeat_and_targets_follow_them() -> None:
