@@ -621,12 +621,12 @@ class StudyConfig:
     quick: bool = False
 
 
-def run_study(data: Path, out: Path, cfg: StudyConfig, model_out: Path | None) -> dict[str, Any]:
-    from training import splits, train
-    from training.lite0 import load_imagenet
+def _development(
+    data: Path, out: Path, cfg: StudyConfig
+) -> tuple[Cohort, Cohort, list[npt.NDArray[np.intp]], F32]:
+    """(development, hold-out, CV folds over development indices, development matrices)."""
+    from training import splits
 
-    started = time.monotonic()
-    train.set_threads()
     everyone = load_cohort(data, cfg.max_patients, cfg.seed)
     hold = splits.patient_split(everyone.items, test_fraction=cfg.holdout_fraction, seed=cfg.seed)
     hold_ids = {str(it.patient_id) for it in hold.test}
@@ -640,6 +640,36 @@ def run_study(data: Path, out: Path, cfg: StudyConfig, model_out: Path | None) -
         for _, test in folds_items
     ]
     celsius = load_celsius(dev, out / "cache")
+    return dev, holdout, folds, celsius
+
+
+RANDOM_CONTROL = "efficientnet_lite0 random init (no pre-training), frozen + probe"
+
+
+def random_control(
+    celsius: F32, dev: Cohort, folds: list[npt.NDArray[np.intp]], cfg: StudyConfig
+) -> tuple[dict[str, Any], F64]:
+    """The pre-training control: the same probe on features of a randomly initialised Lite0
+    (seeded; BatchNorm statistics recomputed over the development images, labels unused)."""
+    from training import train
+    from training.lite0 import EfficientNetLite0
+
+    torch.manual_seed(cfg.seed)
+    model = EfficientNetLite0(num_classes=2).eval()
+    images = render_variant(celsius, DEFAULT_VARIANT)
+    train.recalibrate_batchnorm(model, images)
+    f, ff = lite0_features(model, images), lite0_features(model, images, flip=True)
+    res = cv_probe(f, ff, dev, folds, cfg.seed)
+    return summarize(dev, res, cfg.bootstrap, cfg.seed), _scores(dev, res)
+
+
+def run_study(data: Path, out: Path, cfg: StudyConfig, model_out: Path | None) -> dict[str, Any]:
+    from training import train
+    from training.lite0 import load_imagenet
+
+    started = time.monotonic()
+    train.set_threads()
+    dev, holdout, folds, celsius = _development(data, out, cfg)
     report: dict[str, Any] = {
         "disclaimer": DISCLAIMER,
         "data": str(data),
@@ -673,6 +703,10 @@ def run_study(data: Path, out: Path, cfg: StudyConfig, model_out: Path | None) -
     report["candidates"][name] = summarize(dev, res, cfg.bootstrap, cfg.seed)
     oof[name] = _scores(dev, res)
     log.info("%s", headline(name, report["candidates"][name]))
+    report["candidates"][RANDOM_CONTROL], oof[RANDOM_CONTROL] = random_control(
+        celsius, dev, folds, cfg
+    )
+    log.info("%s", headline(RANDOM_CONTROL, report["candidates"][RANDOM_CONTROL]))
     # 2. shortcut checks (probe): era probe, ID < 300 only training, preprocessing and regions
     sick = np.flatnonzero(dev.y == 1)
     era = Cohort(
@@ -874,6 +908,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="an epoch repeats the (augmented) training images up to this many samples",
     )
     p.add_argument("--no-ablations", action="store_true", help="skip preprocessing checks")
+    p.add_argument(
+        "--control-only",
+        action="store_true",
+        help="only the random-init Lite0 probe (the pre-training control); writes control.json",
+    )
     p.add_argument("--bootstrap", type=int, default=1000, help="patient bootstrap resamples")
     p.add_argument(
         "--quick",
@@ -918,6 +957,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_patients=10,
                 quick=True,
             )
+        if args.control_only:
+            from training import train
+
+            train.set_threads()
+            dev, _, folds, celsius = _development(args.data, args.out, cfg)
+            summary, _ = random_control(celsius, dev, folds, cfg)
+            args.out.mkdir(parents=True, exist_ok=True)
+            text = json.dumps({RANDOM_CONTROL: summary}, indent=2) + "\n"
+            (args.out / "control.json").write_text(text, encoding="utf-8")
+            print(headline(RANDOM_CONTROL, summary))
+            return 0
         report = run_study(args.data, args.out, cfg, None if args.no_export else args.model_out)
     except (DataError, ModelError, StudyError, ValueError) as exc:
         print(f"training.study: {str(exc).splitlines()[0]}", file=sys.stderr)

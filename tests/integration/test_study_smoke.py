@@ -35,7 +35,9 @@ def test_quick_study_keeps_patients_apart_and_ships_a_threshold(
     assert len(holdout) + len(fold_patients) == 10
 
     # every candidate scored each development patient once, with nested thresholds
-    assert len(report["candidates"]) == 2
+    # ImageNet Lite0 probe, its random-init control, and one CNN
+    assert len(report["candidates"]) == 3
+    assert study.RANDOM_CONTROL in report["candidates"]
     for summary in report["candidates"].values():
         assert summary["all"]["patients"] == len(fold_patients)
         for chosen in summary["thresholds"]:
