@@ -501,26 +501,37 @@ def live_source(fps: int, width: int = 640, height: int = 480) -> str:
 
 
 def latency_trend(
-    times_s: Sequence[float], lat_ms: Sequence[float], windows: int = 6
+    times_s: Sequence[float],
+    lat_ms: Sequence[float],
+    windows: int = 6,
+    inference_ms: Sequence[float] | None = None,
 ) -> dict[str, Any]:
-    """p50/p95 per equal time window after warm-up and the fitted slope (ms per minute)."""
+    """p50/p95 per equal time window after warm-up and the fitted slope (ms per minute).
+
+    With `inference_ms`, each window also shows the inference p50, so a latency that grows
+    because the shared machine slowed the model can be told from one that grows in a queue.
+    """
     t = np.asarray(times_s, dtype=np.float64)
     y = np.asarray(lat_ms, dtype=np.float64)
+    inf = np.asarray(inference_ms if inference_ms is not None else [], dtype=np.float64)
     keep = t >= WARMUP_S
     t, y = t[keep], y[keep]
+    inf = inf[keep] if inf.size == keep.size else inf
     if t.size < windows * 3:
         return {"windows": [], "slope_ms_per_min": float("nan"), "flat": None}
     edges = np.linspace(t[0], t[-1] + 1e-9, windows + 1)
     rows = []
     for lo, hi in itertools.pairwise(edges):
-        sel = y[(t >= lo) & (t < hi)]
-        rows.append(
-            {
-                "from_s": round(float(lo), 1),
-                "p50_ms": round(percentile(list(sel), 50), 2),
-                "p95_ms": round(percentile(list(sel), 95), 2),
-            }
-        )
+        mask = (t >= lo) & (t < hi)
+        sel = y[mask]
+        row = {
+            "from_s": round(float(lo), 1),
+            "p50_ms": round(percentile(list(sel), 50), 2),
+            "p95_ms": round(percentile(list(sel), 95), 2),
+        }
+        if inf.size == t.size:
+            row["inference_p50_ms"] = round(percentile(list(inf[mask]), 50), 2)
+        rows.append(row)
     slope = float(np.polyfit(t / 60.0, y, 1)[0])
     first, last = rows[0]["p95_ms"], rows[-1]["p95_ms"]
     flat = bool(last <= 1.2 * first + 2.0)
@@ -583,7 +594,7 @@ def measure_live(
             "max": max(lat),
         },
         "inference_ms_p50": percentile(inference, 50),
-        "trend": latency_trend(times, lat),
+        "trend": latency_trend(times, lat, inference_ms=inference),
         "first_result_s": results[0].recv_mono_s - run.start_mono_s,
         "max_rss_mb": run.max_rss_mb,
         "last_stats": stats[-1] if stats else None,

@@ -123,9 +123,10 @@ WARM = 5.0
 def test_latency_trend_tells_growing_latency_from_flat(slow_down: bool) -> None:
     times = [WARM + i * 0.1 for i in range(600)]
     lat = [20.0 + (i * 0.2 if slow_down else (i % 7) * 0.5) for i in range(600)]
-    trend = latency_trend(times, lat)
+    trend = latency_trend(times, lat, inference_ms=[10.0] * 600)
     assert trend["flat"] is (not slow_down)
     assert len(trend["windows"]) == 6
+    assert all(w["inference_p50_ms"] == 10.0 for w in trend["windows"])
     assert (trend["slope_ms_per_min"] > 60) is slow_down
 
 
