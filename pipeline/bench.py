@@ -32,18 +32,15 @@ import json
 import logging
 import os
 import platform
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -52,6 +49,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline import DISCLAIMER
+from pipeline.broker import BrokerError, LocalBroker
 from pipeline.manifest import ModelError, load_model_dir
 
 log = logging.getLogger(__name__)
@@ -70,63 +68,6 @@ WARMUP_S = 3.0  # live results in the first seconds are reported but left out of
 
 class BenchError(RuntimeError):
     """A benchmark step that could not run; the message is one line naming what to fix."""
-
-
-# --- a local broker ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class LocalBroker:
-    """A private mosquitto on a free loopback port, stopped when the benchmark ends."""
-
-    workdir: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    host = "127.0.0.1"
-
-    def start(self, timeout_s: float = 10.0) -> None:
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(exe).is_file():
-            raise BenchError(
-                "mosquitto not found; install it (`make setup` or apt install mosquitto)"
-            )
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        conf = self.workdir / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
-        log_file = (self.workdir / "mosquitto.log").open("ab")
-        self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log_file, stderr=log_file)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise BenchError(f"mosquitto did not listen on {self.host}:{self.port}; see {conf.parent}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def version(self) -> str:
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        out = subprocess.run([exe, "-h"], capture_output=True, text=True, check=False).stdout
-        first = out.splitlines()[0] if out else "?"
-        return first.replace("mosquitto version ", "").strip()
 
 
 # --- the subscriber that counts results -------------------------------------------------------
@@ -869,16 +810,6 @@ def make_recording(out: Path, frames: int, fps: int) -> Path:
     return out
 
 
-@contextmanager
-def _broker(workdir: Path) -> Iterator[LocalBroker]:
-    broker = LocalBroker(workdir / "broker")
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
 def run_bench(
     model_dir: Path,
     out_dir: Path,
@@ -902,7 +833,7 @@ def run_bench(
         tensors = replay_tensors(model_dir, video, 16)
         repeats: list[dict[str, Any]] = []
         live: list[dict[str, Any]] = []
-        with _broker(tmp) as broker:
+        with LocalBroker(tmp / "broker") as broker:
             collector = Collector(broker.host, broker.port)
             try:
                 for r in range(settings.repeats):
@@ -1075,7 +1006,7 @@ def main(args: argparse.Namespace) -> int:
         report = run_bench(
             args.model, args.out, settings, args.video, args.int8, args.torch_checkpoint, command
         )
-    except (BenchError, ModelError) as exc:
+    except (BenchError, BrokerError, ModelError) as exc:
         print(f"thermoscreen bench: {exc}", file=sys.stderr)
         return 1
     print((args.out / "bench.md").read_text(encoding="utf-8"))

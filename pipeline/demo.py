@@ -16,15 +16,12 @@ import argparse
 import csv
 import json
 import logging
-import shutil
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +30,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from pipeline import DISCLAIMER
+from pipeline.broker import LocalBroker
 
 log = logging.getLogger(__name__)
 
@@ -133,46 +131,11 @@ class ResultWatcher:
         self.stop()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mosquitto exited with code {proc.returncode}; see its log")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"mosquitto did not listen on 127.0.0.1:{port} within {timeout_s} s")
-
-
-@contextmanager
-def mosquitto(workdir: Path) -> Iterator[int]:
+def demo_broker(workdir: Path) -> LocalBroker:
     """A private mosquitto on a free loopback port (config/demo-mosquitto.conf + listener)."""
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(exe).exists():
-        raise RuntimeError("mosquitto not found; install it with `make setup` (apt mosquitto)")
-    port = free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(MOSQUITTO_CONF.read_text() + f"listener {port} 127.0.0.1\n")
-    with (workdir / "mosquitto.log").open("ab") as logf:
-        proc = subprocess.Popen([exe, "-c", str(conf)], stdout=logf, stderr=logf)
-    try:
-        _wait_port(port, proc, 10.0)
-        yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    broker = LocalBroker(workdir / "broker")
+    broker.config_text = MOSQUITTO_CONF.read_text() + f"listener {broker.port} 127.0.0.1\n"
+    return broker
 
 
 def ensure_recording(workdir: Path, frames: int, fps: float, seed: int) -> Path:
@@ -226,7 +189,8 @@ def run_demo(model: Path, workdir: Path, frames: int, fps: float, seed: int) -> 
     workdir.mkdir(parents=True, exist_ok=True)
     recording = ensure_recording(workdir, frames, fps, seed)
     started = time.monotonic()
-    with mosquitto(workdir) as port:
+    with demo_broker(workdir) as broker:
+        port = broker.port
         cfg = load_config(
             REPO / "config" / "replay.yaml",
             {
