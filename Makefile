@@ -57,7 +57,8 @@ demo: model
 	$(BIN)/python -m pipeline.demo --model $(DEMO_MODEL) --workdir $(DEMO_DIR)
 
 bench: model
-	$(BIN)/thermoscreen bench --model $(DEMO_MODEL) --out results
+	$(BIN)/thermoscreen bench --model $(DEMO_MODEL) --torch-checkpoint $(DEMO_DIR)/run/best.pt \
+		--out results
 
 evaluate: setup
 	$(BIN)/python -m training.study --data ../shared/data/dmr-ir-frontal --out results/evaluation
