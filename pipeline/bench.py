@@ -322,12 +322,13 @@ def measure_bare(
     }
 
 
-def runner_config(
-    path: Path, device: str, model_dir: Path, port: int, outbox: Path, mode: str
-) -> Path:
-    """The YAML the child `thermoscreen run` reads: our broker, a private outbox, this model."""
+def runner_config(workdir: Path, device: str, model_dir: Path, port: int, mode: str) -> Path:
+    """The YAML the child `thermoscreen run` reads: our broker, a private outbox, this model.
+    Written as `<workdir>/<device>.yaml`, with the outbox beside it."""
     import yaml
 
+    workdir.mkdir(parents=True, exist_ok=True)
+    path, outbox = workdir / f"{device}.yaml", workdir / f"{device}.sqlite"
     tree = {
         "device_id": device,
         "camera_id": "cam0",
@@ -351,15 +352,7 @@ def measure_pipeline(
     device: str,
 ) -> dict[str, Any]:
     """`thermoscreen run file://video` to completion; throughput where the results arrive."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    cfg = runner_config(
-        workdir / f"{device}.yaml",
-        device,
-        model_dir,
-        broker.port,
-        workdir / f"{device}.sqlite",
-        "replay",
-    )
+    cfg = runner_config(workdir, device, model_dir, broker.port, "replay")
     collector.take()
     cmd = [*thermoscreen_cmd(), "run", f"file://{video.resolve()}", "--config", str(cfg)]
     cmd += ["--max-frames", str(frames)]
@@ -489,15 +482,7 @@ def measure_live(
     device: str,
 ) -> dict[str, Any]:
     """A live source at `fps` for `seconds`: latency to delivery, drops, and its trend."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    cfg = runner_config(
-        workdir / f"{device}.yaml",
-        device,
-        model_dir,
-        broker.port,
-        workdir / f"{device}.sqlite",
-        "live",
-    )
+    cfg = runner_config(workdir, device, model_dir, broker.port, "live")
     collector.take()
     cmd = [*thermoscreen_cmd(), "run", live_source(fps), "--config", str(cfg)]
     run = _checked(
