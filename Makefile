@@ -12,7 +12,7 @@ APT_PACKAGES := gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugin
 DEMO_MODEL := models/demo
 DEMO_DIR := var/demo
 
-.PHONY: setup apt test test-fast lint format demo model bench evaluate clean
+.PHONY: setup apt test test-fast lint format demo model bench evaluate evaluate-cnn clean
 
 setup: $(STAMP)
 
@@ -60,8 +60,16 @@ bench: model
 	$(BIN)/thermoscreen bench --model $(DEMO_MODEL) --torch-checkpoint $(DEMO_DIR)/run/best.pt \
 		--out results
 
+# the frozen-Lite0 study: nested CV over 5 split seeds, checks, export, hold-out (~25 min, 1 thread)
 evaluate: setup
 	$(BIN)/python -m training.study --data ../shared/data/dmr-ir-frontal --out results/evaluation
+
+# the CNNs trained end to end, same hold-out and seed-0 folds, budget 4 epochs x 128 samples per
+# fold (~50 min on 2 cores); the shipped model is not touched
+evaluate-cnn: setup
+	$(BIN)/python -m training.study --data ../shared/data/dmr-ir-frontal \
+		--out results/evaluation-cnn --no-export --no-ablations --split-seeds 0 \
+		--cnn-archs mobilenet_v3_small,resnet18,efficientnet_b0,efficientnet_lite0:imagenet
 
 clean:
 	rm -rf var results .pytest_cache .mypy_cache .ruff_cache

@@ -224,18 +224,68 @@ def export_run(
             run, split, onnx_path, name, version, synthetic, checkpoint, metrics
         )
         write_manifest(tmp, manifest)
-        load_model_dir(tmp)  # the pipeline's own check, before anything is moved into place
-        out.mkdir(parents=True, exist_ok=True)
-        (out / MANIFEST_NAME).unlink(missing_ok=True)
-        for stale in out.glob(f"{ONNX_NAME}*.engine"):  # TensorRT caches of the previous model
-            log.info("removing %s (built from the model being replaced)", stale)
-            stale.unlink()
-        for fname in (ONNX_NAME, LABELS_NAME, MANIFEST_NAME):  # manifest last
-            shutil.move(str(tmp / fname), str(out / fname))
+        _install(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     load_model_dir(out)
     return {"out": str(out), "sha256": manifest.sha256, "parity": diff, "metrics": metrics}
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Check the finished folder with the pipeline's loader, then move it over `out`."""
+    load_model_dir(tmp)  # the pipeline's own check, before anything is moved into place
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    for stale in out.glob(f"{ONNX_NAME}*.engine"):  # TensorRT caches of the previous model
+        log.info("removing %s (built from the model being replaced)", stale)
+        stale.unlink()
+    for fname in (ONNX_NAME, LABELS_NAME, MANIFEST_NAME):  # manifest last
+        shutil.move(str(tmp / fname), str(out / fname))
+
+
+def export_module(
+    model: torch.nn.Module,
+    out: Path,
+    run: dict[str, Any],
+    split: dict[str, list[str]],
+    tensors: list[np.ndarray],
+    name: str,
+    version: str = "0.1.0",
+    metrics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A logits module built in memory (no run folder) -> a checked model folder: the same ONNX
+    export, checker and ONNX Runtime parity on `tensors` (real thermograms) as `export_run`,
+    without scoring any split (the caller decides what is scored, and when)."""
+    labels = tuple(run["labels"])
+    model = model.eval()
+    n_out = _head_classes(model)
+    if n_out != len(labels):
+        raise ExportError(f"{name}: {len(labels)} labels but the module outputs {n_out} classes")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        onnx_path = tmp / ONNX_NAME
+        export_onnx(model, onnx_path)
+        check_onnx(onnx_path, len(labels))
+        diff = parity(model, onnx_path, tensors)
+        if not diff < PARITY_ATOL:
+            raise ExportError(
+                f"{onnx_path}: ONNX Runtime and PyTorch disagree by {diff:.2e} on real inputs "
+                f"(limit {PARITY_ATOL:g}); the export is wrong, do not ship it"
+            )
+        log.info("parity: max abs difference %.2e on %d real thermograms", diff, len(tensors))
+        write_labels(tmp / LABELS_NAME, labels)
+        all_metrics = {"parity_max_abs_diff": diff, "parity_images": len(tensors)}
+        all_metrics.update(metrics or {})
+        manifest = build_manifest(
+            run, split, onnx_path, name, version, False, "in-memory", all_metrics
+        )
+        write_manifest(tmp, manifest)
+        _install(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    load_model_dir(out)
+    return {"out": str(out), "sha256": manifest.sha256, "parity": diff}
 
 
 def _head_classes(model: torch.nn.Module) -> int:

@@ -22,8 +22,11 @@ def test_quick_study_keeps_patients_apart_and_ships_a_threshold(
 ) -> None:
     out, model_dir = tmp_path / "study", tmp_path / "model"
     rc = study.main(
-        ["--data", str(shared_dmr), "--out", str(out), "--model-out", str(model_dir), "--quick"]
-    )
+        [
+            "--data", str(shared_dmr), "--out", str(out), "--model-out", str(model_dir),
+            "--quick", "--cnn-archs", "mobilenet_v3_small", "--threads", "1",
+        ]
+    )  # fmt: skip
     assert rc == 0
     report = json.loads((out / "study.json").read_text())
 
@@ -35,9 +38,11 @@ def test_quick_study_keeps_patients_apart_and_ships_a_threshold(
     assert len(holdout) + len(fold_patients) == 10
 
     # every candidate scored each development patient once, with nested thresholds
-    # ImageNet Lite0 probe, its random-init control, and one CNN
+    # ImageNet Lite0 nested probe, its random-init control, and one CNN
     assert len(report["candidates"]) == 3
-    assert study.RANDOM_CONTROL in report["candidates"]
+    assert {study.PROCEDURE, study.RANDOM_CONTROL} <= set(report["candidates"])
+    assert set(report["feature_sets"]) == set(study.ALL_SETS)
+    assert [int(s) for s in report["repeated_cv"]["per_seed"]] == [0, 1]
     for summary in report["candidates"].values():
         assert summary["all"]["patients"] == len(fold_patients)
         for chosen in summary["thresholds"]:
@@ -46,7 +51,9 @@ def test_quick_study_keeps_patients_apart_and_ships_a_threshold(
 
     # the manifest carries the threshold chosen on development scores only
     manifest = load_model_dir(model_dir).manifest
-    assert manifest.architecture == "efficientnet_lite0"
+    chosen_set = report["shipped"]["threshold"]["feature_set"]
+    assert chosen_set in study.ALL_SETS
+    assert manifest.architecture == f"efficientnet_lite0/{chosen_set}"
     assert manifest.threshold == pytest.approx(report["shipped"]["threshold"]["value"], abs=1e-6)
     assert (
         manifest.preprocessing.model_dump(mode="json")
