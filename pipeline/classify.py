@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -152,6 +153,35 @@ def choose_backend(backend: str) -> str:
     chosen = "jetson" if jetson_available() else "onnxruntime"
     log.info("classifier backend auto-detected: %s", chosen)
     return chosen
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def replay_workers(setting: int | str, backend: str, live: bool) -> int:
+    """How many frames the pipeline classifies at once.
+
+    A replay wants throughput: on the CPU, N frames side by side with one ONNX Runtime thread
+    each keep every core busy while decoding and publishing interleave, where one frame spread
+    over N threads stalls all of them whenever one thread is preempted. Live wants latency: one
+    frame on every core finishes soonest. jetson-inference and GPU providers run one at a time.
+    """
+    if live:
+        return 1
+    chosen = choose_backend(backend)
+    if chosen == "jetson":
+        if setting not in ("auto", 1):
+            log.warning(
+                "model.replay_workers=%s ignored: the jetson backend runs one frame", setting
+            )
+        return 1
+    if setting != "auto":
+        return int(setting)
+    from pipeline.classify_onnx import cpu_only
+
+    return usable_cores() if cpu_only() else 1
 
 
 def load_classifier(

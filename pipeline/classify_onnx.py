@@ -69,6 +69,11 @@ def select_providers(requested: list[str] | None, available: list[str]) -> list[
     return [*chosen, CPU]
 
 
+def cpu_only(providers: list[str] | None = None) -> bool:
+    """True when a session would run on the CPU alone (no CUDA/TensorRT in this build)."""
+    return select_providers(providers, ort.get_available_providers()) == [CPU]
+
+
 def _shape(spec: Any) -> tuple[Any, ...]:
     return tuple(spec.shape)
 

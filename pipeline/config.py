@@ -11,7 +11,7 @@ import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -155,7 +155,16 @@ class ModelConfig(_Strict):
     )
     top_k: int = Field(default=2, ge=1, description="How many classes each result lists.")
     intra_op_threads: int | None = Field(
-        default=None, ge=1, description="ONNX Runtime intra-op threads; null lets ORT choose."
+        default=None,
+        ge=1,
+        description="ONNX Runtime intra-op threads per inference; null: one when replay_workers "
+        "> 1, else ORT's choice (all cores).",
+    )
+    replay_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default="auto",
+        description="Frames classified at once in a replay, results still published in order. "
+        "auto: one per CPU core with ONNX Runtime on the CPU, else 1. Live always uses 1: one "
+        "frame on every core gives the lowest latency.",
     )
     follow_manifest: bool = Field(
         default=False,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import logging
 import queue
 import signal
@@ -47,7 +48,13 @@ from pipeline.capture import (
     SourceOptions,
     open_source,
 )
-from pipeline.classify import Classifier, load_classifier, model_info, resolve_preprocessing
+from pipeline.classify import (
+    Classifier,
+    load_classifier,
+    model_info,
+    replay_workers,
+    resolve_preprocessing,
+)
 from pipeline.config import AppConfig, ConfigError, OutboxConfig, load_config
 from pipeline.manifest import ModelError
 from pipeline.output import OutputError
@@ -183,7 +190,10 @@ class Pipeline:
         output_factory: Callable[[int, int], Output] | None = None,
         max_frames: int | None = None,
         stop: threading.Event | None = None,
+        workers: int = 1,
     ) -> None:
+        if workers < 1 or (live and workers != 1):
+            raise ValueError(f"workers must be 1 live and >= 1 in a replay, got {workers}")
         self.cfg = cfg
         self.source = source
         self.classifier = classifier
@@ -212,9 +222,21 @@ class Pipeline:
             model=self.model,
         )
         self.counters = _Counters()
+        self._counters_lock = threading.Lock()
         self._slot = LatestSlot()
-        self._frames: queue.Queue[Frame | _End] = queue.Queue(cfg.queues.replay_frames)
-        self._results: queue.Queue[Classified | _End] = queue.Queue(cfg.queues.results)
+        # Replay with N workers: frame i goes to worker i % N and the publisher takes results
+        # from worker 0, 1, ..., N-1 in turn, so results leave in capture order without a
+        # reorder buffer. The configured queue bounds are shared out between the workers.
+        self.workers = workers
+        frames_each = max(2, cfg.queues.replay_frames // workers)
+        results_each = max(2, cfg.queues.results // workers)
+        self._frames: list[queue.Queue[Frame | _End]] = [
+            queue.Queue(frames_each) for _ in range(workers)
+        ]
+        self._results: list[queue.Queue[Classified | _End]] = [
+            queue.Queue(results_each) for _ in range(workers)
+        ]
+        self._workers_left = workers
         self._out: queue.Queue[Classified | _End] = queue.Queue(cfg.queues.output)
         self._capture_done = threading.Event()
         self._classify_done = threading.Event()
@@ -236,7 +258,10 @@ class Pipeline:
         self._last_stats_mono = self._started_mono
         threads = [
             self._thread("capture", self._capture_loop),
-            self._thread("classify", self._classify_loop),
+            *[
+                self._thread(f"classify-{i}", functools.partial(self._classify_loop, i))
+                for i in range(self.workers)
+            ],
             self._thread("publish", self._publish_loop),
         ]
         if self.output_factory is not None:
@@ -292,7 +317,8 @@ class Pipeline:
         finally:
             self._capture_done.set()
             self._slot.close()
-            self._put_blocking(self._frames, END)
+            for q in self._frames:
+                self._put_blocking(q, END)
 
     def _stalled(self, last_frame_mono: float) -> bool:
         """A replay whose source stays silent: fail instead of waiting forever. Live sources
@@ -304,13 +330,14 @@ class Pipeline:
         return self.max_frames is not None and self.counters.captured >= self.max_frames
 
     def _hand_off(self, frame: Frame) -> None:
+        turn = self.counters.captured % self.workers
         self.counters.captured += 1
         if self.live:
             before = self._slot.dropped
             self._slot.put(frame)
             self.counters.handoff_dropped += self._slot.dropped - before
         else:
-            self._put_blocking(self._frames, frame)
+            self._put_blocking(self._frames[turn], frame)
 
     def _put_blocking(self, q: queue.Queue[Any], item: Any) -> None:
         """Backpressure: wait for room, unless a stage failed (then nobody will make room)."""
@@ -324,19 +351,22 @@ class Pipeline:
 
     # --- classify --------------------------------------------------------------------------
 
-    def _classify_loop(self) -> None:
+    def _classify_loop(self, worker: int) -> None:
         try:
             while not self._failed.is_set():
-                frame = self._next_frame()
+                frame = self._next_frame(worker)
                 if frame is END:
                     break
                 if isinstance(frame, Frame):
-                    self._put_blocking(self._results, self._classify(frame))
+                    self._put_blocking(self._results[worker], self._classify(frame))
         finally:
-            self._classify_done.set()
-            self._put_blocking(self._results, END)
+            self._put_blocking(self._results[worker], END)
+            with self._counters_lock:
+                self._workers_left -= 1
+                if self._workers_left == 0:
+                    self._classify_done.set()
 
-    def _next_frame(self) -> Frame | _End | None:
+    def _next_frame(self, worker: int) -> Frame | _End | None:
         """The next captured frame; None when nothing arrived yet; END when capture is over."""
         if self.live:
             frame = self._slot.get(_POLL_S)
@@ -344,7 +374,7 @@ class Pipeline:
                 return END
             return frame
         try:
-            return self._frames.get(timeout=_POLL_S)
+            return self._frames[worker].get(timeout=_POLL_S)
         except queue.Empty:
             return None
 
@@ -353,21 +383,24 @@ class Pipeline:
         prediction = self.classifier.classify(gray)
         thermal = ThermalStats.of(frame.celsius())
         latency_ms = (time.monotonic_ns() - frame.capture_mono_ns) / 1e6
-        self.counters.classified += 1
-        self.counters.latencies_ms.append(latency_ms)
-        self.counters.inference_ms.append(prediction.inference_ms)
+        with self._counters_lock:
+            self.counters.classified += 1
+            self.counters.latencies_ms.append(latency_ms)
+            self.counters.inference_ms.append(prediction.inference_ms)
         return Classified(frame, gray, prediction, thermal, latency_ms)
 
     # --- session + publish -----------------------------------------------------------------
 
     def _publish_loop(self) -> None:
+        turn = 0
         try:
             while True:
-                item = _get(self._results, self._classify_done)
+                item = _get(self._results[turn], self._classify_done)
                 if isinstance(item, _End):
                     break
                 if item is not None:
                     self._publish(item)
+                    turn = (turn + 1) % self.workers
                 self._maybe_stats()
         finally:
             self._publish_done.set()
@@ -431,6 +464,11 @@ class Pipeline:
             "output": self.counters.output_dropped,
         }
 
+    def _snapshot(self, values: deque[float]) -> list[float]:
+        """A copy the classify workers cannot append to while it is read."""
+        with self._counters_lock:
+            return list(values)
+
     def stats_payload(self) -> dict[str, Any]:
         """The `stats` message: rate since the last one, latency percentiles, drops, queues."""
         now = time.monotonic()
@@ -449,13 +487,13 @@ class Pipeline:
             "frames": {"captured": self.counters.captured, "results": done},
             "fps": round(fps, 3),
             "latency_ms": {
-                "capture_to_result": percentiles(self.counters.latencies_ms),
-                "inference": percentiles(self.counters.inference_ms),
+                "capture_to_result": percentiles(self._snapshot(self.counters.latencies_ms)),
+                "inference": percentiles(self._snapshot(self.counters.inference_ms)),
             },
             "drops": self.drops(),
             "queues": {
-                "frames": None if self.live else self._frames.qsize(),
-                "results": self._results.qsize(),
+                "frames": None if self.live else sum(q.qsize() for q in self._frames),
+                "results": sum(q.qsize() for q in self._results),
                 "output": self._out.qsize(),
             },
             "source": {"rebuilds": src.rebuilds, "errors": src.errors},
@@ -502,7 +540,7 @@ class Pipeline:
             results=self.counters.published,
             wall_s=wall,
             fps=self.counters.published / wall if wall > 0 else 0.0,
-            latency_ms=percentiles(self.counters.latencies_ms),
+            latency_ms=percentiles(self._snapshot(self.counters.latencies_ms)),
             drops=self.drops(),
             verdict=verdict.to_dict(self.session.policy) if verdict else None,
             outbox_pending=0,
@@ -637,15 +675,18 @@ def run(
     if cfg.source is None:
         raise RunError("no source: give SOURCE on the command line or `source:` in the config")
     stop = stop or threading.Event()
-    try:
+    try:  # build the source (not open yet): live or replay decides how frames are classified
+        source = open_source(cfg.source, source_options(cfg))
+        live = source.is_live if cfg.mode == "auto" else cfg.mode == "live"
+        workers = replay_workers(cfg.model.replay_workers, cfg.model.backend, live)
         classifier = load_classifier(
             cfg.model.dir,
             backend=cfg.model.backend,
             threshold=cfg.model.threshold,
             top_k=cfg.model.top_k,
-            intra_op_threads=cfg.model.intra_op_threads,
+            intra_op_threads=cfg.model.intra_op_threads or (1 if workers > 1 else None),
         )
-    except (ModelError, ValueError) as exc:
+    except (ModelError, SourceError, ValueError) as exc:
         raise RunError(str(exc)) from exc
     with _closing(classifier):
         try:
@@ -653,10 +694,8 @@ def run(
                 classifier.model, cfg.preprocess, cfg.model.follow_manifest
             )
             outputs = _output_factory(cfg, preprocess) if cfg.output is not None else None
-            source = open_source(cfg.source, source_options(cfg))
-        except (ModelError, SourceError, OutputError) as exc:
+        except (ModelError, OutputError) as exc:
             raise RunError(str(exc)) from exc
-        live = source.is_live if cfg.mode == "auto" else cfg.mode == "live"
         sink = publisher or _make_publisher(cfg, live)
         try:
             source.open()
@@ -665,15 +704,31 @@ def run(
             raise RunError(str(exc)) from exc
         with _closing(source):
             log.info(
-                "%s %s -> model %s (%s), preprocessing %s",
+                "%s %s -> model %s (%s, %d at once), preprocessing %s",
                 "live" if live else "replay",
                 source.uri,
                 classifier.model.manifest.name,
                 classifier.backend,
+                workers,
                 preprocess.model_dump(),
             )
-            return _run_session(cfg, source, classifier, preprocess, sink, live, outputs, stop,
-                                max_frames)  # fmt: skip
+            try:
+                parts = Pipeline(
+                    cfg,
+                    source,
+                    classifier,
+                    preprocess,
+                    sink,
+                    live,
+                    outputs,
+                    max_frames=max_frames,
+                    stop=stop,
+                    workers=workers,
+                )
+            except ValueError as exc:  # e.g. an operating threshold without a positive label
+                sink.stop(0.0)
+                raise RunError(f"{classifier.model.root}: {exc}") from exc
+            return _run_session(cfg, parts, sink)
 
 
 def _make_publisher(cfg: AppConfig, live: bool) -> ResultSink:
@@ -688,24 +743,7 @@ def _make_publisher(cfg: AppConfig, live: bool) -> ResultSink:
     return publisher
 
 
-def _run_session(
-    cfg: AppConfig,
-    source: Source,
-    classifier: Classifier,
-    preprocess: PreprocessConfig,
-    sink: ResultSink,
-    live: bool,
-    outputs: Callable[[int, int], Output] | None,
-    stop: threading.Event,
-    max_frames: int | None,
-) -> RunSummary:
-    try:
-        pipeline = Pipeline(
-            cfg, source, classifier, preprocess, sink, live, outputs, max_frames, stop
-        )
-    except ValueError as exc:  # e.g. an operating threshold without a positive label
-        sink.stop(0.0)
-        raise RunError(f"{classifier.model.root}: {exc}") from exc
+def _run_session(cfg: AppConfig, pipeline: Pipeline, sink: ResultSink) -> RunSummary:
     sink.start()
     summary = pipeline.run()
     summary.flushed = sink.stop(cfg.flush_timeout_s)

@@ -166,6 +166,26 @@ def test_mp4_replay_through_gstreamer_has_no_thermal_and_writes_annotated_output
     assert decoded == N_FRAMES
 
 
+def test_replay_on_several_workers_publishes_the_same_results_in_capture_order(
+    broker: Broker, tiny_model: Path, recordings: dict[str, Path], tmp_path: Path
+) -> None:
+    # 3 workers on any machine: frames finish out of order, results must not leave that way
+    seen: dict[int, list[tuple[int, str, float]]] = {}
+    for workers in (1, 3):
+        cfg = replay_config(broker, tiny_model, str(recordings["png16"]), tmp_path)
+        cfg = cfg.model_copy(
+            update={"model": cfg.model.model_copy(update={"replay_workers": workers})}
+        )
+        summary, watcher = replay(broker, cfg)
+        assert (summary.results, summary.exit_code) == (N_FRAMES, 0)
+        results = watcher.bodies("result")
+        check_results(results, summary)  # seq and frame_index 0..N-1 in arrival order
+        seen[workers] = [
+            (r["frame_index"], r["result"]["label"], r["result"]["score"]) for r in results
+        ]
+    assert seen[3] == seen[1]
+
+
 def test_max_frames_ends_a_replay_early_as_stopped(
     broker: Broker, tiny_model: Path, recordings: dict[str, Path], tmp_path: Path
 ) -> None:

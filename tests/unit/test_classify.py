@@ -338,3 +338,21 @@ def test_threshold_and_top_k_reach_the_backend(tmp_path: Path) -> None:
     top = max(loose.scores)
     strict = load_classifier(root, threshold=min(1.0, top + 1e-6), top_k=0).classify(gray)
     assert (strict.index, strict.label, strict.top_k) == (-1, "none", ())
+
+
+def test_replay_workers_one_frame_per_core_only_for_replays_on_the_cpu() -> None:
+    from pipeline.classify import replay_workers, usable_cores
+
+    assert replay_workers("auto", "onnxruntime", live=False) == usable_cores()  # CPU-only build
+    assert replay_workers("auto", "onnxruntime", live=True) == 1  # live: latency first
+    assert replay_workers(3, "onnxruntime", live=False) == 3
+    assert replay_workers(3, "onnxruntime", live=True) == 1
+    assert replay_workers("auto", "auto", live=False) == usable_cores()  # no jetson-inference here
+
+
+def test_replay_workers_setting_is_checked_in_config() -> None:
+    from pipeline.config import ConfigError, load_config
+
+    assert load_config(None, {"model.replay_workers": 2}, env={}).model.replay_workers == 2
+    with pytest.raises(ConfigError, match="replay_workers"):
+        load_config(None, {"model.replay_workers": 0}, env={})
