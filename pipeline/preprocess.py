@@ -14,6 +14,7 @@ Math (DESIGN.md, "Preprocessing"):
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import cv2
@@ -118,15 +119,29 @@ def model_input(
     """uint8 gray (HxW) or RGB (HxWx3) -> float32 [1, 3, size_h, size_w], imageNet's tensor.
 
     `size` is (height, width). Gray input is treated as R = G = B without materialising RGB.
+    A uint8 pixel has 256 possible values, so each channel's (v / 255 - mean) / std comes from a
+    256-entry table computed with the same float32 operations: bit-identical, and no per-frame
+    float temporaries (`thermoscreen bench`: fewer page faults beside ONNX Runtime).
     """
     out_h, out_w = size
     rows = nearest_indices(image.shape[0], out_h)
     cols = nearest_indices(image.shape[1], out_w)
-    small = image[rows[:, None], cols[None, :]]
-    unit = small.astype(np.float32) * np.float32(1.0 / 255.0)
+    small = np.ascontiguousarray(image[rows][:, cols])  # rows, then columns: 5x faster
+    tables = channel_tables(tuple(float(v) for v in mean), tuple(float(v) for v in std))
     out = np.empty((1, 3, out_h, out_w), dtype=np.float32)
     for c in range(3):
-        plane = unit if unit.ndim == 2 else unit[:, :, c]
-        np.subtract(plane, np.float32(mean[c]), out=out[0, c])
-        out[0, c] /= np.float32(std[c])
+        plane = small if small.ndim == 2 else np.ascontiguousarray(small[:, :, c])
+        cv2.LUT(plane, tables[c], dst=out[0, c])
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def channel_tables(mean: tuple[float, ...], std: tuple[float, ...]) -> F32:
+    """[3, 256] float32: entry v of channel c is (float32(v) / 255 - mean[c]) / std[c]."""
+    unit = np.arange(256, dtype=np.float32) * np.float32(1.0 / 255.0)
+    tables = np.empty((3, 256), dtype=np.float32)
+    for c in range(3):
+        np.subtract(unit, np.float32(mean[c]), out=tables[c])
+        tables[c] /= np.float32(std[c])
+    tables.setflags(write=False)
+    return tables
