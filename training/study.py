@@ -756,6 +756,7 @@ class StudyConfig:
     max_patients: int | None = None
     quick: bool = False
     split_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # outer CV repeated over these fold seeds
+    cnn_only: bool = False  # skip the probe study and the export: only the end-to-end CNNs
 
 
 def outer_folds(dev: Cohort, k: int, seed: int) -> list[npt.NDArray[np.intp]]:
@@ -841,7 +842,7 @@ def repeated_cv(
         }
         per_seed[str(s)]["feature_sets_chosen"] = [r.chosen["feature_set"] for r in res]
         per_seed[str(s)]["lambdas_chosen"] = [r.chosen["lambda"] for r in res]
-        log.info("split seed %d: %s", s, headline(PROCEDURE, summary))
+        log.info("split seed %d, sets %s: %s", s, ",".join(sets), headline(PROCEDURE, summary))
     out: dict[str, Any] = {"seeds": list(cfg.split_seeds), "per_seed": per_seed}
     for part in ("all", "id_below_300"):
         out[part] = {
@@ -862,8 +863,6 @@ def _choices(res: list[FoldResult]) -> dict[str, Any]:
 
 
 def run_study(data: Path, out: Path, cfg: StudyConfig, model_out: Path | None) -> dict[str, Any]:
-    from training.lite0 import load_imagenet
-
     started = time.monotonic()
     dev, holdout, folds, celsius = _development(data, out, cfg)
     report: dict[str, Any] = {
@@ -895,10 +894,47 @@ def run_study(data: Path, out: Path, cfg: StudyConfig, model_out: Path | None) -
         "ablations": {},
     }
     oof: dict[str, F64] = {}
-    lite0 = load_imagenet()
     images = render_variant(celsius, DEFAULT_VARIANT)
-    feats = probe_features(lite0, images)
+    if not cfg.cnn_only:
+        _probe_study(report, oof, images, celsius, data, dev, holdout, folds, cfg, out, model_out)
 
+    # the CNNs trained end to end (slowest, last; the shipped model does not depend on them)
+    for spec in cfg.cnn_archs:
+        arch, _, weights = spec.partition(":")
+        weights = weights or "none"
+        t0 = time.monotonic()
+        res = cv_cnn(arch, images, dev, folds, cfg, weights)
+        how = "from scratch" if weights == "none" else f"fine-tuned from {weights}"
+        key = f"{arch} {how}, {cfg.cnn_epochs} epochs x {cfg.cnn_epoch_samples} samples"
+        report["candidates"][key] = summarize(dev, res, cfg.bootstrap, cfg.seed)
+        report["candidates"][key]["seconds"] = round(time.monotonic() - t0, 1)
+        oof[key] = _scores(dev, res)
+        log.info("%s", headline(key, report["candidates"][key]))
+        _write(out, report, oof, dev)
+    report["elapsed_s"] = round(time.monotonic() - started, 1)
+    _write(out, report, oof, dev)
+    return report
+
+
+def _probe_study(
+    report: dict[str, Any],
+    oof: dict[str, F64],
+    images: list[U8],
+    celsius: F32,
+    data: Path,
+    dev: Cohort,
+    holdout: Cohort,
+    folds: list[npt.NDArray[np.intp]],
+    cfg: StudyConfig,
+    out: Path,
+    model_out: Path | None,
+) -> None:
+    """Steps 1-5: the nested frozen-Lite0 procedure, its repeats, the checks, the shipped model
+    and its single hold-out scoring (fills `report` and `oof`)."""
+    from training.lite0 import load_imagenet
+
+    lite0 = load_imagenet()
+    feats = probe_features(lite0, images)
     # 1. the procedure (feature set and penalty chosen inside each training fold), split seed 0
     res = cv_probe(feats, dev, folds, cfg.seed, ALL_SETS)
     report["candidates"][PROCEDURE] = summarize(dev, res, cfg.bootstrap, cfg.seed)
@@ -915,6 +951,11 @@ def run_study(data: Path, out: Path, cfg: StudyConfig, model_out: Path | None) -
         report["feature_sets"][name] = summarize(dev, res, cfg.bootstrap, cfg.seed)
         report["feature_sets"][name]["choices"] = _choices(res)
         log.info("%s", headline(f"feature set {name}", report["feature_sets"][name]))
+        rep = repeated_cv(feats, dev, cfg, (name,))
+        report["feature_sets"][name]["repeated_cv"] = {
+            k: rep[k] for k in ("seeds", "all", "id_below_300") if k in rep
+        }
+        _write(out, report, oof, dev)
     report["candidates"][RANDOM_CONTROL], oof[RANDOM_CONTROL] = random_control(
         celsius, dev, folds, cfg
     )
@@ -974,23 +1015,6 @@ def run_study(data: Path, out: Path, cfg: StudyConfig, model_out: Path | None) -
         _link_subset(data, holdout, holdout_dir)
         report["shipped"]["holdout"] = score_model(model_out, holdout_dir, cfg.bootstrap, cfg.seed)
     _write(out, report, oof, dev)
-
-    # 6. the CNNs trained end to end (slowest, last; the shipped model does not depend on them)
-    for spec in cfg.cnn_archs:
-        arch, _, weights = spec.partition(":")
-        weights = weights or "none"
-        t0 = time.monotonic()
-        res = cv_cnn(arch, images, dev, folds, cfg, weights)
-        how = "from scratch" if weights == "none" else f"fine-tuned from {weights}"
-        key = f"{arch} {how}, {cfg.cnn_epochs} epochs x {cfg.cnn_epoch_samples} samples"
-        report["candidates"][key] = summarize(dev, res, cfg.bootstrap, cfg.seed)
-        report["candidates"][key]["seconds"] = round(time.monotonic() - t0, 1)
-        oof[key] = _scores(dev, res)
-        log.info("%s", headline(key, report["candidates"][key]))
-        _write(out, report, oof, dev)
-    report["elapsed_s"] = round(time.monotonic() - started, 1)
-    _write(out, report, oof, dev)
-    return report
 
 
 def _link_subset(data: Path, cohort: Cohort, dest: Path) -> None:
@@ -1066,6 +1090,22 @@ def tables(report: dict[str, Any]) -> str:
                         f"\nAUC {label} across seeds: mean {a['mean']:.3f} ± {a['sd']:.3f} "
                         f"(min {a['min']:.3f}, max {a['max']:.3f})\n"
                     )
+    seeds_rows = {PROCEDURE: rep} if rep else {}
+    for name, fs in report.get("feature_sets", {}).items():
+        if "repeated_cv" in fs:
+            seeds_rows[f"feature set {name} forced (information only)"] = fs["repeated_cv"]
+    if seeds_rows:
+        text += "\n**AUC across outer split seeds: mean ± sd (min, max)**\n\n"
+        text += "| model | AUC all | AUC ID < 300 |\n|---|---|---|\n"
+
+        def spread(r: dict[str, Any], part: str) -> str:
+            a = r.get(part, {}).get("auc", {})
+            if a.get("mean") is None:
+                return "n/a"
+            return f"{a['mean']:.3f} ± {a['sd']:.3f} ({a['min']:.3f}, {a['max']:.3f})"
+
+        for name, r in seeds_rows.items():
+            text += f"| {name} | {spread(r, 'all')} | {spread(r, 'id_below_300')} |\n"
     if "probe_trained_on_id_below_300" in report:
         text += "\n**Probe trained and tested on ID < 300 only (5-fold CV)**\n\n"
         text += head.format(what="model")
@@ -1144,6 +1184,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-ablations", action="store_true", help="skip preprocessing checks")
     p.add_argument(
+        "--cnn-only",
+        action="store_true",
+        help="only the --cnn-archs models (no probe study, no export, hold-out untouched)",
+    )
+    p.add_argument(
         "--control-only",
         action="store_true",
         help="only the random-init Lite0 probe (the pre-training control); writes control.json",
@@ -1188,6 +1233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ablations=not args.no_ablations,
             bootstrap=args.bootstrap,
             split_seeds=seeds,
+            cnn_only=args.cnn_only,
         )
         if args.quick:
             cfg = StudyConfig(
@@ -1219,7 +1265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(headline(n, s))
     for n, s in report["ablations"].items():
         print(headline(n, s))
-    print(f"chosen preprocessing: {report['chosen_preprocessing']['variant']}")
+    if "chosen_preprocessing" in report:
+        print(f"chosen preprocessing: {report['chosen_preprocessing']['variant']}")
     if "holdout" in report.get("shipped", {}):
         print(headline("hold-out (shipped model)", report["shipped"]["holdout"]))
     print(f"report: {args.out / 'study.json'}")
