@@ -51,7 +51,7 @@ import numpy.typing as npt
 
 from pipeline import DISCLAIMER
 from pipeline.broker import BrokerError, LocalBroker
-from pipeline.manifest import ModelError, load_model_dir
+from pipeline.manifest import ModelDir, ModelError, load_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -839,6 +839,71 @@ def make_recording(out: Path, frames: int, fps: int) -> Path:
     return out
 
 
+@dataclass(frozen=True)
+class _Rig:
+    """What every measurement of one bench run shares: models, frames, broker, subscriber."""
+
+    model_dir: Path
+    model: ModelDir
+    int8: ModelDir | None
+    video: Path
+    tensors: list[F32]
+    settings: Settings
+    weights: str
+    broker: LocalBroker
+    collector: Collector
+    workdir: Path
+
+
+def measure_repeat(rig: _Rig, r: int) -> dict[str, Any]:
+    """One repeat: bare, pipeline replay (FP32 and INT8) and the naive loop, back to back."""
+    s = rig.settings
+
+    def replay(model_dir: Path, device: str) -> dict[str, Any]:
+        return measure_pipeline(
+            model_dir, rig.video, s.frames, rig.broker, rig.collector, rig.workdir, device
+        )
+
+    rep: dict[str, Any] = {
+        "bare": measure_bare(rig.model_dir, rig.tensors, s.frames, s.threads),
+        "pipeline": replay(rig.model_dir, f"bench-r{r}"),
+    }
+    if rig.int8 is not None:
+        rep["bare_int8"] = measure_bare(rig.int8.root, rig.tensors, s.frames, s.threads)
+        rep["pipeline_int8"] = replay(rig.int8.root, f"bench-int8-r{r}")
+    if s.naive:
+        rep["naive"] = measure_naive(
+            rig.video,
+            s.frames,
+            rig.broker,
+            rig.collector,
+            rig.model.manifest.architecture,
+            len(rig.model.labels),
+            rig.weights,
+        )
+    log.info("repeat %d: %s", r + 1, json.dumps({k: round(v["fps"], 1) for k, v in rep.items()}))
+    return rep
+
+
+def measure_live_rates(rig: _Rig) -> list[dict[str, Any]]:
+    """The live runs, one per source rate."""
+    runs = []
+    for fps in rig.settings.live_fps:
+        log.info("live %d fps for %.0f s", fps, rig.settings.live_seconds)
+        runs.append(
+            measure_live(
+                rig.model_dir,
+                fps,
+                rig.settings.live_seconds,
+                rig.broker,
+                rig.collector,
+                rig.workdir,
+                f"bench-live{fps}",
+            )
+        )
+    return runs
+
+
 def run_bench(
     model_dir: Path,
     out_dir: Path,
@@ -860,89 +925,37 @@ def run_bench(
         if video is None:
             video = make_recording(tmp / "rec", settings.frames, 30)
         tensors = replay_tensors(model_dir, video, 16)
-        repeats: list[dict[str, Any]] = []
-        live: list[dict[str, Any]] = []
         with LocalBroker(tmp / "broker") as broker:
             collector = Collector(broker.host, broker.port)
+            rig = _Rig(
+                model_dir=model_dir,
+                model=model,
+                int8=int8,
+                video=video,
+                tensors=tensors,
+                settings=settings,
+                weights=weights,
+                broker=broker,
+                collector=collector,
+                workdir=tmp / "run",
+            )
             try:
+                repeats = []
                 for r in range(settings.repeats):
                     log.info("repeat %d/%d", r + 1, settings.repeats)
-                    rep: dict[str, Any] = {}
-                    rep["bare"] = measure_bare(
-                        model_dir, tensors, settings.frames, settings.threads
-                    )
-                    rep["pipeline"] = measure_pipeline(
-                        model_dir,
-                        video,
-                        settings.frames,
-                        broker,
-                        collector,
-                        tmp / "run",
-                        f"bench-r{r}",
-                    )
-                    if int8 is not None:
-                        rep["bare_int8"] = measure_bare(
-                            int8.root, tensors, settings.frames, settings.threads
-                        )
-                        rep["pipeline_int8"] = measure_pipeline(
-                            int8.root,
-                            video,
-                            settings.frames,
-                            broker,
-                            collector,
-                            tmp / "run",
-                            f"bench-int8-r{r}",
-                        )
-                    if settings.naive:
-                        rep["naive"] = measure_naive(
-                            video,
-                            settings.frames,
-                            broker,
-                            collector,
-                            model.manifest.architecture,
-                            len(model.labels),
-                            weights,
-                        )
-                    log.info(
-                        "repeat %d: %s",
-                        r + 1,
-                        json.dumps({k: round(v["fps"], 1) for k, v in rep.items()}),
-                    )
-                    repeats.append(rep)
-                for fps in settings.live_fps:
-                    log.info("live %d fps for %.0f s", fps, settings.live_seconds)
-                    live.append(
-                        measure_live(
-                            model_dir,
-                            fps,
-                            settings.live_seconds,
-                            broker,
-                            collector,
-                            tmp / "run",
-                            f"bench-live{fps}",
-                        )
-                    )
+                    repeats.append(measure_repeat(rig, r))
+                live = measure_live_rates(rig)
             finally:
                 collector.close()
-            mosquitto = broker.version()
+            machine["mosquitto"] = broker.version()
     machine["load_avg_at_end"] = list(os.getloadavg())
-    machine["mosquitto"] = mosquitto
-    m = model.manifest
-    report: dict[str, Any] = {
+    report = {
         "disclaimer": DISCLAIMER,
         "command": command,
         "started": started,
         "duration_s": time.monotonic() - t_start,
         "machine": machine,
-        "model": {
-            "dir": str(model_dir),
-            "name": m.name,
-            "version": m.version,
-            "sha256": m.sha256,
-            "architecture": m.architecture,
-            "input": list(m.input.shape),
-            "synthetic": m.synthetic,
-        },
+        "model": describe_model(model),
         "naive_weights": weights if settings.naive else None,
         "settings": {
             "frames": settings.frames,
@@ -966,6 +979,19 @@ def run_bench(
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (out_dir / "bench.md").write_text(markdown(report), encoding="utf-8")
     return report
+
+
+def describe_model(model: ModelDir) -> dict[str, Any]:
+    m = model.manifest
+    return {
+        "dir": str(model.root),
+        "name": m.name,
+        "version": m.version,
+        "sha256": m.sha256,
+        "architecture": m.architecture,
+        "input": list(m.input.shape),
+        "synthetic": m.synthetic,
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
