@@ -27,11 +27,12 @@ Jetson (`jetson=True`) encodes in hardware:
 The appsrc blocks when its queue is full (`block=true`), so writing a replay into a file never
 drops a frame: the writer waits for the encoder instead. Frames are stamped n / fps.
 
-Note: on Debian 12's gst-libav 1.22.0 the libav video encoders emit invalid timestamps, so the
-frames of an `.mp4` written there all carry pts 0 (every frame is present and decodes; players
-ignore the timing). `.avi` takes its timing from the frame rate and is unaffected. The same
-fault makes RTP timestamps from avenc_mpeg4 useless (a depayloader merges frames that share one),
-which is why RTP uses jpegenc (gst-plugins-good, correct timestamps).
+Note: on Debian 12's gst-libav 1.22.0 avenc_mpeg4 emits buffers without valid timestamps (its
+segment starts at 1000 h, its buffers carry none). A probe on the encoder's source pad stamps
+them again, segment start + n / fps (no B-frames, so output order is input order), which is what
+the muxer needs for a file that plays at the right rate. The same fault makes RTP timestamps
+from avenc_mpeg4 useless (a depayloader merges frames that share one), which is why RTP uses
+jpegenc (gst-plugins-good, correct timestamps).
 """
 
 from __future__ import annotations
@@ -200,7 +201,7 @@ def describe_output(
                 f"! nvv4l2h264enc bitrate={options.bitrate} ! h264parse"
             )
         else:
-            enc = f"avenc_mpeg4 bitrate={options.bitrate}"
+            enc = f"avenc_mpeg4 name={RESTAMP} max-bframes=0 bitrate={options.bitrate}"
         location = str(Path(where).expanduser().absolute()).replace('"', '\\"')
         return f'{head} ! {enc} ! {mux} ! filesink location="{location}"'
     if scheme == "rtp":
@@ -241,6 +242,31 @@ def _host_port(uri: str, where: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
+RESTAMP = "restamp"  # the element whose output buffers get timestamps again
+
+
+def restamp_output(element: Gst.Element, duration_ns: int) -> None:
+    """Stamp each buffer leaving `element` with segment start + n x duration (pts = dts)."""
+    pad = element.get_static_pad("src")
+    assert pad is not None
+    state = {"start": 0, "n": 0}
+
+    def on_data(_pad: Gst.Pad, info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
+        if info.type & Gst.PadProbeType.EVENT_DOWNSTREAM:
+            event = info.get_event()
+            if event is not None and event.type == Gst.EventType.SEGMENT:
+                state["start"] = int(event.parse_segment().start)
+            return Gst.PadProbeReturn.OK
+        buf = info.get_buffer()
+        if buf is not None:
+            buf.pts = buf.dts = state["start"] + state["n"] * duration_ns
+            buf.duration = duration_ns
+            state["n"] += 1
+        return Gst.PadProbeReturn.OK
+
+    pad.add_probe(Gst.PadProbeType.BUFFER | Gst.PadProbeType.EVENT_DOWNSTREAM, on_data)
+
+
 class GstOutput:
     """An appsrc-fed pipeline; frames are annotated, stamped n/fps and pushed with backpressure."""
 
@@ -264,6 +290,9 @@ class GstOutput:
         assert src is not None
         self._src = src
         self._duration = int(Gst.SECOND / fps)
+        encoder = pipeline.get_by_name(RESTAMP)
+        if encoder is not None:
+            restamp_output(encoder, self._duration)
         if pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
             reason = self._bus_error() or "state change failed"
             pipeline.set_state(Gst.State.NULL)

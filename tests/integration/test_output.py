@@ -76,8 +76,10 @@ def test_file_output_keeps_every_frame_and_the_overlay(tmp_path: Path) -> None:
     assert float(np.abs(last[box] - plain[box]).mean()) > 15.0
 
 
-def test_avi_output_is_stamped_at_the_frame_rate(tmp_path: Path) -> None:
-    out = tmp_path / "out.avi"
+@pytest.mark.parametrize("suffix", [".avi", ".mp4", ".mkv"])
+def test_file_output_is_stamped_at_the_frame_rate(tmp_path: Path, suffix: str) -> None:
+    # .mp4/.mkv: avenc_mpeg4 leaves its buffers unstamped; the output stamps them again
+    out = tmp_path / f"out{suffix}"
     output = open_output(str(out), W, H, 20)
     for i in range(5):
         output.write(ramp(i), SICK, None, i)
@@ -162,7 +164,8 @@ def test_annotation_shows_scale_limits_and_label() -> None:
 
 def test_output_pipeline_strings() -> None:
     f = describe_output("file:///tmp/o.mp4", W, H, 15)
-    assert f.endswith('avenc_mpeg4 bitrate=2000000 ! mp4mux ! filesink location="/tmp/o.mp4"')
+    assert "avenc_mpeg4 name=restamp max-bframes=0 bitrate=2000000 ! mp4mux" in f
+    assert f.endswith('! filesink location="/tmp/o.mp4"')
     assert "appsrc name=src format=time is-live=false block=true" in f
     assert "framerate=15/1" in describe_output("o.mkv", W, H, 15)
     assert "matroskamux" in describe_output("o.mkv", W, H, 15)
