@@ -1115,7 +1115,7 @@ def tables(report: dict[str, Any]) -> str:
         text += f"{_cell(report['shortcut_era_probe']['auc'])}\n"
     hold = report.get("shipped", {}).get("holdout")
     if hold:
-        text += "\n**Locked hold-out, shipped model through ONNX Runtime, manifest threshold**\n\n"
+        text += "\n**Hold-out, shipped model through ONNX Runtime, manifest threshold**\n\n"
         text += head.format(what="part")
         text += rows({"hold-out, all": hold}, "all")
         text += rows({"hold-out, ID < 300": hold}, "id_below_300")
