@@ -68,7 +68,7 @@ evaluate: setup
 # fold (~50 min on 2 cores); the shipped model is not touched
 evaluate-cnn: setup
 	$(BIN)/python -m training.study --data ../shared/data/dmr-ir-frontal \
-		--out results/evaluation-cnn --cnn-only \
+		--out results/evaluation-cnn --cnn-only --split-seeds 0 \
 		--cnn-archs mobilenet_v3_small,resnet18,efficientnet_b0,efficientnet_lite0:imagenet
 
 clean:

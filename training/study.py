@@ -788,6 +788,7 @@ def _development(
     return dev, holdout, folds, celsius
 
 
+SHIPPED_DIR = Path("models/dmr-lite0-probe")
 RANDOM_CONTROL = "efficientnet_lite0 random init (no pre-training), frozen + nested probe"
 PROCEDURE = "efficientnet_lite0 imagenet, frozen + nested feature set + probe"
 ALL_SETS = ("last", "flip_mean", "flip_mean+asym", "two_blocks")  # training.bilateral.FEATURE_SETS
@@ -898,19 +899,45 @@ def run_study(data: Path, out: Path, cfg: StudyConfig, model_out: Path | None) -
     if not cfg.cnn_only:
         _probe_study(report, oof, images, celsius, data, dev, holdout, folds, cfg, out, model_out)
 
-    # the CNNs trained end to end (slowest, last; the shipped model does not depend on them)
+    # the CNNs trained end to end (slowest, last; the shipped model does not depend on them);
+    # with --cnn-only over every split seed, else on the seed-0 folds only
     for spec in cfg.cnn_archs:
         arch, _, weights = spec.partition(":")
         weights = weights or "none"
-        t0 = time.monotonic()
-        res = cv_cnn(arch, images, dev, folds, cfg, weights)
         how = "from scratch" if weights == "none" else f"fine-tuned from {weights}"
         key = f"{arch} {how}, {cfg.cnn_epochs} epochs x {cfg.cnn_epoch_samples} samples"
-        report["candidates"][key] = summarize(dev, res, cfg.bootstrap, cfg.seed)
-        report["candidates"][key]["seconds"] = round(time.monotonic() - t0, 1)
-        oof[key] = _scores(dev, res)
-        log.info("%s", headline(key, report["candidates"][key]))
-        _write(out, report, oof, dev)
+        per_seed: dict[str, Any] = {}
+        for s in cfg.split_seeds if cfg.cnn_only else (cfg.seed,):
+            t0 = time.monotonic()
+            res = cv_cnn(arch, images, dev, outer_folds(dev, cfg.folds, s), cfg, weights)
+            summary = summarize(dev, res, cfg.bootstrap, s)
+            summary["seconds"] = round(time.monotonic() - t0, 1)
+            per_seed[str(s)] = summary
+            report.setdefault("cnn_per_seed", {}).setdefault(key, {})[str(s)] = {
+                part: summary[part]["auc"] for part in ("all", "id_below_300") if part in summary
+            }
+            if s == cfg.seed:
+                report["candidates"][key] = summary
+                oof[key] = _scores(dev, res)
+            log.info("split seed %d: %s", s, headline(key, summary))
+            _write(out, report, oof, dev)
+        if len(per_seed) > 1:
+            report.setdefault("cnn_repeated_cv", {})[key] = {
+                "seeds": [int(k) for k in per_seed],
+                **{
+                    part: {
+                        "auc": _spread(
+                            [
+                                per_seed[k].get(part, {}).get("auc", {}).get("value")
+                                for k in per_seed
+                            ]
+                        ),
+                        "per_seed_auc": {k: per_seed[k][part]["auc"] for k in per_seed},
+                    }
+                    for part in ("all", "id_below_300")
+                },
+            }
+            _write(out, report, oof, dev)
     report["elapsed_s"] = round(time.monotonic() - started, 1)
     _write(out, report, oof, dev)
     return report
@@ -1094,6 +1121,8 @@ def tables(report: dict[str, Any]) -> str:
     for name, fs in report.get("feature_sets", {}).items():
         if "repeated_cv" in fs:
             seeds_rows[f"feature set {name} forced (information only)"] = fs["repeated_cv"]
+    for name, r in report.get("cnn_repeated_cv", {}).items():
+        seeds_rows[f"{name}, seeds {r['seeds']}"] = r
     if seeds_rows:
         text += "\n**AUC across outer split seeds: mean ± sd (min, max)**\n\n"
         text += "| model | AUC all | AUC ID < 300 |\n|---|---|---|\n"
@@ -1136,7 +1165,10 @@ def _write(out: Path, report: dict[str, Any], oof: dict[str, F64], dev: Cohort) 
     curves = {
         n: calibration.reliability(dev.y[~np.isnan(s)], s[~np.isnan(s)]) for n, s in oof.items()
     }
-    calibration.plot_reliability(curves, out / "reliability.png", "Out-of-fold reliability (dev)")
+    if curves:
+        calibration.plot_reliability(
+            curves, out / "reliability.png", "Out-of-fold reliability (dev)"
+        )
 
 
 # ---------------------------------------------------------------- CLI
@@ -1154,8 +1186,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model-out",
         type=Path,
-        default=Path("models/dmr-lite0-probe"),
-        help="where the shipped model is exported (default models/dmr-lite0-probe)",
+        help=f"where the shipped model is exported (default {SHIPPED_DIR}; --quick exports only "
+        "when this is given, so a smoke run never replaces the shipped model)",
     )
     p.add_argument("--no-export", action="store_true", help="skip exporting the shipped model")
     p.add_argument("--folds", type=int, default=5)
@@ -1248,6 +1280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_patients=10,
                 quick=True,
                 split_seeds=seeds[:2],
+                cnn_only=args.cnn_only,
             )
         if args.control_only:
             dev, _, folds, celsius = _development(args.data, args.out, cfg)
@@ -1257,7 +1290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             (args.out / "control.json").write_text(text, encoding="utf-8")
             print(headline(RANDOM_CONTROL, summary))
             return 0
-        report = run_study(args.data, args.out, cfg, None if args.no_export else args.model_out)
+        model_out = args.model_out or (None if args.quick else SHIPPED_DIR)
+        report = run_study(args.data, args.out, cfg, None if args.no_export else model_out)
     except (DataError, ModelError, StudyError, ValueError) as exc:
         print(f"training.study: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
