@@ -173,6 +173,8 @@ def test_summary_ratios_are_per_repeat_and_targets_follow_them() -> None:
     assert s["replay_vs_bare"]["min"] == pytest.approx(0.75)
     assert s["replay_vs_bare"]["max"] == pytest.approx(0.96)
     assert s["replay_vs_naive"]["median"] == pytest.approx((2.4 + 3.0) / 2)
+    assert s["bare_vs_naive"]["median"] == pytest.approx((2.5 + 4.0) / 2)  # the ceiling
+    assert s["replay_int8_vs_naive"]["n"] == 0  # no INT8 run in these repeats
     met = {t["target"]: t["met"] for t in s["targets"]}
     assert met["replay throughput / naive"] is True
     assert met["replay throughput / bare"] is False  # median 0.855
