@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
 import threading
+import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from pipeline.outbox import MEMORY, Outbox, OutboxClosed, OutboxError, OutboxFull
+from pipeline.outbox import (
+    CHECKPOINT_INTERVAL_S,
+    MEMORY,
+    Outbox,
+    OutboxClosed,
+    OutboxError,
+    OutboxFull,
+)
 
 TOPIC = "thermoscreen/dev/cam/result"
 
@@ -168,3 +179,26 @@ def test_an_outbox_path_that_cannot_be_created_is_named(tmp_path: Path) -> None:
     blocker.write_text("a file where a folder should be")
     with pytest.raises(OutboxError, match=r"outbox .*file/o\.sqlite: cannot create it"):
         Outbox(blocker / "o.sqlite")
+
+
+def test_checkpoints_reach_the_database_file_while_the_outbox_stays_open(tmp_path: Path) -> None:
+    # the writer never checkpoints (that stalled a put for 15-20 ms); the background thread does:
+    # the database file alone, without its WAL, soon holds every committed row
+    box = Outbox(tmp_path / "o.sqlite")
+    for i in range(50):
+        box.put("t/a", b"x" * 100 + bytes([i]))
+    snapshot = tmp_path / "snapshot.sqlite"
+    rows = 0
+    deadline = time.monotonic() + 10 * CHECKPOINT_INTERVAL_S
+    while rows < 50 and time.monotonic() < deadline:
+        time.sleep(CHECKPOINT_INTERVAL_S / 4)
+        shutil.copyfile(tmp_path / "o.sqlite", snapshot)  # the main file only, no -wal
+        with closing(sqlite3.connect(snapshot)) as db:
+            try:
+                rows = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            except sqlite3.OperationalError:  # not even the table is checkpointed yet
+                rows = 0
+    assert rows == 50
+    assert box.pending == 50
+    box.close()
+    assert not (tmp_path / "o.sqlite-wal").exists()  # the last close folds the WAL in
