@@ -160,6 +160,9 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+MAX_AUTO_WORKERS = 4  # past this, each frame in flight costs memory and gains little
+
+
 def replay_workers(setting: int | str, backend: str, live: bool) -> int:
     """How many frames the pipeline classifies at once.
 
@@ -167,6 +170,7 @@ def replay_workers(setting: int | str, backend: str, live: bool) -> int:
     each keep every core busy while decoding and publishing interleave, where one frame spread
     over N threads stalls all of them whenever one thread is preempted. Live wants latency: one
     frame on every core finishes soonest. jetson-inference and GPU providers run one at a time.
+    `auto` stops at MAX_AUTO_WORKERS frames; bigger CPUs give each of them more threads.
     """
     if live:
         return 1
@@ -181,7 +185,15 @@ def replay_workers(setting: int | str, backend: str, live: bool) -> int:
         return int(setting)
     from pipeline.classify_onnx import cpu_only
 
-    return usable_cores() if cpu_only() else 1
+    return min(usable_cores(), MAX_AUTO_WORKERS) if cpu_only() else 1
+
+
+def threads_per_worker(workers: int, configured: int | None) -> int | None:
+    """ONNX Runtime intra-op threads for each of `workers` frames at once: the configured value,
+    else the cores shared out (None: one worker, ORT's own choice of all cores)."""
+    if configured is not None or workers == 1:
+        return configured
+    return max(1, usable_cores() // workers)
 
 
 def load_classifier(

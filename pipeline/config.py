@@ -157,14 +157,14 @@ class ModelConfig(_Strict):
     intra_op_threads: int | None = Field(
         default=None,
         ge=1,
-        description="ONNX Runtime intra-op threads per inference; null: one when replay_workers "
-        "> 1, else ORT's choice (all cores).",
+        description="ONNX Runtime intra-op threads per inference; null: the cores shared out "
+        "between replay_workers (ORT's own choice with one worker).",
     )
     replay_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         default="auto",
         description="Frames classified at once in a replay, results still published in order. "
-        "auto: one per CPU core with ONNX Runtime on the CPU, else 1. Live always uses 1: one "
-        "frame on every core gives the lowest latency.",
+        "auto: one per CPU core, at most 4, with ONNX Runtime on the CPU; else 1. Live always "
+        "uses 1: one frame on every core gives the lowest latency.",
     )
     follow_manifest: bool = Field(
         default=False,

@@ -54,6 +54,7 @@ from pipeline.classify import (
     model_info,
     replay_workers,
     resolve_preprocessing,
+    threads_per_worker,
 )
 from pipeline.config import AppConfig, ConfigError, OutboxConfig, load_config
 from pipeline.manifest import ModelError
@@ -684,7 +685,7 @@ def run(
             backend=cfg.model.backend,
             threshold=cfg.model.threshold,
             top_k=cfg.model.top_k,
-            intra_op_threads=cfg.model.intra_op_threads or (1 if workers > 1 else None),
+            intra_op_threads=threads_per_worker(workers, cfg.model.intra_op_threads),
         )
     except (ModelError, SourceError, ValueError) as exc:
         raise RunError(str(exc)) from exc

@@ -341,13 +341,24 @@ def test_threshold_and_top_k_reach_the_backend(tmp_path: Path) -> None:
 
 
 def test_replay_workers_one_frame_per_core_only_for_replays_on_the_cpu() -> None:
-    from pipeline.classify import replay_workers, usable_cores
+    from pipeline.classify import MAX_AUTO_WORKERS, replay_workers, usable_cores
 
-    assert replay_workers("auto", "onnxruntime", live=False) == usable_cores()  # CPU-only build
+    per_core = min(usable_cores(), MAX_AUTO_WORKERS)
+    assert replay_workers("auto", "onnxruntime", live=False) == per_core  # CPU-only build
     assert replay_workers("auto", "onnxruntime", live=True) == 1  # live: latency first
     assert replay_workers(3, "onnxruntime", live=False) == 3
     assert replay_workers(3, "onnxruntime", live=True) == 1
-    assert replay_workers("auto", "auto", live=False) == usable_cores()  # no jetson-inference here
+    assert replay_workers("auto", "auto", live=False) == per_core  # no jetson-inference here
+
+
+def test_threads_per_worker_share_out_the_cores_unless_configured() -> None:
+    from pipeline.classify import threads_per_worker, usable_cores
+
+    assert threads_per_worker(1, None) is None  # one frame at a time: ORT takes every core
+    assert threads_per_worker(1, 3) == 3
+    assert threads_per_worker(2, 5) == 5  # an explicit setting wins
+    assert threads_per_worker(usable_cores(), None) == 1
+    assert threads_per_worker(usable_cores() + 1, None) == 1  # never zero
 
 
 def test_replay_workers_setting_is_checked_in_config() -> None:
