@@ -384,43 +384,17 @@ def _parts(items: list[Any], split: dict[str, Any]) -> dict[str, list[Any]]:
 
 
 def run_training(cfg: TrainConfig, data: Path, out: Path, resume: bool = False) -> dict[str, Any]:
-    """Train as configured; returns run.json's content."""
-    from training import datasets
+    """Train as configured; returns run.json's content.
 
+    Steps: check a resume, scan and split the data by patient, build the model and optimizer
+    (restored from `last.pt` on resume), write run.json, train epoch by epoch (`best.pt` by
+    validation AUC, `last.pt` always), then score the test part with `best.pt`.
+    """
     started = time.monotonic()
     threads = set_threads()
     out.mkdir(parents=True, exist_ok=True)
-    if resume:
-        previous = read_run(out)
-        old = TrainConfig.model_validate(previous["config"])
-        if old.model_copy(update={"epochs": cfg.epochs}) != cfg:
-            raise TrainError(
-                f"{out / RUN_JSON}: --resume with different settings than the run was started "
-                "with; use the same flags (only --epochs may change) or a new --out"
-            )
-    elif (out / "last.pt").exists():
-        raise TrainError(f"{out}: already holds a run; pass --resume to continue it or a new --out")
-
-    items = datasets.scan(data)
-    labels = label_space([it.label for it in items])
-    if len(labels) < 2:
-        raise TrainError(
-            f"{data}: only class {labels[0]!r} present; need images of at least 2 classes"
-        )
-    check_classes(items, labels, "whole data set", data)
-    if cfg.max_images is not None:
-        items = limit_images(items, cfg.max_images, cfg.seed)
-
-    if resume:
-        split = json.loads((out / SPLIT_JSON).read_text(encoding="utf-8"))
-    else:
-        try:
-            split = make_split(items, cfg)
-        except ValueError as exc:
-            raise TrainError(f"{data}: cannot split by patient ({exc})") from exc
-        _write_json(out / SPLIT_JSON, split)
-    parts = _parts(items, split)
-    check_classes(parts["train"], labels, "train split", data)
+    _check_resume(cfg, out, resume)
+    labels, split, parts = _split_data(cfg, data, out, resume)
     index = {label: i for i, label in enumerate(labels)}
     pos = labels.index("sick") if "sick" in labels else len(labels) - 1
 
@@ -437,46 +411,16 @@ def run_training(cfg: TrainConfig, data: Path, out: Path, resume: bool = False) 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_factor(cfg.epochs))
 
-    start_epoch, history, best_key = 0, [], None
+    start_epoch, best_key = 0, None
+    history: list[dict[str, Any]] = []
     if resume:
-        ckpt = torch.load(checkpoint_path(out, "last"), map_location="cpu", weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        resumed = cosine_factor(cfg.epochs)(scheduler.last_epoch)  # --epochs may have grown
-        for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
-            group["lr"] = base * resumed
-        start_epoch, history = int(ckpt["epoch"]), list(ckpt["history"])
-        best_key = ckpt.get("best_key")
-        log.info("resuming %s at epoch %d of %d", out, start_epoch + 1, cfg.epochs)
+        start_epoch, history, best_key = _restore(out, cfg, model, optimizer, scheduler)
 
-    run: dict[str, Any] = {
-        "thermoscreen_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "disclaimer": DISCLAIMER,
-        "config": cfg.model_dump(mode="json"),
-        "arch": cfg.arch,
-        "head": HEADS[cfg.arch],
-        "weights": cfg.weights,
-        "labels": list(labels),
-        "positive_label": labels[pos],
-        "preprocessing": cfg.preprocessing.model_dump(mode="json"),
-        "augmentation": train_preset.describe(),
-        "imbalance": {
-            "method": "class-weighted cross-entropy (n / (k * n_class), train split)",
-            "class_weights": dict(zip(labels, [round(float(w), 6) for w in weights], strict=True)),
-        },
-        "optimizer": {"name": "AdamW", "lr": cfg.lr, "weight_decay": cfg.weight_decay},
-        "scheduler": {"name": "cosine (closed form, LambdaLR)", "epochs": cfg.epochs},
-        "batchnorm": "running statistics recomputed over the training images after each epoch",
-        "epoch_samples": "augmented repeats of the training images up to min_epoch_samples",
-        "seed": cfg.seed,
-        "threads": threads,
-        "data": {
-            "source": str(data.resolve()),
-            "split": {k: v for k, v in split.items() if k not in ("patients", "summary")},
-            "summary": {p: datasets.summary(parts[p]) for p in ("train", "val", "test")},
-        },
+    run = _run_record(cfg, data, labels, pos, split, parts, threads)
+    run["augmentation"] = train_preset.describe()
+    run["imbalance"] = {
+        "method": "class-weighted cross-entropy (n / (k * n_class), train split)",
+        "class_weights": dict(zip(labels, [round(float(w), 6) for w in weights], strict=True)),
     }
     if start_epoch >= cfg.epochs:
         raise TrainError(f"{out}: already trained {start_epoch} epochs; pass a larger --epochs")
@@ -534,18 +478,134 @@ def run_training(cfg: TrainConfig, data: Path, out: Path, resume: bool = False) 
         _write_json(out / RUN_JSON, run)
 
     if parts["test"]:
-        test_images = render_all(parts["test"], cfg.preprocessing, "test")
-        model.load_state_dict(
-            torch.load(out / "best.pt", map_location="cpu", weights_only=True)["model"]
+        tm = _test_metrics(
+            cfg, out, model, parts["test"], targets["test"], patients["test"], pos, loss_fn
         )
-        probs = predict(model, test_images)
-        tm = quick_metrics(probs, targets["test"], patients["test"], pos, loss_fn)
         run["test_metrics"] = {k: (None if np.isnan(v) else round(v, 6)) for k, v in tm.items()}
         log.info("test (best.pt): %s", _fmt(tm))
     run["status"] = "done"
     run["elapsed_s"] = round(time.monotonic() - started, 1)
     _write_json(out / RUN_JSON, run)
     return run
+
+
+def _check_resume(cfg: TrainConfig, out: Path, resume: bool) -> None:
+    """--resume needs the run's settings (only --epochs may change); a new run, an empty --out."""
+    if resume:
+        previous = read_run(out)
+        old = TrainConfig.model_validate(previous["config"])
+        if old.model_copy(update={"epochs": cfg.epochs}) != cfg:
+            raise TrainError(
+                f"{out / RUN_JSON}: --resume with different settings than the run was started "
+                "with; use the same flags (only --epochs may change) or a new --out"
+            )
+    elif (out / "last.pt").exists():
+        raise TrainError(f"{out}: already holds a run; pass --resume to continue it or a new --out")
+
+
+def _split_data(
+    cfg: TrainConfig, data: Path, out: Path, resume: bool
+) -> tuple[list[str], dict[str, Any], dict[str, list[Any]]]:
+    """Labels, the patient split (written to split.json, or read back on resume) and its parts."""
+    from training import datasets
+
+    items = datasets.scan(data)
+    labels = label_space([it.label for it in items])
+    if len(labels) < 2:
+        raise TrainError(
+            f"{data}: only class {labels[0]!r} present; need images of at least 2 classes"
+        )
+    check_classes(items, labels, "whole data set", data)
+    if cfg.max_images is not None:
+        items = limit_images(items, cfg.max_images, cfg.seed)
+    if resume:
+        split = json.loads((out / SPLIT_JSON).read_text(encoding="utf-8"))
+    else:
+        try:
+            split = make_split(items, cfg)
+        except ValueError as exc:
+            raise TrainError(f"{data}: cannot split by patient ({exc})") from exc
+        _write_json(out / SPLIT_JSON, split)
+    parts = _parts(items, split)
+    check_classes(parts["train"], labels, "train split", data)
+    return list(labels), split, parts
+
+
+def _restore(
+    out: Path,
+    cfg: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+) -> tuple[int, list[dict[str, Any]], Any]:
+    """Model, optimizer and schedule from last.pt; returns (epochs done, history, best key)."""
+    ckpt = torch.load(checkpoint_path(out, "last"), map_location="cpu", weights_only=True)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    resumed = cosine_factor(cfg.epochs)(scheduler.last_epoch)  # --epochs may have grown
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = base * resumed
+    log.info("resuming %s at epoch %d of %d", out, int(ckpt["epoch"]) + 1, cfg.epochs)
+    return int(ckpt["epoch"]), list(ckpt["history"]), ckpt.get("best_key")
+
+
+def _run_record(
+    cfg: TrainConfig,
+    data: Path,
+    labels: list[str],
+    pos: int,
+    split: dict[str, Any],
+    parts: dict[str, list[Any]],
+    threads: Any,
+) -> dict[str, Any]:
+    """run.json: what was trained, on what, and how (history and metrics are added later)."""
+    from training import datasets
+
+    return {
+        "thermoscreen_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "disclaimer": DISCLAIMER,
+        "config": cfg.model_dump(mode="json"),
+        "arch": cfg.arch,
+        "head": HEADS[cfg.arch],
+        "weights": cfg.weights,
+        "labels": list(labels),
+        "positive_label": labels[pos],
+        "preprocessing": cfg.preprocessing.model_dump(mode="json"),
+        "augmentation": None,  # set by the caller, which builds the preset and the weights
+        "imbalance": None,
+        "optimizer": {"name": "AdamW", "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        "scheduler": {"name": "cosine (closed form, LambdaLR)", "epochs": cfg.epochs},
+        "batchnorm": "running statistics recomputed over the training images after each epoch",
+        "epoch_samples": "augmented repeats of the training images up to min_epoch_samples",
+        "seed": cfg.seed,
+        "threads": threads,
+        "data": {
+            "source": str(data.resolve()),
+            "split": {k: v for k, v in split.items() if k not in ("patients", "summary")},
+            "summary": {p: datasets.summary(parts[p]) for p in ("train", "val", "test")},
+        },
+    }
+
+
+def _test_metrics(
+    cfg: TrainConfig,
+    out: Path,
+    model: nn.Module,
+    items: list[Any],
+    targets: list[int],
+    patients: list[str],
+    pos: int,
+    loss_fn: nn.Module,
+) -> dict[str, float]:
+    """The test part scored once, with best.pt's weights."""
+    test_images = render_all(items, cfg.preprocessing, "test")
+    model.load_state_dict(
+        torch.load(out / "best.pt", map_location="cpu", weights_only=True)["model"]
+    )
+    probs = predict(model, test_images)
+    return quick_metrics(probs, targets, patients, pos, loss_fn)
 
 
 def _best_epoch(out: Path) -> int:
