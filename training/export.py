@@ -196,17 +196,7 @@ def export_run(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        onnx_path = tmp / ONNX_NAME
-        export_onnx(model, onnx_path)
-        check_onnx(onnx_path, len(labels))
-        diff = parity(model, onnx_path, tensors)
-        if not diff < PARITY_ATOL:
-            raise ExportError(
-                f"{onnx_path}: ONNX Runtime and PyTorch disagree by {diff:.2e} on real inputs "
-                f"(limit {PARITY_ATOL:g}); the export is wrong, do not ship it"
-            )
-        log.info("parity: max abs difference %.2e on %d real thermograms", diff, len(tensors))
-        write_labels(tmp / LABELS_NAME, labels)
+        onnx_path, diff = _write_checked(model, tmp, labels, tensors)
         # a provisional manifest, so the pipeline's own classifier can score the test split
         write_manifest(
             tmp, build_manifest(run, split, onnx_path, name, version, synthetic, checkpoint, {})
@@ -229,6 +219,25 @@ def export_run(
         shutil.rmtree(tmp, ignore_errors=True)
     load_model_dir(out)
     return {"out": str(out), "sha256": manifest.sha256, "parity": diff, "metrics": metrics}
+
+
+def _write_checked(
+    model: torch.nn.Module, folder: Path, labels: tuple[str, ...], tensors: list[np.ndarray]
+) -> tuple[Path, float]:
+    """model.onnx (checked) and labels.txt into `folder`; ExportError unless ONNX Runtime agrees
+    with PyTorch on `tensors`. Returns the ONNX path and the largest difference."""
+    onnx_path = folder / ONNX_NAME
+    export_onnx(model, onnx_path)
+    check_onnx(onnx_path, len(labels))
+    diff = parity(model, onnx_path, tensors)
+    if not diff < PARITY_ATOL:
+        raise ExportError(
+            f"{onnx_path}: ONNX Runtime and PyTorch disagree by {diff:.2e} on real inputs "
+            f"(limit {PARITY_ATOL:g}); the export is wrong, do not ship it"
+        )
+    log.info("parity: max abs difference %.2e on %d real thermograms", diff, len(tensors))
+    write_labels(folder / LABELS_NAME, labels)
+    return onnx_path, diff
 
 
 def _install(tmp: Path, out: Path) -> None:
@@ -264,17 +273,7 @@ def export_module(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        onnx_path = tmp / ONNX_NAME
-        export_onnx(model, onnx_path)
-        check_onnx(onnx_path, len(labels))
-        diff = parity(model, onnx_path, tensors)
-        if not diff < PARITY_ATOL:
-            raise ExportError(
-                f"{onnx_path}: ONNX Runtime and PyTorch disagree by {diff:.2e} on real inputs "
-                f"(limit {PARITY_ATOL:g}); the export is wrong, do not ship it"
-            )
-        log.info("parity: max abs difference %.2e on %d real thermograms", diff, len(tensors))
-        write_labels(tmp / LABELS_NAME, labels)
+        onnx_path, diff = _write_checked(model, tmp, labels, tensors)
         all_metrics = {"parity_max_abs_diff": diff, "parity_images": len(tensors)}
         all_metrics.update(metrics or {})
         manifest = build_manifest(
