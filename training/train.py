@@ -416,12 +416,8 @@ def run_training(cfg: TrainConfig, data: Path, out: Path, resume: bool = False) 
     if resume:
         start_epoch, history, best_key = _restore(out, cfg, model, optimizer, scheduler)
 
-    run = _run_record(cfg, data, labels, pos, split, parts, threads)
-    run["augmentation"] = train_preset.describe()
-    run["imbalance"] = {
-        "method": "class-weighted cross-entropy (n / (k * n_class), train split)",
-        "class_weights": dict(zip(labels, [round(float(w), 6) for w in weights], strict=True)),
-    }
+    class_weight = dict(zip(labels, [round(float(w), 6) for w in weights], strict=True))
+    run = _run_record(cfg, data, labels, pos, split, parts, threads, train_preset, class_weight)
     if start_epoch >= cfg.epochs:
         raise TrainError(f"{out}: already trained {start_epoch} epochs; pass a larger --epochs")
     run["status"] = "training"
@@ -558,6 +554,8 @@ def _run_record(
     split: dict[str, Any],
     parts: dict[str, list[Any]],
     threads: Any,
+    preset: TrainPreset,
+    class_weight: dict[str, float],
 ) -> dict[str, Any]:
     """run.json: what was trained, on what, and how (history and metrics are added later)."""
     from training import datasets
@@ -573,8 +571,11 @@ def _run_record(
         "labels": list(labels),
         "positive_label": labels[pos],
         "preprocessing": cfg.preprocessing.model_dump(mode="json"),
-        "augmentation": None,  # set by the caller, which builds the preset and the weights
-        "imbalance": None,
+        "augmentation": preset.describe(),
+        "imbalance": {
+            "method": "class-weighted cross-entropy (n / (k * n_class), train split)",
+            "class_weights": class_weight,
+        },
         "optimizer": {"name": "AdamW", "lr": cfg.lr, "weight_decay": cfg.weight_decay},
         "scheduler": {"name": "cosine (closed form, LambdaLR)", "epochs": cfg.epochs},
         "batchnorm": "running statistics recomputed over the training images after each epoch",
