@@ -50,6 +50,7 @@ from pipeline.capture import (
 )
 from pipeline.classify import (
     Classifier,
+    choose_backend,
     load_classifier,
     model_info,
     replay_workers,
@@ -679,10 +680,11 @@ def run(
     try:  # build the source (not open yet): live or replay decides how frames are classified
         source = open_source(cfg.source, source_options(cfg))
         live = source.is_live if cfg.mode == "auto" else cfg.mode == "live"
-        workers = replay_workers(cfg.model.replay_workers, cfg.model.backend, live)
+        backend = choose_backend(cfg.model.backend)
+        workers = replay_workers(cfg.model.replay_workers, backend, live)
         classifier = load_classifier(
             cfg.model.dir,
-            backend=cfg.model.backend,
+            backend=backend,
             threshold=cfg.model.threshold,
             top_k=cfg.model.top_k,
             intra_op_threads=threads_per_worker(workers, cfg.model.intra_op_threads),
