@@ -12,14 +12,19 @@ import onnxruntime as ort
 import pytest
 
 from pipeline.classify import (
+    MAX_AUTO_WORKERS,
     Classifier,
     choose_backend,
     imagenet_prediction,
     load_classifier,
     model_info,
+    replay_workers,
     resolve_preprocessing,
+    threads_per_worker,
+    usable_cores,
 )
 from pipeline.classify_onnx import CPU, CUDA, TENSORRT, OnnxRuntimeClassifier, select_providers
+from pipeline.config import ConfigError, load_config
 from pipeline.manifest import ModelError, load_model_dir, sha256_file
 from pipeline.preprocess import PreprocessConfig, model_input
 from tests.helpers.tiny_model import make_tiny_model_dir
@@ -341,8 +346,6 @@ def test_threshold_and_top_k_reach_the_backend(tmp_path: Path) -> None:
 
 
 def test_replay_workers_one_frame_per_core_only_for_replays_on_the_cpu() -> None:
-    from pipeline.classify import MAX_AUTO_WORKERS, replay_workers, usable_cores
-
     per_core = min(usable_cores(), MAX_AUTO_WORKERS)
     assert replay_workers("auto", "onnxruntime", live=False) == per_core  # CPU-only build
     assert replay_workers("auto", "onnxruntime", live=True) == 1  # live: latency first
@@ -352,8 +355,6 @@ def test_replay_workers_one_frame_per_core_only_for_replays_on_the_cpu() -> None
 
 
 def test_threads_per_worker_share_out_the_cores_unless_configured() -> None:
-    from pipeline.classify import threads_per_worker, usable_cores
-
     assert threads_per_worker(1, None) is None  # one frame at a time: ORT takes every core
     assert threads_per_worker(1, 3) == 3
     assert threads_per_worker(2, 5) == 5  # an explicit setting wins
@@ -362,8 +363,6 @@ def test_threads_per_worker_share_out_the_cores_unless_configured() -> None:
 
 
 def test_replay_workers_setting_is_checked_in_config() -> None:
-    from pipeline.config import ConfigError, load_config
-
     assert load_config(None, {"model.replay_workers": 2}, env={}).model.replay_workers == 2
     with pytest.raises(ConfigError, match="replay_workers"):
         load_config(None, {"model.replay_workers": 0}, env={})
