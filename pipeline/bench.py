@@ -51,6 +51,7 @@ import numpy.typing as npt
 
 from pipeline import DISCLAIMER
 from pipeline.broker import BrokerError, LocalBroker
+from pipeline.compute import ComputeError, model_gflop, sgemm_gflops_per_core
 from pipeline.manifest import ModelDir, ModelError, load_model_dir
 
 log = logging.getLogger(__name__)
@@ -673,6 +674,13 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         "replay_max_rss_mb": spread([r["pipeline"]["max_rss_mb"] for r in reps]),
         "first_result_s": spread([r["pipeline"]["first_result_s"] for r in reps]),
     }
+    gflop = report.get("model", {}).get("gflop")
+    sgemm = report.get("machine", {}).get("sgemm_gflops_per_core")
+    if gflop and sgemm:
+        cores = report["machine"]["cores_usable"]
+        per_core = [gflop * r["bare"]["fps"] / cores for r in reps]
+        s["bare_gflops_per_core"] = spread(per_core)
+        s["bare_vs_sgemm"] = spread([g / sgemm for g in per_core])
     if all("bare_int8" in r for r in reps):
         s["int8_speedup_bare"] = spread([r["bare_int8"]["fps"] / r["bare"]["fps"] for r in reps])
     if all("pipeline_int8" in r for r in reps):
@@ -775,6 +783,16 @@ def markdown(report: dict[str, Any]) -> str:
         f"| pipeline peak RSS (MB) | {_sp(s['replay_max_rss_mb'], 0)} |",
         f"| start to first result (s) | {_sp(s['first_result_s'])} |",
     ]
+    if "bare_vs_sgemm" in s:
+        lines += [
+            "| model work per inference (GFLOP, Conv/Gemm/MatMul) | "
+            f"{report['model']['gflop']:.2f} |",
+            f"| bare arithmetic rate per core (GFLOP/s) | {_sp(s['bare_gflops_per_core'], 1)} |",
+            f"| one core's FP32 sgemm rate (GFLOP/s, numpy, 1 thread) | "
+            f"{m['sgemm_gflops_per_core']:.1f} |",
+            f"| bare / sgemm (1.0: the model runs as fast as dense FP32 arithmetic here) | "
+            f"{_sp(s['bare_vs_sgemm'])} |",
+        ]
     if "int8_speedup_bare" in s:
         lines.append(f"| INT8 speed-up, bare | {_sp(s['int8_speedup_bare'])} |")
     if "int8_speedup_replay" in s:
@@ -933,6 +951,7 @@ def run_bench(
     int8 = load_model_dir(int8_dir) if int8_dir is not None else None
     out_dir.mkdir(parents=True, exist_ok=True)
     machine = describe_machine()
+    machine["sgemm_gflops_per_core"] = _or_none(sgemm_gflops_per_core)
     with tempfile.TemporaryDirectory(prefix="thermoscreen-bench-") as tmp_name:
         tmp = Path(tmp_name)
         if video is None:
@@ -994,9 +1013,19 @@ def run_bench(
     return report
 
 
+def _or_none(measure: Callable[[], float]) -> float | None:
+    """A compute figure, or None with a warning: the rest of the benchmark does not need it."""
+    try:
+        return measure()
+    except ComputeError as exc:
+        log.warning("%s", exc)
+        return None
+
+
 def describe_model(model: ModelDir) -> dict[str, Any]:
     m = model.manifest
     return {
+        "gflop": _or_none(lambda: model_gflop(model.onnx_path)),
         "dir": str(model.root),
         "name": m.name,
         "version": m.version,

@@ -77,8 +77,14 @@ def test_quick_bench_writes_a_well_formed_report(tmp_path: Path, tiny_model: Pat
     names = [t["target"] for t in report["summary"]["targets"]]
     assert "replay throughput / bare" in names and "pipeline peak RSS (MB)" in names
     assert all(isinstance(t["met"], bool) for t in report["summary"]["targets"])
+    # how close the bare model runs to this machine's dense FP32 rate, from two real measurements
+    sgemm, gflop = report["machine"]["sgemm_gflops_per_core"], report["model"]["gflop"]
+    assert sgemm > 1 and gflop > 0
+    per_core = gflop * rep["bare"]["fps"] / report["machine"]["cores_usable"]
+    assert math.isclose(report["summary"]["bare_vs_sgemm"]["median"], per_core / sgemm)
     md = (out / "bench.md").read_text()
     assert "| pipeline / bare |" in md and "adjunct to mammography" in md
+    assert "| bare / sgemm" in md
     assert report["command"] in md
 
 
@@ -168,8 +174,16 @@ def test_summary_ratios_are_per_repeat_and_targets_follow_them() -> None:
         "trend": {"flat": True, "slope_ms_per_min": 0.1},
         "max_rss_mb": 260.0,
     }
-    report = {"repeats": [rep(50, 48, 20), rep(40, 30, 10)], "live": [live]}
+    report = {
+        "repeats": [rep(50, 48, 20), rep(40, 30, 10)],
+        "live": [live],
+        "model": {"gflop": 4.0},
+        "machine": {"sgemm_gflops_per_core": 100.0, "cores_usable": 2},
+    }
     s = summarize(report)
+    # 4 GFLOP x 50 frames/s over 2 cores = 100 GFLOP/s a core: all of a core's sgemm rate
+    assert s["bare_vs_sgemm"]["max"] == pytest.approx(1.0)
+    assert s["bare_vs_sgemm"]["min"] == pytest.approx(0.8)
     assert s["replay_vs_bare"]["min"] == pytest.approx(0.75)
     assert s["replay_vs_bare"]["max"] == pytest.approx(0.96)
     assert s["replay_vs_naive"]["median"] == pytest.approx((2.4 + 3.0) / 2)
