@@ -47,7 +47,8 @@ twice), wraps it with `np.frombuffer` honouring the row stride, and hands the Fr
 - replay: into a bounded queue (2 frames) whose `put` blocks the streaming thread, so decoding
   waits for the consumer and nothing is dropped. EOS becomes `EndOfStream` after the last frame;
   a bus ERROR becomes `SourceError` naming the file. `realtime=True` sets `sync=true` on the
-  appsink so frames arrive at the recorded rate.
+  appsink so frames arrive at the recorded rate. A decoder that would start worker threads
+  (avdec_*) gets one: the cores belong to classification.
 
 Frame pixels are read-only numpy views on that one copy (frames are immutable).
 """
@@ -204,6 +205,16 @@ class _Failure:
 _END = object()
 
 
+def _one_decoder_thread(_pipeline: Gst.Bin, _bin: Gst.Bin, element: Gst.Element) -> None:
+    """Replays: a video decoder that can start its own worker threads (libav's avdec_*) gets one.
+    The cores are busy classifying, so decoder threads only add wake-ups: replay throughput +1%
+    in an interleaved A/B (3 repeats, 600 frames). Live decoders keep their default."""
+    factory = element.get_factory()
+    klass = (factory.get_metadata("klass") if factory is not None else None) or ""
+    if "Decoder" in klass and element.find_property("max-threads") is not None:
+        element.set_property("max-threads", 1)
+
+
 def _layout(caps: Gst.Caps) -> _Layout:
     info = GstVideo.VideoInfo.new_from_caps(caps)
     if info is None:
@@ -345,6 +356,8 @@ class GstSource:
         sink.set_property("emit-signals", True)
         sink.set_property("enable-last-sample", False)
         sink.connect("new-sample", self._on_new_sample)
+        if not self.is_live:
+            pipeline.connect("deep-element-added", _one_decoder_thread)
         return pipeline
 
     def _start(self) -> None:

@@ -286,3 +286,36 @@ def test_lepton_y16_through_gstreamer_with_row_padding(tmp_path: Path) -> None:
     celsius = frames[0].celsius()
     assert celsius is not None
     assert abs(float(celsius[0, 0]) - 30.0) < 1e-3 and abs(float(celsius[1, 2]) - 37.0) < 1e-3
+
+
+def _decoder_threads(source: Source) -> dict[str, int]:
+    """max-threads of every decoder in the running pipeline that has the property."""
+    pipeline = source._pipeline  # type: ignore[attr-defined]
+    found: dict[str, int] = {}
+    it = pipeline.iterate_recurse()
+    while True:
+        res, element = it.next()
+        if res != Gst.IteratorResult.OK:
+            break
+        if element.find_property("max-threads") is not None:
+            found[element.get_factory().get_name()] = element.get_property("max-threads")
+    return found
+
+
+def test_replay_decoder_runs_on_one_thread_and_live_keeps_its_default(tmp_path: Path) -> None:
+    rec = record(tmp_path / "rec.mp4", 6)
+    replay = open_source(f"file://{rec}", FAST)
+    replay.open()
+    try:
+        assert replay.read(timeout_s=5.0) is not None
+        assert _decoder_threads(replay) == {"avdec_mpeg4": 1}
+    finally:
+        replay.close()
+    live_uri = "gst://videotestsrc is-live=true ! videoconvert ! avenc_mpeg4 ! avdec_mpeg4"
+    live = open_source(live_uri, FAST)
+    live.open()
+    try:
+        assert wait_for(lambda: live.read(timeout_s=0.5) is not None)
+        assert _decoder_threads(live) == {"avdec_mpeg4": 0}  # 0: libav picks per core
+    finally:
+        live.close()
