@@ -51,6 +51,7 @@ import numpy.typing as npt
 
 from pipeline import DISCLAIMER
 from pipeline.broker import BrokerError, LocalBroker
+from pipeline.classify import usable_cores
 from pipeline.compute import ComputeError, model_gflop, sgemm_gflops_per_core
 from pipeline.manifest import ModelDir, ModelError, load_model_dir
 
@@ -308,8 +309,6 @@ def measure_bare(
       (None: all cores); its p50 is "a single inference" for the live latency target;
     - side_by_side: one frame per core at once, one intra-op thread each (a replay's way).
     """
-    from pipeline.classify import usable_cores
-
     one = _bare_run(model_dir, tensors, frames, threads, callers=1)
     cores = usable_cores()
     both = {"one_at_a_time": one}
@@ -618,7 +617,7 @@ def describe_machine() -> dict[str, Any]:
         "cpu": cpu,
         "cpu_isa": isa,
         "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)),
+        "cores_usable": usable_cores(),
         "ram_gb": round(mem_kb / 1e6, 1),
         "os": platform.platform(),
         "python": platform.python_version(),

@@ -51,6 +51,7 @@ from pipeline.dmr import DataError
 from pipeline.manifest import ModelError, load_model_dir, write_manifest
 from pipeline.preprocess import PreprocessConfig, equalize, render_celsius
 from training import calibration, metrics
+from training.bilateral import FEATURE_SETS
 
 log = logging.getLogger(__name__)
 
@@ -791,7 +792,7 @@ def _development(
 SHIPPED_DIR = Path("models/dmr-lite0-probe")
 RANDOM_CONTROL = "efficientnet_lite0 random init (no pre-training), frozen + nested probe"
 PROCEDURE = "efficientnet_lite0 imagenet, frozen + nested feature set + probe"
-ALL_SETS = ("last", "flip_mean", "flip_mean+asym", "two_blocks")  # training.bilateral.FEATURE_SETS
+ALL_SETS = tuple(fs.name for fs in FEATURE_SETS)  # every set, in their fixed order
 
 
 def random_control(
