@@ -8,7 +8,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	gstreamer1.0-libav gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 \
 	libgirepository1.0-dev libcairo2-dev pkg-config gcc python3-venv python3-dev \
-	mosquitto mosquitto-clients openssl postgresql
+	mosquitto mosquitto-clients openssl postgresql \
+	gstreamer1.0-plugins-ugly chromium chromium-driver
 DEMO_MODEL := models/demo
 DEMO_DIR := var/demo
 
@@ -54,7 +55,7 @@ $(DEMO_MODEL)/model.json: | setup
 		--synthetic
 
 demo: model
-	$(BIN)/python -m pipeline.demo --model $(DEMO_MODEL) --workdir $(DEMO_DIR)
+	$(BIN)/python -m pipeline.devtools.demo --model $(DEMO_MODEL) --workdir $(DEMO_DIR)
 
 bench: model
 	$(BIN)/thermoscreen bench --model $(DEMO_MODEL) --torch-checkpoint $(DEMO_DIR)/run/best.pt \

@@ -16,10 +16,16 @@ from pipeline import DISCLAIMER, __version__
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("pipeline.runner", "capture, classify and publish frames from a camera or recording"),
-    "log": ("pipeline.logger", "subscribe to results and store each one once (SQLite/PostgreSQL)"),
-    "report": ("pipeline.report", "per-session summaries from a logger database (CSV/JSON)"),
-    "bench": ("pipeline.bench", "benchmark bare model vs pipeline vs naive loop"),
+    "run": (
+        "pipeline.run.runner",
+        "capture, classify and publish frames from a camera or recording",
+    ),
+    "log": (
+        "pipeline.logger.subscriber",
+        "subscribe to results and store each one once (SQLite/PostgreSQL)",
+    ),
+    "report": ("pipeline.logger.report", "per-session summaries from a logger database (CSV/JSON)"),
+    "bench": ("pipeline.devtools.bench", "benchmark bare model vs pipeline vs naive loop"),
     "synth": ("training.synth", "generate synthetic thermograms (matrices, PNG16, MP4)"),
     "train": ("training.train", "transfer-learn a torchvision classifier on thermograms"),
     "evaluate": ("training.evaluate", "patient-level metrics with bootstrap intervals"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.broker import LocalBroker, free_port
+from pipeline.devtools.broker import LocalBroker, free_port
 
 __all__ = ["REPO", "SHARED_DMR", "Broker", "free_port"]
 

@@ -2,7 +2,8 @@
 
 A screening adjunct is run at a fixed sensitivity, not at argmax: `choose_threshold` picks, on
 validation scores only, the highest threshold whose sensitivity reaches the target, and the
-pipeline calls a patient positive when p(sick) >= threshold (`pipeline.session`), so the rule here
+pipeline calls a patient positive when p(sick) >= threshold (`pipeline.run.session`), so the rule
+here
 and there is the same. Numpy only, so every number can be checked by hand.
 """
 

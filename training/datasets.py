@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.dmr import DataError, is_image, is_matrix, load_frame, natural_key, parse_dmr_name
+from pipeline.data.dmr import (
+    DataError,
+    is_image,
+    is_matrix,
+    load_frame,
+    natural_key,
+    parse_dmr_name,
+)
 from pipeline.types import Frame
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline import DISCLAIMER
-from pipeline.dmr import DataError
+from pipeline.data.dmr import DataError
 from pipeline.manifest import ModelError, load_model_dir
 from pipeline.preprocess import PreprocessConfig, render
 from training import metrics
@@ -211,7 +211,7 @@ def _items_for_split(
 
 def score_with_model_dir(model_dir: Path, items: list[Any]) -> Scored:
     """Scores through serving's path: render -> model_input -> ONNX Runtime classifier."""
-    from pipeline.classify_onnx import OnnxRuntimeClassifier
+    from pipeline.classify.onnx import OnnxRuntimeClassifier
 
     model = load_model_dir(model_dir)
     targets = label_targets([it.label for it in items], model.labels, str(model_dir))

@@ -28,7 +28,7 @@ import onnxruntime as ort
 import torch
 
 from pipeline import DISCLAIMER
-from pipeline.dmr import DataError
+from pipeline.data.dmr import DataError
 from pipeline.manifest import (
     INPUT_NAME,
     INPUT_SHAPE,

@@ -39,7 +39,7 @@ from onnxruntime.quantization import (
 )
 
 from pipeline import DISCLAIMER
-from pipeline.dmr import DataError, list_thermograms, load_frame
+from pipeline.data.dmr import DataError, list_thermograms, load_frame
 from pipeline.manifest import (
     LABELS_NAME,
     ONNX_NAME,

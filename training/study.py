@@ -47,7 +47,7 @@ import numpy.typing as npt
 import torch
 
 from pipeline import DISCLAIMER
-from pipeline.dmr import DataError
+from pipeline.data.dmr import DataError
 from pipeline.manifest import ModelError, load_model_dir, write_manifest
 from pipeline.preprocess import PreprocessConfig, equalize, render_celsius
 from training import calibration, metrics

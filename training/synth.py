@@ -32,8 +32,13 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline import DISCLAIMER
+from pipeline.data.synthetic import (
+    SYNTHETIC_NOTICE,
+    SyntheticStream,
+    patient_seed,
+    synth_thermogram,
+)
 from pipeline.preprocess import PreprocessConfig, render_celsius
-from pipeline.synthetic import SYNTHETIC_NOTICE, SyntheticStream, patient_seed, synth_thermogram
 from pipeline.types import KELVIN_OFFSET
 
 log = logging.getLogger(__name__)
@@ -152,7 +157,7 @@ def write_png16(plan: SynthPlan, out: Path) -> int:
 
 def _gst() -> tuple[Any, Any]:
     """Gst and GLib from PyGObject, imported only when an MP4 is written."""
-    from pipeline.gst import GLib, Gst
+    from pipeline.gstreamer import GLib, Gst
 
     return Gst, GLib
 

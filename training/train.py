@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from pipeline import DISCLAIMER, __version__
-from pipeline.dmr import DataError
+from pipeline.data.dmr import DataError
 from pipeline.preprocess import PreprocessConfig, render
 from training import metrics
 from training.models import DEFAULT_ARCH, HEADS, ModelBuildError, build_model

@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from pipeline.classify_onnx import OnnxRuntimeClassifier
+from pipeline.classify.onnx import OnnxRuntimeClassifier
 from pipeline.manifest import load_model_dir
 from pipeline.preprocess import model_input
 

@@ -18,7 +18,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from pipeline.payload import encode, result_payload
+from pipeline.mqtt.payload import encode, result_payload
 from pipeline.types import FrameResult, ModelInfo, Prediction, ThermalStats, TopK
 
 REPO = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from pipeline.bench import (
+from pipeline.devtools.bench import (
     Received,
     capture_to_delivery_fps,
     latency_trend,
@@ -100,7 +100,7 @@ def test_naive_loop_publishes_one_acknowledged_result_per_frame(
     sub.subscribe("thermoscreen/naive/#", qos=1)
     sub.loop_start()
     try:
-        cmd = [sys.executable, "-m", "training.naive", "--video", str(video)]
+        cmd = [sys.executable, "-m", "pipeline.devtools.naive", "--video", str(video)]
         cmd += ["--broker", f"{broker.host}:{broker.port}", "--max-frames", "5", "--threads", "1"]
         run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
         assert run.returncode == 0, run.stderr[-2000:]
@@ -118,7 +118,15 @@ def test_naive_loop_publishes_one_acknowledged_result_per_frame(
 
 
 def test_naive_loop_rejects_a_bad_broker_address(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "training.naive", "--video", "x.mp4", "--broker", "nohost"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.devtools.naive",
+        "--video",
+        "x.mp4",
+        "--broker",
+        "nohost",
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=60)
     assert run.returncode == 2
     assert "HOST:PORT" in run.stderr and len(run.stderr.strip().splitlines()) == 1

@@ -15,9 +15,10 @@ import pytest
 gi.require_version("Gst", "1.0")
 from gi.repository import Gst  # noqa: E402
 
-from pipeline.capture import EndOfStream, SourceError, SourceOptions, open_source  # noqa: E402
-from pipeline.capture_files import FolderSource  # noqa: E402
-from pipeline.synthetic import SyntheticStream  # noqa: E402
+from pipeline.capture.base import EndOfStream, SourceError, SourceOptions  # noqa: E402
+from pipeline.capture.factory import open_source  # noqa: E402
+from pipeline.capture.folder import FolderSource  # noqa: E402
+from pipeline.data.synthetic import SyntheticStream  # noqa: E402
 from pipeline.types import FrameKind  # noqa: E402
 
 Gst.init(None)

@@ -13,13 +13,8 @@ import pytest
 gi.require_version("Gst", "1.0")
 from gi.repository import Gst  # noqa: E402
 
-from pipeline.capture import (  # noqa: E402
-    EndOfStream,
-    Source,
-    SourceError,
-    SourceOptions,
-    open_source,
-)
+from pipeline.capture.base import EndOfStream, Source, SourceError, SourceOptions  # noqa: E402
+from pipeline.capture.factory import open_source  # noqa: E402
 from pipeline.types import Frame, FrameKind  # noqa: E402
 
 Gst.init(None)
@@ -254,7 +249,7 @@ def _raw_replay(tmp_path: Path, data: bytes, caps: str, profile: str) -> list[Fr
 
 
 def test_p2pro_buffers_through_gstreamer_read_30c(tmp_path: Path) -> None:
-    from pipeline.profiles import get_profile
+    from pipeline.capture.profiles import get_profile
 
     prof = get_profile("p2pro")
     image_half = np.full((192, 512), 0x80, np.uint8)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.report import report_from_store
-from pipeline.store import open_store
+from pipeline.logger.report import report_from_store
+from pipeline.logger.store import open_store
 from tests.conftest import Broker
 from tests.helpers.mqtt_logger import (
     LoggerProcess,

@@ -1,6 +1,7 @@
 """Writing an MP4 (appsrc/appsink in training.synth) before the capture module is imported must not
 break later appsinks in the same process: PyGObject caches an element's Python class the first
-time it sees the type, so GstApp has to be loaded first (pipeline.gst does it for everyone)."""
+time it sees the type, so GstApp has to be loaded first (pipeline.gstreamer does it for
+everyone)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ def test_synth_then_replay_in_one_fresh_process(tmp_path: Path) -> None:
         p = argparse.ArgumentParser(); add_arguments(p)
         assert synth_main(p.parse_args(["--out", {str(tmp_path)!r}, "--kind", "mp4",
                                         "--frames", "5", "--size", "96x128"])) == 0
-        from pipeline.capture import open_source, SourceOptions, EndOfStream
+        from pipeline.capture.base import SourceOptions, EndOfStream
+        from pipeline.capture.factory import open_source
         src = open_source({str(tmp_path / "recording.mp4")!r}, SourceOptions())
         src.open()
         n = empty = 0

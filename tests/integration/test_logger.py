@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main as cli_main
-from pipeline.logger import subscriptions
-from pipeline.payload import encode
-from pipeline.session import Session, VerdictPolicy
-from pipeline.store import open_store
+from pipeline.logger.store import open_store
+from pipeline.logger.subscriber import subscriptions
+from pipeline.mqtt.payload import encode
+from pipeline.run.session import Session, VerdictPolicy
 from pipeline.types import Frame, FrameKind, Prediction
 from tests.conftest import Broker
 from tests.helpers.mqtt_logger import (

@@ -14,8 +14,9 @@ gi.require_version("Gst", "1.0")
 gi.require_version("GstApp", "1.0")
 from gi.repository import Gst, GstApp  # noqa: E402, F401
 
-from pipeline.capture import EndOfStream, SourceOptions, open_source  # noqa: E402
-from pipeline.output import (  # noqa: E402
+from pipeline.capture.base import EndOfStream, SourceOptions  # noqa: E402
+from pipeline.capture.factory import open_source  # noqa: E402
+from pipeline.output.annotated import (  # noqa: E402
     OutputError,
     OutputOptions,
     annotate,

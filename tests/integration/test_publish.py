@@ -23,8 +23,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from pipeline.config import MqttConfig, OutboxConfig
-from pipeline.payload import schema_errors
-from pipeline.publish import Publisher, PublisherStopped
+from pipeline.mqtt.payload import schema_errors
+from pipeline.mqtt.publisher import Publisher, PublisherStopped
 from pipeline.types import FrameResult, ModelInfo, Prediction, ThermalStats, TopK
 from tests.conftest import REPO, Broker, free_port
 
@@ -384,7 +384,7 @@ CHILD = textwrap.dedent(
     import sys, time
     from pathlib import Path
     from pipeline.config import MqttConfig, OutboxConfig
-    from pipeline.publish import Publisher
+    from pipeline.mqtt.publisher import Publisher
     from tests.integration.test_publish import MODEL, make_result
 
     port, outbox_path, n, online = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]

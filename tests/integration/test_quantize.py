@@ -10,9 +10,9 @@ import numpy as np
 import onnx
 import pytest
 
-from pipeline.classify import load_classifier
+from pipeline.classify.factory import load_classifier
 from pipeline.cli import main as cli_main
-from pipeline.dmr import list_thermograms, load_frame
+from pipeline.data.dmr import list_thermograms, load_frame
 from pipeline.manifest import load_model_dir, sha256_file, write_manifest
 from pipeline.preprocess import render
 from training.quantize import QuantizeError, calibration_files, quantize_model_dir, split_files

@@ -16,12 +16,12 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.classify import load_classifier
+from pipeline.classify.factory import load_classifier
 from pipeline.config import AppConfig, load_config
-from pipeline.demo import ResultWatcher
-from pipeline.payload import schema_errors
+from pipeline.devtools.demo import ResultWatcher
+from pipeline.mqtt.payload import schema_errors
 from pipeline.preprocess import PreprocessConfig, render
-from pipeline.runner import RunSummary, run
+from pipeline.run.runner import RunSummary, run
 from pipeline.types import Frame, FrameKind
 from tests.conftest import REPO, Broker
 from training.synth import SynthPlan
@@ -245,7 +245,7 @@ def test_sigterm_stops_a_live_run_cleanly(broker: Broker, tiny_model: Path, tmp_
 def test_demo_reports_every_result_and_stops_its_broker(
     tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pipeline.demo import main as demo
+    from pipeline.devtools.demo import main as demo
 
     code = demo(["--model", str(tiny_model), "--workdir", str(tmp_path), "--frames", "10"])
     out = capsys.readouterr().out

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main as cli
-from pipeline.demo import ResultWatcher
+from pipeline.devtools.demo import ResultWatcher
 from pipeline.preprocess import PreprocessConfig
-from pipeline.runner import EXIT_BAD_INPUT, EXIT_OK, EXIT_PENDING
+from pipeline.run.runner import EXIT_BAD_INPUT, EXIT_OK, EXIT_PENDING
 from tests.conftest import Broker, free_port
 from tests.helpers.tiny_model import make_tiny_model_dir
 from training.synth import SynthPlan
@@ -195,8 +195,8 @@ def test_stop_with_a_full_outbox_and_no_broker_ends_instead_of_hanging(
 ) -> None:
     import threading
 
-    from pipeline import runner
     from pipeline.config import load_config
+    from pipeline.run import runner
 
     monkeypatch.setattr(runner, "SHUTDOWN_STALL_S", 0.5)  # the real 10 s, shortened
     cfg = load_config(

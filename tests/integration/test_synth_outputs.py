@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main as cli
-from pipeline.dmr import read_matrix, read_png16
+from pipeline.data.dmr import read_matrix, read_png16
+from pipeline.data.synthetic import SyntheticStream, patient_seed, synth_thermogram
 from pipeline.preprocess import PreprocessConfig, render_celsius
-from pipeline.synthetic import SyntheticStream, patient_seed, synth_thermogram
 from training.datasets import scan, summary
 from training.synth import celsius_to_centikelvin, format_matrix, patient_labels
 

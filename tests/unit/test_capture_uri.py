@@ -7,15 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.capture import (
+from pipeline.capture.base import (
     LatestSlot,
     SourceError,
     SourceOptions,
-    describe_pipeline,
     effective_options,
     is_live,
     parse_uri,
 )
+from pipeline.capture.factory import describe_pipeline
 from pipeline.types import Frame, FrameKind
 
 X86 = SourceOptions(jetson=False)

@@ -11,11 +11,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from pipeline.classify import (
+from pipeline.classify.base import Classifier, imagenet_prediction
+from pipeline.classify.factory import (
     MAX_AUTO_WORKERS,
-    Classifier,
     choose_backend,
-    imagenet_prediction,
     load_classifier,
     model_info,
     replay_workers,
@@ -23,7 +22,7 @@ from pipeline.classify import (
     threads_per_worker,
     usable_cores,
 )
-from pipeline.classify_onnx import CPU, CUDA, TENSORRT, OnnxRuntimeClassifier, select_providers
+from pipeline.classify.onnx import CPU, CUDA, TENSORRT, OnnxRuntimeClassifier, select_providers
 from pipeline.config import ConfigError, load_config
 from pipeline.manifest import ModelError, load_model_dir, sha256_file
 from pipeline.preprocess import PreprocessConfig, model_input

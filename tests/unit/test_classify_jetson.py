@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 import pytest
 
-from pipeline.classify import choose_backend, load_classifier
-from pipeline.classify_jetson import JetsonImageNetClassifier
-from pipeline.classify_onnx import OnnxRuntimeClassifier
+from pipeline.classify.factory import choose_backend, load_classifier
+from pipeline.classify.jetson import JetsonImageNetClassifier
+from pipeline.classify.onnx import OnnxRuntimeClassifier
 from pipeline.manifest import ModelError, load_model_dir, sha256_file
 from tests.helpers.tiny_model import make_tiny_model_dir
 
@@ -128,7 +128,7 @@ def test_first_load_warns_about_engine_build_once(
     fake_jetson: tuple[Any, Any], tiny_model: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     model = load_model_dir(tiny_model)
-    with caplog.at_level(logging.WARNING, logger="pipeline.classify_jetson"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.classify.jetson"):
         JetsonImageNetClassifier(model)
         first = caplog.text
         caplog.clear()
@@ -147,7 +147,7 @@ def test_unwritable_model_folder_fails_up_front(
         def refuse(*args: object, **kwargs: object) -> None:
             raise PermissionError(13, "Permission denied")
 
-        monkeypatch.setattr("pipeline.classify_jetson.tempfile.NamedTemporaryFile", refuse)
+        monkeypatch.setattr("pipeline.classify.jetson.tempfile.NamedTemporaryFile", refuse)
     else:
         tiny_model.chmod(0o555)
     try:

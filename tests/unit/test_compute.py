@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.compute import ComputeError, model_gflop
+from pipeline.devtools.compute import ComputeError, model_gflop
 from tests.helpers.tiny_model import build_tiny_onnx
 
 

@@ -25,7 +25,7 @@ def test_shipped_configs_load(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["default.yaml", "jetson.yaml", "replay.yaml"])
 def test_shipped_sources_are_valid_uris(name: str) -> None:
-    from pipeline.capture import parse_uri
+    from pipeline.capture.base import parse_uri
 
     cfg = load_config(REPO / "config" / name, env={})
     if cfg.source is not None:
@@ -126,7 +126,7 @@ def test_every_field_has_a_description() -> None:
 
 
 def test_replay_never_drops_results_whatever_the_outbox_policy() -> None:
-    from pipeline.runner import outbox_for
+    from pipeline.run.runner import outbox_for
 
     cfg = load_config(REPO / "config" / "default.yaml", env={})
     assert cfg.outbox.when_full == "drop_oldest"
@@ -139,7 +139,7 @@ def test_replay_never_drops_results_whatever_the_outbox_policy() -> None:
 def test_cli_flags_become_dotted_overrides() -> None:
     import argparse
 
-    from pipeline.runner import add_arguments, overrides_from_args
+    from pipeline.run.runner import add_arguments, overrides_from_args
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.dmr import DataError
+from pipeline.data.dmr import DataError
 from pipeline.types import FrameKind
 from training.datasets import ThermoItem, scan, summary
 

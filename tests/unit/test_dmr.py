@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.dmr import (
+from pipeline.data.dmr import (
     DataError,
     DmrName,
     list_thermograms,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.outbox import (
+from pipeline.mqtt.outbox import (
     CHECKPOINT_INTERVAL_S,
     MEMORY,
     Outbox,

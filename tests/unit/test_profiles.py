@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.profiles import PROFILES, ProfileError, extract_raw, get_profile, split_p2pro
+from pipeline.capture.profiles import PROFILES, ProfileError, extract_raw, get_profile, split_p2pro
 from pipeline.types import Frame, FrameKind
 
 

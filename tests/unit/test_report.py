@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main as cli_main
-from pipeline.report import format_ranges, seq_gaps
-from pipeline.store import open_store
+from pipeline.logger.report import format_ranges, seq_gaps
+from pipeline.logger.store import open_store
 from tests.helpers.mqtt_logger import make_payload
 
 

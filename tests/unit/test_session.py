@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from pipeline.payload import schema_errors
-from pipeline.session import Session, VerdictPolicy, rolling_verdict
+from pipeline.mqtt.payload import schema_errors
+from pipeline.run.session import Session, VerdictPolicy, rolling_verdict
 from pipeline.types import Frame, FrameKind, ModelInfo, Prediction, ThermalStats
 
 LABELS = ("healthy", "sick")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.report import report_from_store
-from pipeline.store import PostgresStore, SqliteStore, Store, StoreError, _redact, open_store
+from pipeline.logger.report import report_from_store
+from pipeline.logger.store import PostgresStore, SqliteStore, Store, StoreError, _redact, open_store
 from tests.helpers.mqtt_logger import make_payload
 from tests.helpers.postgres import fresh_database, postgres_server, unavailable_reason
 

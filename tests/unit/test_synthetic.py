@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.synthetic import (
+from pipeline.data.synthetic import (
     LABELS,
     SyntheticStream,
     patient_seed,

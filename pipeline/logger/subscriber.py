@@ -41,8 +41,8 @@ from pipeline.config import (
     MqttConfig,
     load_config,
 )
-from pipeline.payload import schema_errors
-from pipeline.store import Store, StoreError, open_store
+from pipeline.logger.store import Store, StoreError, open_store
+from pipeline.mqtt.payload import schema_errors
 
 log = logging.getLogger("thermoscreen.logger")
 

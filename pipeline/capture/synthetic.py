@@ -1,6 +1,7 @@
 """`test://`: a live SYNTHETIC thermogram stream for demos and tests (no camera, no GStreamer).
 
-`test://?fps=30&seed=1` produces CELSIUS frames from `pipeline.synthetic.SyntheticStream` on its
+`test://?fps=30&seed=1` produces CELSIUS frames from `pipeline.data.synthetic.SyntheticStream` on
+its
 own thread at the set rate, like a camera: the newest frame wins and frames a slow consumer
 misses are counted as dropped (frame indices then show the gaps). The frames are synthetic and
 carry no medical meaning.
@@ -12,8 +13,8 @@ import logging
 import threading
 import time
 
-from pipeline.capture import LatestSlot, ParsedUri, SourceOptions, SourceStats
-from pipeline.synthetic import SyntheticStream
+from pipeline.capture.base import LatestSlot, ParsedUri, SourceOptions, SourceStats
+from pipeline.data.synthetic import SyntheticStream
 from pipeline.types import Frame, FrameKind
 
 log = logging.getLogger(__name__)

@@ -44,8 +44,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from pipeline.config import ENV_MQTT_PASSWORD, ENV_MQTT_USERNAME, MqttConfig, OutboxConfig
-from pipeline.outbox import MEMORY, Outbox, OutboxClosed
-from pipeline.payload import encode, result_payload, schema_errors
+from pipeline.mqtt.outbox import MEMORY, Outbox, OutboxClosed
+from pipeline.mqtt.payload import encode, result_payload, schema_errors
 from pipeline.types import FrameResult, ModelInfo
 
 log = logging.getLogger(__name__)

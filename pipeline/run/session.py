@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pipeline.payload import rfc3339_ms
+from pipeline.mqtt.payload import rfc3339_ms
 from pipeline.types import Frame, FrameResult, ModelInfo, Prediction, ThermalStats
 
 SCHEMA_VERSION = 1

@@ -40,16 +40,10 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline import DISCLAIMER
-from pipeline.capture import (
-    EndOfStream,
-    LatestSlot,
-    Source,
-    SourceError,
-    SourceOptions,
-    open_source,
-)
-from pipeline.classify import (
-    Classifier,
+from pipeline.capture.base import EndOfStream, LatestSlot, Source, SourceError, SourceOptions
+from pipeline.capture.factory import open_source
+from pipeline.classify.base import Classifier
+from pipeline.classify.factory import (
     choose_backend,
     load_classifier,
     model_info,
@@ -59,9 +53,9 @@ from pipeline.classify import (
 )
 from pipeline.config import AppConfig, ConfigError, OutboxConfig, load_config
 from pipeline.manifest import ModelError
-from pipeline.output import OutputError
+from pipeline.output.annotated import OutputError
 from pipeline.preprocess import PreprocessConfig, render
-from pipeline.session import EndReason, Session, VerdictPolicy
+from pipeline.run.session import EndReason, Session, VerdictPolicy
 from pipeline.types import Frame, FrameResult, ModelInfo, Prediction, ThermalStats
 
 log = logging.getLogger(__name__)
@@ -82,7 +76,7 @@ class RunError(Exception):
 
 
 class ResultSink(Protocol):
-    """What the runner needs from the MQTT publisher (pipeline.publish.Publisher)."""
+    """What the runner needs from the MQTT publisher (pipeline.mqtt.publisher.Publisher)."""
 
     def start(self) -> None: ...
 
@@ -100,7 +94,7 @@ class ResultSink(Protocol):
 
 
 class Output(Protocol):
-    """An annotated output (pipeline.output)."""
+    """An annotated output (pipeline.output.annotated)."""
 
     def write(
         self,
@@ -630,7 +624,7 @@ def outbox_for(cfg: AppConfig, live: bool) -> OutboxConfig | None:
 
 def _output_factory(cfg: AppConfig, preprocess: PreprocessConfig) -> Callable[[int, int], Output]:
     """Opens the output at the first frame's size; the URI is checked now (OutputError)."""
-    from pipeline.output import OutputOptions, describe_output, open_output
+    from pipeline.output.annotated import OutputOptions, describe_output, open_output
 
     assert cfg.output is not None
     uri, fps = cfg.output, cfg.capture.fps
@@ -736,8 +730,8 @@ def run(
 
 def _make_publisher(cfg: AppConfig, live: bool) -> ResultSink:
     """The MQTT publisher with its durable outbox; RunError when either cannot be set up."""
-    from pipeline.outbox import OutboxError
-    from pipeline.publish import Publisher
+    from pipeline.mqtt.outbox import OutboxError
+    from pipeline.mqtt.publisher import Publisher
 
     try:
         publisher: ResultSink = Publisher(cfg.mqtt, cfg.device_id, outbox_for(cfg, live))

@@ -72,7 +72,7 @@ def result_payload(
 
 @cache
 def _validator(name: str) -> jsonschema.protocols.Validator:
-    text = resources.files("pipeline.schemas").joinpath(f"{name}.schema.json").read_text()
+    text = resources.files("pipeline.mqtt.schemas").joinpath(f"{name}.schema.json").read_text()
     schema = json.loads(text)
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)

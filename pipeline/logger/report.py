@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import DISCLAIMER
-from pipeline.store import ResultRow, SessionRow, Store, StoreError, open_store
+from pipeline.logger.store import ResultRow, SessionRow, Store, StoreError, open_store
 
 
 @dataclass(frozen=True)

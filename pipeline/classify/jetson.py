@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.classify import (
+from pipeline.classify.base import (
     DEFAULT_THRESHOLD,
     DEFAULT_TOP_K,
     check_image,

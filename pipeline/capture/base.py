@@ -18,7 +18,8 @@ URIs follow jetson-inference's videoSource spelling (DESIGN.md, "Sources"):
 machinery (newest-wins, drop counting, rebuild with backoff) is exercised with real GStreamer
 elements such as `videotestsrc is-live=true` on a machine without a camera.
 
-Query parameters (all optional): `format` (gray8|y16|yuyv), `profile` (see pipeline.profiles),
+Query parameters (all optional): `format` (gray8|y16|yuyv), `profile` (see
+pipeline.capture.profiles),
 `width`, `height`, `fps`, `seed`, `scale`, `offset` (PNG16 kelvin per count / at zero), `loop`.
 They override the matching `SourceOptions` field. Unknown parameters are an error.
 
@@ -102,7 +103,7 @@ class SourceOptions:
     live: bool | None = None  # None: from the scheme
     fps: float = 30.0  # test:// rate; pacing for realtime folder replay
     realtime: bool = False  # replay at the recorded rate instead of as fast as possible
-    profile: str | None = None  # camera profile (pipeline.profiles)
+    profile: str | None = None  # camera profile (pipeline.capture.profiles)
     width: int | None = None
     height: int | None = None
     jetson: bool = field(default_factory=detect_jetson)
@@ -216,41 +217,6 @@ def is_live(parsed: ParsedUri, options: SourceOptions) -> bool:
     if options.live is not None:
         return options.live
     return parsed.scheme in LIVE_SCHEMES
-
-
-def open_source(uri: str, options: SourceOptions | None = None) -> Source:
-    """Build the source for a URI (not yet opened: call `open()`)."""
-    options = options or SourceOptions()
-    parsed = parse_uri(uri)
-    opts = effective_options(parsed, options)
-    if parsed.scheme == "dmr":
-        from pipeline.capture_files import FolderSource
-
-        source: Source = FolderSource(parsed, opts)
-        return source
-    if parsed.scheme == "test":
-        from pipeline.capture_test import TestSource
-
-        test_source: Source = TestSource(parsed, opts)
-        return test_source
-    from pipeline.capture_gst import GstSource
-
-    return GstSource(parsed, opts, live=is_live(parsed, opts))
-
-
-def describe_pipeline(uri: str, options: SourceOptions | None = None) -> str:
-    """The gst-launch string a URI runs (for logs, tests and docs); a short note for the
-    sources that use no GStreamer."""
-    options = options or SourceOptions()
-    parsed = parse_uri(uri)
-    opts = effective_options(parsed, options)
-    if parsed.scheme == "dmr":
-        return f"(no GStreamer) folder replay of {parsed.location} via pipeline.dmr"
-    if parsed.scheme == "test":
-        return f"(no GStreamer) synthetic stream seed={opts.seed} at {opts.fps:g} fps"
-    from pipeline.capture_gst import build_launch
-
-    return build_launch(parsed, opts, live=is_live(parsed, opts)).launch
 
 
 class LatestSlot:

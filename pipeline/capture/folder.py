@@ -1,12 +1,13 @@
 """Folder replay: DMR-IR temperature matrices, 8-bit renderings and 16-bit PNG sequences.
 
 `dmr://folder` or a plain folder path. Files are read in natural order (frame_2 before frame_10)
-by `pipeline.dmr`, with replay semantics: every file once, in order, `EndOfStream` at the end
+by `pipeline.data.dmr`, with replay semantics: every file once, in order, `EndOfStream` at the end
 (or back to the first file with `loop`).
 
 No GStreamer here, on purpose: 16-bit PNG recordings (`frame_00000.png`, as written by
 `GRAY16_BE ! pngenc ! multifilesink` or `thermoscreen synth --kind png16`) must replay bit-exact,
-and `pipeline.dmr.read_png16` (libpng through OpenCV, IMREAD_UNCHANGED) returns the stored uint16
+and `pipeline.data.dmr.read_png16` (libpng through OpenCV, IMREAD_UNCHANGED) returns the stored
+uint16
 values as they are, with no caps negotiation, endianness or stride to get wrong; the same reader
 serves matrices and images, so a folder can mix them and training reads files the same way.
 The equivalent GStreamer pipeline would be
@@ -20,8 +21,8 @@ import logging
 import time
 from pathlib import Path
 
-from pipeline.capture import EndOfStream, ParsedUri, SourceError, SourceOptions, SourceStats
-from pipeline.dmr import DataError, list_thermograms, load_frame
+from pipeline.capture.base import EndOfStream, ParsedUri, SourceError, SourceOptions, SourceStats
+from pipeline.data.dmr import DataError, list_thermograms, load_frame
 from pipeline.types import Frame
 
 log = logging.getLogger(__name__)

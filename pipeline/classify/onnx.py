@@ -17,7 +17,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from pipeline.classify import (
+from pipeline.classify.base import (
     DEFAULT_THRESHOLD,
     DEFAULT_TOP_K,
     check_image,

@@ -11,7 +11,8 @@ because a shared machine is noisy:
   rendering and equalization, classification, MQTT QoS 1 with the durable outbox, to a mosquitto
   that this command starts on a free loopback port. Throughput runs from the first frame's
   capture to the last result's delivery at a subscriber here, so start-up is reported apart.
-- naive loop: `python -m training.naive` as a child process (cv2.VideoCapture, equalizeHist,
+- naive loop: `python -m pipeline.devtools.naive` as a child process (cv2.VideoCapture,
+equalizeHist,
   torchvision transforms, PyTorch eager ResNet18, one synchronous publish per frame). This process
   never imports torch.
 - live: `thermoscreen run gst://videotestsrc is-live=true ...` at 30 frames/s and at a rate
@@ -50,9 +51,9 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline import DISCLAIMER
-from pipeline.broker import BrokerError, LocalBroker
-from pipeline.classify import usable_cores
-from pipeline.compute import ComputeError, model_gflop, sgemm_gflops_per_core
+from pipeline.classify.factory import usable_cores
+from pipeline.devtools.broker import BrokerError, LocalBroker
+from pipeline.devtools.compute import ComputeError, model_gflop, sgemm_gflops_per_core
 from pipeline.manifest import ModelDir, ModelError, load_model_dir
 
 log = logging.getLogger(__name__)
@@ -275,7 +276,8 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def replay_tensors(model_dir: Path, video: Path, n: int) -> list[F32]:
     """The first `n` frames of the recording as model input, through the pipeline's own code."""
-    from pipeline.capture import EndOfStream, open_source
+    from pipeline.capture.base import EndOfStream
+    from pipeline.capture.factory import open_source
     from pipeline.preprocess import model_input, render
 
     model = load_model_dir(model_dir)
@@ -328,7 +330,7 @@ def _bare_run(
     model_dir: Path, tensors: Sequence[F32], frames: int, threads: int | None, callers: int
 ) -> dict[str, Any]:
     """`callers` threads share one session (ORT runs concurrent calls) and split `frames`."""
-    from pipeline.classify import load_classifier
+    from pipeline.classify.factory import load_classifier
 
     clf = load_classifier(model_dir, backend="onnxruntime", intra_op_threads=threads)
     run_tensor: Callable[[F32], F32] = clf.run_tensor  # type: ignore[attr-defined]
@@ -425,13 +427,14 @@ def measure_naive(
     num_classes: int,
     weights: str,
 ) -> dict[str, Any]:
-    """The seed's loop (training.naive) in a child process; throughput where results arrive."""
+    """The seed's loop (pipeline.devtools.naive) in a child process; throughput where results
+    arrive."""
     device = "naive"
     collector.take()
     cmd = [
         sys.executable,
         "-m",
-        "training.naive",
+        "pipeline.devtools.naive",
         "--video",
         str(video),
         "--broker",
@@ -447,7 +450,9 @@ def measure_naive(
         "--max-frames",
         str(frames),
     ]
-    run = _checked(run_child(cmd, timeout_s=120 + 2 * frames), "naive loop (training.naive)")
+    run = _checked(
+        run_child(cmd, timeout_s=120 + 2 * frames), "naive loop (pipeline.devtools.naive)"
+    )
     time.sleep(0.2)
     results = results_of(collector.take(), device)
     own = json.loads(run.stdout.strip().splitlines()[-1])

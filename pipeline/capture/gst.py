@@ -65,7 +65,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.capture import (
+from pipeline.capture.base import (
     EndOfStream,
     LatestSlot,
     ParsedUri,
@@ -73,8 +73,8 @@ from pipeline.capture import (
     SourceOptions,
     SourceStats,
 )
-from pipeline.gst import GLib, Gst, GstApp, GstVideo
-from pipeline.profiles import CameraProfile, ProfileError, extract_raw, get_profile
+from pipeline.capture.profiles import CameraProfile, ProfileError, extract_raw, get_profile
+from pipeline.gstreamer import GLib, Gst, GstApp, GstVideo
 from pipeline.types import Frame, FrameKind
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,8 @@ cv2.VideoCapture reads the recording, each frame is turned gray and histogram-eq
 made a PIL image and passed through torchvision transforms (Resize, ToTensor, Normalize), a PyTorch
 eager ResNet18 classifies it, and one synchronous paho QoS 1 publish per frame waits for the
 broker's acknowledgement before the next frame is read. `thermoscreen bench` runs this module as a
-child process (`python -m training.naive`) so the benchmark's own process never imports torch.
+child process (`python -m pipeline.devtools.naive`) so the benchmark's own process never imports
+torch.
 
 It prints one JSON object on stdout: frames, timings and peak RSS.
 """
@@ -23,9 +24,10 @@ from typing import Any
 
 def _connect(host: str, port: int) -> Any:
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
     client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2,
+        CallbackAPIVersion.VERSION2,
         client_id=f"thermoscreen-naive-{uuid.uuid4().hex[:8]}",
         protocol=mqtt.MQTTv5,
     )
@@ -49,14 +51,17 @@ def run_naive(
     t_start = time.perf_counter()
     import cv2
     import torch
+    import torchvision
     from PIL import Image
     from torchvision import transforms
 
-    from training.models import build_model
-
     if threads is not None:
         torch.set_num_threads(threads)
-    model = build_model(arch, num_classes, weights).eval()
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    if weights != "none":  # a training checkpoint: its state dict, as `thermoscreen train` saves it
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    model.eval()
     transform = transforms.Compose(
         [
             transforms.Resize((224, 224)),

@@ -1,6 +1,6 @@
 """`make demo`: replay a generated SYNTHETIC recording through the whole pipeline.
 
-    python -m pipeline.demo --model models/demo --workdir var/demo
+    python -m pipeline.devtools.demo --model models/demo --workdir var/demo
 
 Generates a recording if missing, starts a private mosquitto on a free loopback port, subscribes
 and prints every result as it arrives, runs `thermoscreen run` in replay, and ends with a short
@@ -30,11 +30,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from pipeline import DISCLAIMER
-from pipeline.broker import LocalBroker
+from pipeline.devtools.broker import LocalBroker
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MOSQUITTO_CONF = REPO / "config" / "demo-mosquitto.conf"
 DEMO_DEVICE = "demo"
 NOT_MEDICAL = "demo model trained on synthetic data — not a medical model"
@@ -184,7 +184,7 @@ def _printer(msg: Message) -> None:
 
 def run_demo(model: Path, workdir: Path, frames: int, fps: float, seed: int) -> int:
     from pipeline.config import load_config
-    from pipeline.runner import RunError, run
+    from pipeline.run.runner import RunError, run
 
     workdir.mkdir(parents=True, exist_ok=True)
     recording = ensure_recording(workdir, frames, fps, seed)
@@ -240,7 +240,7 @@ def run_demo(model: Path, workdir: Path, frames: int, fps: float, seed: int) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.demo",
+        prog="python -m pipeline.devtools.demo",
         description=f"Replay a synthetic recording through the pipeline.\n\n{DISCLAIMER}",
     )
     parser.add_argument("--model", type=Path, required=True, help="model directory")

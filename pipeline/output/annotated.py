@@ -48,7 +48,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.gst import GLib, Gst
+from pipeline.gstreamer import GLib, Gst
 from pipeline.types import Prediction, ThermalStats
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,2 @@
+"""Thermogram data shared by the runtime and training: DMR-IR readers and the synthetic
+generator."""

@@ -1,0 +1,1 @@
+"""The subscriber side: `thermoscreen log` (store every result once) and `thermoscreen report`."""

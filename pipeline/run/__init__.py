@@ -1,0 +1,1 @@
+"""`thermoscreen run`: the stage threads, their wiring from the config, and the command."""
