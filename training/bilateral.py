@@ -31,6 +31,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from pipeline.preprocess import model_input
 from training.lite0 import EfficientNetLite0
 
 U8 = npt.NDArray[np.uint8]
@@ -106,8 +107,6 @@ def extract(model: EfficientNetLite0, tensors: F32, batch: int = 8) -> dict[str,
 
 def model_tensors(images: Sequence[U8]) -> F32:
     """[N, 3, 224, 224] serving tensors of rendered thermograms (`model_input`, as served)."""
-    from pipeline.preprocess import model_input
-
     return np.concatenate([model_input(np.ascontiguousarray(im)) for im in images])
 
 
@@ -133,9 +132,11 @@ class BilateralProbe(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.fs.mirror:
             maps = tap_maps(self.backbone, x)
-            return self.head(pooled(self.fs, maps, maps))
+            single: torch.Tensor = self.head(pooled(self.fs, maps, maps))
+            return single
         n = x.shape[0]
         both = tap_maps(self.backbone, torch.cat([x, torch.flip(x, dims=[3])], dim=0))
         mine = {k: v[:n] for k, v in both.items()}
         mirrored = {k: v[n:] for k, v in both.items()}
-        return self.head(pooled(self.fs, mine, mirrored))
+        logits: torch.Tensor = self.head(pooled(self.fs, mine, mirrored))
+        return logits

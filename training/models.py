@@ -17,6 +17,8 @@ import torch
 import torchvision
 from torch import nn
 
+from training.lite0 import Lite0WeightsError, build_lite0
+
 log = logging.getLogger(__name__)
 
 # architecture -> dotted path of the final Linear layer that we replace
@@ -59,13 +61,19 @@ def _replace_head(model: nn.Module, arch: str, num_classes: int) -> None:
 
 def _imagenet_model(arch: str) -> nn.Module:
     try:
-        return torchvision.models.get_model(arch, weights="DEFAULT")
+        model: nn.Module = torchvision.models.get_model(arch, weights="DEFAULT")
+        return model
     except (OSError, RuntimeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelBuildError(
             f"cannot download ImageNet weights for {arch} (offline? {reason}); "
             "use --weights none or --weights PATH to a local .pth file"
         ) from exc
+
+
+def _plain_model(arch: str) -> nn.Module:
+    model: nn.Module = torchvision.models.get_model(arch, weights=None)
+    return model
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -136,8 +144,6 @@ def build_model(arch: str, num_classes: int, weights: str = "none") -> nn.Module
     if num_classes < 2:
         raise ModelBuildError(f"need at least 2 classes, got {num_classes}")
     if arch == "efficientnet_lite0":  # `imagenet` = the packaged Apache-2.0 weights, offline
-        from training.lite0 import Lite0WeightsError, build_lite0
-
         try:
             return build_lite0(num_classes, weights)
         except Lite0WeightsError as exc:
@@ -146,7 +152,7 @@ def build_model(arch: str, num_classes: int, weights: str = "none") -> nn.Module
         model = _imagenet_model(arch)
         _replace_head(model, arch, num_classes)
         return model
-    model = torchvision.models.get_model(arch, weights=None)
+    model = _plain_model(arch)
     _replace_head(model, arch, num_classes)
     if weights == "none":
         return model
