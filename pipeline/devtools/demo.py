@@ -184,7 +184,7 @@ def _printer(msg: Message) -> None:
 
 def run_demo(model: Path, workdir: Path, frames: int, fps: float, seed: int) -> int:
     from pipeline.config import load_config
-    from pipeline.run.runner import RunError, run
+    from pipeline.run.wiring import RunError, run
 
     workdir.mkdir(parents=True, exist_ok=True)
     recording = ensure_recording(workdir, frames, fps, seed)
@@ -223,8 +223,8 @@ def run_demo(model: Path, workdir: Path, frames: int, fps: float, seed: int) -> 
     print(f"results received    {len(seqs)} (seq 0..{len(seqs) - 1}, none missing: {complete})")
     if verdict:
         print(f"rolling verdict     {verdict['label']} (score {verdict['score']:.3f})")
-    print(f"pipeline rate       {summary.fps:.1f} fps; capture->result p50 {lat['p50']:.1f} ms, "
-          f"p95 {lat['p95']:.1f} ms")  # fmt: skip
+    print(f"pipeline rate       {summary.fps:.1f} fps; capture->result p50 {lat.p50:.1f} ms, "
+          f"p95 {lat.p95:.1f} ms")  # fmt: skip
     truth = synthetic_labels(recording.parent / "frames.csv")
     if truth:
         agree = sum(1 for r in results if truth.get(r["frame_index"]) == r["result"]["label"])

@@ -19,7 +19,7 @@ import pipeline
 from pipeline.cli import main
 rc = main(sys.argv[1:])
 assert rc == 0, f"run exited {rc}"
-assert "pipeline.run.runner" in sys.modules and "onnxruntime" in sys.modules
+assert "pipeline.run.command" in sys.modules and "onnxruntime" in sys.modules
 for info in pkgutil.walk_packages(pipeline.__path__, "pipeline."):
     if info.name == "pipeline.classify.jetson":
         continue  # imports jetson_inference, absent here (tested with fakes elsewhere)
