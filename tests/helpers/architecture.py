@@ -11,7 +11,7 @@ they never run, so they make no cycle and put nothing on a run path.
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -252,29 +252,21 @@ def _chain(parent: dict[str, Import | None], last: Import) -> str:
     return " -> ".join(reversed(steps))
 
 
-def backend_violations(imports: ImportMap, support: Iterable[str] = ()) -> list[str]:
-    """In every package holding a `base.py` contract: `base` importing a sibling module, or a
-    backend importing another backend. Backends are the siblings other than `base`, `factory`
-    (which chooses among them) and the named `support` modules (shared helpers)."""
-    support = set(support)
+def backend_violations(imports: ImportMap, backends: Mapping[str, Iterable[str]]) -> list[str]:
+    """For each stage package and its backend modules: a backend that does not import the
+    stage's `base` contract, a backend importing another backend, or `base` importing a backend."""
     found = []
-    for name, module in imports.modules.items():
-        if not module.is_package or f"{name}.base" not in imports.modules:
-            continue
-        siblings = {
-            m
-            for m in imports.modules
-            if m.rsplit(".", 1)[0] == name and not imports.modules[m].is_package
-        }
-        backends = {
-            m
-            for m in siblings
-            if m.rsplit(".", 1)[1] not in ("base", "factory") and m not in support
-        }
+    for stage, names in backends.items():
+        members = {f"{stage}.{n}" for n in names}
+        base = f"{stage}.base"
+        for member in sorted(members):
+            targets = {i.target for i in imports.modules[member].imports if not i.type_only}
+            if base not in targets:
+                found.append(f"{member}: a backend that does not import {base}")
         for imp in imports.edges():
-            if imp.source == f"{name}.base" and imp.target in siblings:
-                found.append(f"{imp.source} line {imp.line}: the contract imports {imp.target}")
-            elif imp.source in backends and imp.target in backends and imp.target != imp.source:
+            if imp.source == base and imp.target in members:
+                found.append(f"{base} line {imp.line}: the contract imports {imp.target}")
+            elif imp.source in members and imp.target in members and imp.target != imp.source:
                 found.append(f"{imp.source} line {imp.line}: a backend imports {imp.target}")
     return sorted(found)
 

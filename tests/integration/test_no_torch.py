@@ -22,7 +22,7 @@ import sys
 from pipeline.cli import main
 rc = main(sys.argv[1:])
 assert rc == 0, f"run exited {rc}"
-assert "pipeline.run.runner" in sys.modules and "onnxruntime" in sys.modules
+assert "pipeline.run.command" in sys.modules and "onnxruntime" in sys.modules
 roots = {"torch", "torchvision", "training"}
 loaded = sorted(
     m for m in sys.modules if m.split(".")[0] in roots or m.startswith("pipeline.devtools")
