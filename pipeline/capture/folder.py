@@ -35,11 +35,13 @@ from pathlib import Path
 
 from pipeline.capture.base import EndOfStream, ParsedUri, SourceError, SourceOptions, SourceStats
 from pipeline.data.dmr import DataError, Decoded, decode_file, list_thermograms
+from pipeline.data.recording import RECORDING_FILE, read_scale
 from pipeline.types import Frame
 
 log = logging.getLogger(__name__)
 
 MAX_AUTO_DECODE_WORKERS = 2  # a replay's decoding needs a fraction of the model's time per frame
+DEFAULT_PNG16 = (SourceOptions.png16_scale, SourceOptions.png16_offset)
 
 
 def decode_workers(setting: int | None) -> int:
@@ -168,12 +170,31 @@ class FolderSource:
                 f".txt/.txt.gz matrices, .jpg/.png images or frame_00000.png 16-bit PNGs"
             )
         workers = decode_workers(self._opts.decode_workers)
-        decode = functools.partial(
-            decode_file, png16_scale=self._opts.png16_scale, png16_offset=self._opts.png16_offset
-        )
+        scale, offset = self._png16_scale()
+        decode = functools.partial(decode_file, png16_scale=scale, png16_offset=offset)
         self._ahead = DecodeAhead(self._files, decode, workers, 2 * workers, self._opts.loop)
         self._started_mono = time.monotonic()
         log.info("%s: replaying %d files, %d decoding ahead", self.uri, len(self._files), workers)
+
+    def _png16_scale(self) -> tuple[float, float]:
+        """The scale of 16-bit PNGs: what the folder's recording.json records (a `thermoscreen
+        convert` recording), else the options'. Asking for another than the recorded one is an
+        error, not a silent choice between two calibrations."""
+        asked = (self._opts.png16_scale, self._opts.png16_offset)
+        try:
+            recorded = read_scale(self.folder)
+        except DataError as exc:
+            raise SourceError(f"source '{self.uri}': {exc}") from None
+        if recorded is None:
+            return asked
+        theirs = (recorded.kelvin_per_count, recorded.kelvin_at_zero)
+        if asked not in (DEFAULT_PNG16, theirs):
+            raise SourceError(
+                f"source '{self.uri}': {RECORDING_FILE} records kelvin = count x {theirs[0]:g} + "
+                f"{theirs[1]:g}, but scale={asked[0]:g} offset={asked[1]:g} was asked; drop "
+                "the ?scale=/?offset= parameters"
+            )
+        return theirs
 
     def read(self, timeout_s: float = 1.0) -> Frame | None:
         """The next file as a Frame; EndOfStream after the last one (unless looping)."""
