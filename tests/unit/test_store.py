@@ -41,12 +41,12 @@ def test_a_result_is_stored_once_and_its_duplicates_are_counted_per_session(
     store = opener()
     a, b = make_payload(0), make_payload(1)
     other = make_payload(0, session="sess-2")
-    assert store.add_result(a, 1.0) is True
-    assert store.add_result(b, 1.0) is True
-    assert store.add_result(a, 2.0) is False
-    assert store.add_result(a, 3.0) is False
-    assert store.add_result(other, 3.0) is True
-    assert store.add_result(other, 4.0) is False
+    assert store.add_result(a, 1.0) == "stored"
+    assert store.add_result(b, 1.0) == "stored"
+    assert store.add_result(a, 2.0) == "duplicate"
+    assert store.add_result(a, 3.0) == "duplicate"
+    assert store.add_result(other, 3.0) == "stored"
+    assert store.add_result(other, 4.0) == "duplicate"
     store.commit()
     store.close()
 
