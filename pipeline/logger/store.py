@@ -410,7 +410,7 @@ class SqliteStore(_SqlStore):
         "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
     }
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, writer: bool = True) -> None:
         try:
             dbfiles.make_private_dirs(path.parent)
             dbfiles.create_private_file(path)
@@ -418,7 +418,7 @@ class SqliteStore(_SqlStore):
             raise StoreError(
                 f"{path}: cannot open SQLite database ({exc}); check the path"
             ) from exc
-        problem = dbfiles.unwritable(path)
+        problem = dbfiles.unwritable(path) if writer else None
         if problem:
             raise StoreFileError(problem)
         try:
@@ -504,9 +504,10 @@ def _redact(url: str) -> str:
     return f"{scheme}://{user}:***@{host}" if ":" in creds else url
 
 
-def open_store(db: str | Path) -> Store:
-    """`postgresql://...` (or `postgres://`) opens PostgreSQL; anything else is a SQLite path."""
+def open_store(db: str | Path, writer: bool = True) -> Store:
+    """`postgresql://...` (or `postgres://`) opens PostgreSQL; anything else is a SQLite path.
+    A `writer` (the logger) is refused a SQLite database whose files it cannot write."""
     text = str(db)
     if text.startswith(("postgresql://", "postgres://")):
         return PostgresStore(text)
-    return SqliteStore(Path(text))
+    return SqliteStore(Path(text), writer)
