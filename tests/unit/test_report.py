@@ -171,7 +171,9 @@ def test_a_session_without_summary_is_aborted_once_the_device_moved_on(tmp_path:
     gone = [make_payload(seq, "gone", device="edge-03") for seq in range(2)]
     for p in killed + later + other + gone:
         store.add_result(p, 1.0)
-    store.add_session("edge-01", "cam0", "ended", _summary("ended", 0, None) | {"end_reason": "eos"}, 1.0)
+    store.add_session(
+        "edge-01", "cam0", "ended", _summary("ended", 0, None) | {"end_reason": "eos"}, 1.0
+    )
     store.set_status("edge-01", "online", 1.0)
     store.set_status("edge-02", "online", 1.0)
     store.set_status("edge-03", "offline", 1.0)
