@@ -30,7 +30,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from pipeline import DISCLAIMER
+from pipeline.config import load_config
 from pipeline.devtools.broker import LocalBroker
+from pipeline.run.wiring import RunError, run
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +185,6 @@ def _printer(msg: Message) -> None:
 
 
 def run_demo(model: Path, workdir: Path, frames: int, fps: float, seed: int) -> int:
-    from pipeline.config import load_config
-    from pipeline.run.wiring import RunError, run
-
     workdir.mkdir(parents=True, exist_ok=True)
     recording = ensure_recording(workdir, frames, fps, seed)
     started = time.monotonic()
