@@ -17,7 +17,7 @@ from pipeline import DISCLAIMER, __version__
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": (
-        "pipeline.run.runner",
+        "pipeline.run.command",
         "capture, classify and publish frames from a camera or recording",
     ),
     "log": (

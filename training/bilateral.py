@@ -31,6 +31,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from pipeline.preprocess import model_input
 from training.lite0 import EfficientNetLite0
 
 U8 = npt.NDArray[np.uint8]
@@ -106,8 +107,6 @@ def extract(model: EfficientNetLite0, tensors: F32, batch: int = 8) -> dict[str,
 
 def model_tensors(images: Sequence[U8]) -> F32:
     """[N, 3, 224, 224] serving tensors of rendered thermograms (`model_input`, as served)."""
-    from pipeline.preprocess import model_input
-
     return np.concatenate([model_input(np.ascontiguousarray(im)) for im in images])
 
 

@@ -24,10 +24,11 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline import DISCLAIMER
+from pipeline.classify.onnx import OnnxRuntimeClassifier
 from pipeline.data.dmr import DataError
 from pipeline.manifest import ModelError, load_model_dir
 from pipeline.preprocess import PreprocessConfig, render
-from training import metrics
+from training import datasets, metrics, train
 from training.models import ModelBuildError
 
 log = logging.getLogger(__name__)
@@ -211,8 +212,6 @@ def _items_for_split(
 
 def score_with_model_dir(model_dir: Path, items: list[Any]) -> Scored:
     """Scores through serving's path: render -> model_input -> ONNX Runtime classifier."""
-    from pipeline.classify.onnx import OnnxRuntimeClassifier
-
     model = load_model_dir(model_dir)
     targets = label_targets([it.label for it in items], model.labels, str(model_dir))
     classifier = OnnxRuntimeClassifier(model, intra_op_threads=2)
@@ -232,8 +231,6 @@ def score_with_model_dir(model_dir: Path, items: list[Any]) -> Scored:
 
 def score_with_run(run_dir: Path, items: list[Any], checkpoint: str) -> Scored:
     """Scores a training run's checkpoint in PyTorch (same tensors as serving: EvalPreset)."""
-    from training import train
-
     run = train.read_run(run_dir)
     labels = tuple(run["labels"])
     targets = label_targets([it.label for it in items], labels, str(run_dir))
@@ -384,8 +381,6 @@ def evaluate(
     seed: int = 0,
 ) -> tuple[dict[str, Any], Scored]:
     """Score `data` with a model directory or a run and build the report."""
-    from training import datasets
-
     if n_boot < 1:
         raise EvaluationError(f"--bootstrap must be >= 1, got {n_boot}")
     items = datasets.scan(data)
@@ -399,8 +394,6 @@ def evaluate(
         source.update(name=m.name, version=m.version, sha256=m.sha256, synthetic=m.synthetic)
     else:
         assert run is not None
-        from training import train
-
         split = split or "test"
         chosen = _items_for_split(items, train.read_split(run), split)
         scored = score_with_run(run, chosen, checkpoint)

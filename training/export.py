@@ -46,7 +46,7 @@ from pipeline.manifest import (
     write_manifest,
 )
 from pipeline.preprocess import PreprocessConfig, model_input, render
-from training import evaluate, train
+from training import datasets, evaluate, train
 from training.models import ModelBuildError, WithSoftmax
 
 log = logging.getLogger(__name__)
@@ -120,8 +120,6 @@ def parity(model: torch.nn.Module, path: Path, tensors: list[np.ndarray]) -> flo
 
 def parity_items(run: dict[str, Any], split: dict[str, list[str]], data: Path) -> list[Any]:
     """Real thermograms of the run: test patients first, then the others."""
-    from training import datasets
-
     items = datasets.scan(data)
     ordered = split["test"] + split["val"] + split["train"]
     order = {evaluate.patient_key(p): i for i, p in enumerate(ordered)}

@@ -17,6 +17,8 @@ import torch
 import torchvision
 from torch import nn
 
+from training.lite0 import Lite0WeightsError, build_lite0
+
 log = logging.getLogger(__name__)
 
 # architecture -> dotted path of the final Linear layer that we replace
@@ -136,8 +138,6 @@ def build_model(arch: str, num_classes: int, weights: str = "none") -> nn.Module
     if num_classes < 2:
         raise ModelBuildError(f"need at least 2 classes, got {num_classes}")
     if arch == "efficientnet_lite0":  # `imagenet` = the packaged Apache-2.0 weights, offline
-        from training.lite0 import Lite0WeightsError, build_lite0
-
         try:
             return build_lite0(num_classes, weights)
         except Lite0WeightsError as exc:

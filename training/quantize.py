@@ -50,6 +50,7 @@ from pipeline.manifest import (
     write_manifest,
 )
 from pipeline.preprocess import model_input, render
+from training import datasets, metrics
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,7 @@ def calibration_files(model: ModelDir, folder: Path, split: str | None) -> list[
     split_ids = model.manifest.data.get("split_patients")
     if split == "all" or (split is None and not split_ids):
         return list_thermograms(folder)
-    from training import datasets
-    from training.evaluate import _items_for_split
+    from training.evaluate import _items_for_split  # loads torch: only for a split's patients
 
     items = _items_for_split(datasets.scan(folder), split_ids, split or "train")
     return sorted({it.path for it in items})
@@ -144,8 +144,7 @@ def agreement(fp32: Path, int8: Path, input_name: str, tensors: list[F32]) -> Ag
 def auc_change(fp32_dir: Path, int8_dir: Path, data: Path, split: str | None) -> dict[str, Any]:
     """ROC AUC of both models on the evaluation set, per image and per patient, scored through
     serving's path (render -> model_input -> ONNX Runtime), and how much INT8 moved it."""
-    from training import datasets, metrics
-    from training.evaluate import _items_for_split, positive_index, score_with_model_dir
+    from training.evaluate import _items_for_split, positive_index, score_with_model_dir  # torch
 
     fp32 = load_model_dir(fp32_dir)
     split_ids = fp32.manifest.data.get("split_patients")

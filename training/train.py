@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -36,8 +36,8 @@ from tqdm import tqdm
 from pipeline import DISCLAIMER, __version__
 from pipeline.data.dmr import DataError
 from pipeline.preprocess import PreprocessConfig, render
-from training import metrics
-from training.models import DEFAULT_ARCH, HEADS, ModelBuildError, build_model
+from training import datasets, metrics, splits
+from training.models import DEFAULT_ARCH, HEADS, ModelBuildError, build_model, check_arch
 from training.presets import EvalPreset, TrainPreset
 
 log = logging.getLogger(__name__)
@@ -366,8 +366,6 @@ def _save(path: Path, state: dict[str, Any]) -> None:
 
 def make_split(items: list[Any], cfg: TrainConfig) -> dict[str, Any]:
     """split.json: method, seed, fractions, patient ids per part and counts."""
-    from training import splits
-
     s = splits.patient_split(
         items, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction, seed=cfg.seed
     )
@@ -375,8 +373,6 @@ def make_split(items: list[Any], cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _parts(items: list[Any], split: dict[str, Any]) -> dict[str, list[Any]]:
-    from training import splits
-
     return splits.Split.from_patient_ids(items, split["patients"]).parts()
 
 
@@ -503,8 +499,6 @@ def _split_data(
     cfg: TrainConfig, data: Path, out: Path, resume: bool
 ) -> tuple[list[str], dict[str, Any], dict[str, list[Any]]]:
     """Labels, the patient split (written to split.json, or read back on resume) and its parts."""
-    from training import datasets
-
     items = datasets.scan(data)
     labels = label_space([it.label for it in items])
     if len(labels) < 2:
@@ -558,8 +552,6 @@ def _run_record(
     class_weight: dict[str, float],
 ) -> dict[str, Any]:
     """run.json: what was trained, on what, and how (history and metrics are added later)."""
-    from training import datasets
-
     return {
         "thermoscreen_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -682,12 +674,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        from training.models import check_arch
-
         check_arch(args.arch)
         cfg = config_from_args(args)
         if not args.data.is_dir():

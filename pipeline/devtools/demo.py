@@ -29,9 +29,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from pipeline import DISCLAIMER
-from pipeline.config import MqttConfig
+from pipeline.config import MqttConfig, load_config
 from pipeline.devtools.broker import LocalBroker
 from pipeline.mqtt.client import make_client
+from pipeline.run.wiring import RunError, run
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +184,6 @@ def _printer(msg: Message) -> None:
 
 
 def run_demo(model: Path, workdir: Path, frames: int, fps: float, seed: int) -> int:
-    from pipeline.config import load_config
-    from pipeline.run.runner import RunError, run
-
     workdir.mkdir(parents=True, exist_ok=True)
     recording = ensure_recording(workdir, frames, fps, seed)
     started = time.monotonic()
@@ -223,8 +221,8 @@ def run_demo(model: Path, workdir: Path, frames: int, fps: float, seed: int) -> 
     print(f"results received    {len(seqs)} (seq 0..{len(seqs) - 1}, none missing: {complete})")
     if verdict:
         print(f"rolling verdict     {verdict['label']} (score {verdict['score']:.3f})")
-    print(f"pipeline rate       {summary.fps:.1f} fps; capture->result p50 {lat['p50']:.1f} ms, "
-          f"p95 {lat['p95']:.1f} ms")  # fmt: skip
+    print(f"pipeline rate       {summary.fps:.1f} fps; capture->result p50 {lat.p50:.1f} ms, "
+          f"p95 {lat.p95:.1f} ms")  # fmt: skip
     truth = synthetic_labels(recording.parent / "frames.csv")
     if truth:
         agree = sum(1 for r in results if truth.get(r["frame_index"]) == r["result"]["label"])

@@ -16,11 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +51,7 @@ from pipeline.mqtt.client import (
     make_client,
 )
 from pipeline.mqtt.payload import schema_errors
+from pipeline.signals import stop_on_signals
 
 log = logging.getLogger("thermoscreen.logger")
 
@@ -503,20 +502,6 @@ def _mqtt_config(args: argparse.Namespace) -> MqttConfig:
     return load_config(args.config, broker_overrides(args)).mqtt
 
 
-def _install_signals(stop: threading.Event) -> Callable[[], None]:
-    def handler(signum: int, _frame: object) -> None:
-        log.info("logger: %s received, finishing", signal.Signals(signum).name)
-        stop.set()
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def restore() -> None:
-        for sig, previous in old.items():
-            signal.signal(sig, previous)
-
-    return restore
-
-
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -536,14 +521,11 @@ def main(args: argparse.Namespace) -> int:
     except (ConfigError, StoreError) as exc:
         print(f"thermoscreen log: {exc}", file=sys.stderr, flush=True)
         return EXIT_CONFIG
-    stop = threading.Event()
-    restore = _install_signals(stop)
     try:
-        counters = Logger(cfg, opts, store, stop).run()
+        with stop_on_signals(threading.Event(), "logger finishing") as stop:
+            counters = Logger(cfg, opts, store, stop).run()
     except LoggerError as exc:
         print(f"thermoscreen log: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
-    finally:
-        restore()
     log.info("logger: finished: %s", counters.line())
     return EXIT_OK

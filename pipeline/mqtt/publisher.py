@@ -68,6 +68,27 @@ _JSON = "application/json"
 CLOSED_EARLY_FATAL = 3  # connections in a row closed before a CONNACK: a fatal error with the fix
 
 
+@dataclass(frozen=True)
+class PublisherStats:
+    """A snapshot of the publisher's counters (the `outbox` part of the `stats` message)."""
+
+    connected: bool  # the broker has acknowledged the current connection
+    published: int  # outbox rows handed to the client, re-sends included
+    acked: int  # rows the broker acknowledged (PUBACK) and the outbox deleted
+    pending: int  # rows in the outbox not yet acknowledged (sent on the next start if left)
+    inflight: int  # rows handed to paho and not yet acknowledged
+    dropped_full: int  # rows the full outbox dropped (live `drop_oldest` policy)
+    resent: int  # rows sent again after a reconnect or from an earlier run
+    rejected: int  # PUBACKs with a failure reason code (kept and offered again)
+    connects: int  # successful connections
+    reconnects: int  # connections after the first
+    queue_depth: int  # state and stats commands waiting for the client thread
+    dropped_queue: int  # state and stats commands dropped because that queue was full
+    stats_dropped: int  # stats messages dropped while offline (QoS 0)
+    last_error: str | None  # the last connection or delivery problem, one line with the fix
+    fatal_error: str | None  # set while the last connect failed in a way retrying cannot fix
+
+
 class PublisherStopped(RuntimeError):
     """A message was offered after `stop()` (or while waiting for room in a full outbox)."""
 
@@ -277,25 +298,25 @@ class Publisher:
     def last_error(self) -> str | None:
         return self._last_error
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> PublisherStats:
         c = self._counts
-        return {
-            "connected": self._connected,
-            "published": c["published"],  # outbox rows handed to the client, re-sends included
-            "acked": c["acked"],
-            "pending": self._outbox.pending,
-            "inflight": len(self._inflight),
-            "dropped_full": self._outbox.dropped,
-            "resent": c["resent"],
-            "rejected": c["rejected"],
-            "connects": c["connects"],
-            "reconnects": max(c["connects"] - 1, 0),
-            "queue_depth": self._feed.qsize(),
-            "dropped_queue": c["dropped_queue"],
-            "stats_dropped": c["stats_dropped"],
-            "last_error": self._last_error,
-            "fatal_error": self._fatal_error,
-        }
+        return PublisherStats(
+            connected=self._connected,
+            published=c["published"],
+            acked=c["acked"],
+            pending=self._outbox.pending,
+            inflight=len(self._inflight),
+            dropped_full=self._outbox.dropped,
+            resent=c["resent"],
+            rejected=c["rejected"],
+            connects=c["connects"],
+            reconnects=max(c["connects"] - 1, 0),
+            queue_depth=self._feed.qsize(),
+            dropped_queue=c["dropped_queue"],
+            stats_dropped=c["stats_dropped"],
+            last_error=self._last_error,
+            fatal_error=self._fatal_error,
+        )
 
     # -- paho callbacks (paho's thread): record and wake, nothing else -------------------------
 

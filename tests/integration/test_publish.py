@@ -198,7 +198,7 @@ def test_results_arrive_in_order_schema_valid_with_expiry_and_status(
 
     assert pub.stop() is True
     stats = pub.stats()
-    assert stats["acked"] == 40 and stats["pending"] == 0 and stats["dropped_full"] == 0
+    assert stats.acked == 40 and stats.pending == 0 and stats.dropped_full == 0
     assert retained(broker, "thermoscreen/dev1/status") == b"stopped"
     with pytest.raises(PublisherStopped):
         pub.publish_result(make_result(40), MODEL)
@@ -217,7 +217,7 @@ def test_state_is_retained_session_durable_stats_qos0(
     assert (
         json.loads(collector.on("thermoscreen/dev1/cam0/session")[0].payload)["session_id"] == "s1"
     )
-    assert wait_until(lambda: pub.stats()["pending"] == 0)
+    assert wait_until(lambda: pub.stats().pending == 0)
     state = retained(broker, "thermoscreen/dev1/cam0/state")
     assert state is not None and json.loads(state) == {"verdict": "healthy", "frames": 3}
     assert retained(broker, "thermoscreen/dev1/stats") is None  # stats are not retained
@@ -231,7 +231,7 @@ def test_offline_state_keeps_only_the_newest_and_stats_are_dropped_and_counted(
     for frames in (1, 2, 3):
         pub.publish_state("cam0", {"verdict": "healthy", "frames": frames})
     pub.publish_stats({"fps": 1.0})
-    assert wait_until(lambda: pub.stats()["stats_dropped"] == 1)
+    assert wait_until(lambda: pub.stats().stats_dropped == 1)
     broker.start()
     assert wait_until(lambda: pub.connected)
     assert wait_until(lambda: retained(broker, "thermoscreen/dev1/cam0/state") is not None)
@@ -263,7 +263,7 @@ def test_broker_down_at_start_queues_then_delivers_exactly_the_set(
     broker.stop()
     pub = start_publisher(publishers, mqtt_config(broker), OutboxConfig(path=tmp_path / "o.sqlite"))
     sent = {pub.publish_result(make_result(i), MODEL) for i in range(30)}  # returns, no hang
-    assert pub.stats()["pending"] == 30
+    assert pub.stats().pending == 30
     assert wait_until(lambda: pub.last_error is not None)
     assert "connection refused" in str(pub.last_error)
     assert pub.connected is False and pub.fatal_error is None  # refused: retry, not fatal
@@ -272,7 +272,7 @@ def test_broker_down_at_start_queues_then_delivers_exactly_the_set(
     collector = Collector(broker)
     try:
         assert wait_until(lambda: set(collector.result_ids()) == sent)
-        assert wait_until(lambda: pub.stats()["pending"] == 0)
+        assert wait_until(lambda: pub.stats().pending == 0)
         assert pub.stop() is True
         assert set(collector.result_ids()) == sent
     finally:
@@ -308,7 +308,7 @@ def test_broker_restart_mid_stream_loses_no_result(
     received = collector.result_ids()
     assert set(received) == set(sent)  # at least once, none missing
     stats = pub.stats()
-    assert stats["reconnects"] >= 1 and stats["acked"] >= 300
+    assert stats.reconnects >= 1 and stats.acked >= 300
     online = [m for m in collector.on("thermoscreen/dev1/status") if m.payload == b"online"]
     assert len(online) >= 2  # `online` again after the reconnect
 
@@ -336,7 +336,7 @@ def test_block_when_full_waits_and_stop_releases_the_producer(
     assert pub.stop(flush_timeout_s=0.2) is False  # nothing could be acked
     t.join(WAIT_S)
     assert not t.is_alive() and len(outcome) == 1
-    assert pub.stats()["pending"] == 3 and pub.stats()["dropped_full"] == 0
+    assert pub.stats().pending == 3 and pub.stats().dropped_full == 0
 
 
 def test_drop_oldest_when_full_counts_and_keeps_the_newest(
@@ -346,12 +346,12 @@ def test_drop_oldest_when_full_counts_and_keeps_the_newest(
     outbox = OutboxConfig(path=tmp_path / "o.sqlite", max_messages=5, when_full="drop_oldest")
     pub = start_publisher(publishers, mqtt_config(broker), outbox)
     sent = [pub.publish_result(make_result(i), MODEL) for i in range(12)]
-    assert pub.stats()["dropped_full"] == 7 and pub.stats()["pending"] == 5
+    assert pub.stats().dropped_full == 7 and pub.stats().pending == 5
 
     broker.start()
     collector = Collector(broker)
     try:
-        assert wait_until(lambda: pub.stats()["pending"] == 0)
+        assert wait_until(lambda: pub.stats().pending == 0)
         assert wait_until(lambda: set(collector.result_ids()) == set(sent[-5:]))
     finally:
         collector.close()
@@ -501,8 +501,8 @@ def test_sent_but_unacked_results_of_a_killed_process_are_resent_and_counted(
 
     pub = start_publisher(publishers, mqtt_config(broker), OutboxConfig(path=outbox_path))
     assert wait_until(lambda: set(sent) <= set(collector.result_ids()))
-    assert wait_until(lambda: pub.stats()["pending"] == 0)
-    assert pub.stats()["resent"] == n  # every one of them may be a duplicate downstream
+    assert wait_until(lambda: pub.stats().pending == 0)
+    assert pub.stats().resent == n  # every one of them may be a duplicate downstream
     assert pub.stop() is True
 
 
@@ -591,7 +591,7 @@ def test_tls_verify_failure_is_fatal_and_names_ca_file_then_right_ca_connects(
         publishers.append(right)
         assert wait_until(lambda: right.connected)
         right.publish_result(make_result(0), MODEL)
-        assert wait_until(lambda: right.stats()["acked"] == 1)
+        assert wait_until(lambda: right.stats().acked == 1)
     finally:
         for p in publishers:
             p.stop(flush_timeout_s=0.2)
@@ -618,7 +618,7 @@ def test_throughput_2000_results_all_acked_in_order(
     t0 = time.perf_counter()
     sent = [pub.publish_result(make_result(i), MODEL) for i in range(n)]
     t1 = time.perf_counter()
-    assert wait_until(lambda: pub.stats()["pending"] == 0, 60.0)
+    assert wait_until(lambda: pub.stats().pending == 0, 60.0)
     t2 = time.perf_counter()
     assert wait_until(lambda: len(collector.result_ids()) >= n)
     assert collector.result_ids() == sent

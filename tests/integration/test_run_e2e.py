@@ -21,7 +21,8 @@ from pipeline.config import AppConfig, load_config
 from pipeline.devtools.demo import ResultWatcher
 from pipeline.mqtt.payload import schema_errors
 from pipeline.preprocess import PreprocessConfig, render
-from pipeline.run.runner import RunSummary, run
+from pipeline.run.stats import RunSummary
+from pipeline.run.wiring import run
 from pipeline.types import Frame, FrameKind
 from tests.conftest import REPO, Broker
 from training.synth import SynthPlan

@@ -126,7 +126,7 @@ def test_every_field_has_a_description() -> None:
 
 
 def test_replay_never_drops_results_whatever_the_outbox_policy() -> None:
-    from pipeline.run.runner import outbox_for
+    from pipeline.run.wiring import outbox_for
 
     cfg = load_config(REPO / "config" / "default.yaml", env={})
     assert cfg.outbox.when_full == "drop_oldest"
@@ -139,7 +139,7 @@ def test_replay_never_drops_results_whatever_the_outbox_policy() -> None:
 def test_cli_flags_become_dotted_overrides() -> None:
     import argparse
 
-    from pipeline.run.runner import add_arguments, overrides_from_args
+    from pipeline.run.command import add_arguments, overrides_from_args
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -1,0 +1,170 @@
+"""`thermoscreen run`: capture -> preprocess + classify -> session + publish -> optional output.
+
+The model (sha256, labels, graph) and its preprocessing are checked before the first frame.
+SIGINT/SIGTERM stop capture; a replay still classifies and publishes what was captured, then the
+session summary and the `stopped` status go out and the outbox is flushed (bounded). Results
+that the broker has not acknowledged stay in the durable outbox and go out on the next start.
+
+Exit codes: 0 done; 2 bad input (config, model, source, output: one line on stderr); 1 failure
+while running; 3 finished but results still wait in the outbox (broker unreachable).
+
+Screening support only: thermography is an adjunct to mammography, never a diagnosis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from pipeline import DISCLAIMER
+from pipeline.config import AppConfig, ConfigError, load_config
+from pipeline.mqtt.client import add_broker_arguments, broker_overrides
+from pipeline.run.malloc import tune_malloc
+from pipeline.run.stats import EXIT_BAD_INPUT, RunSummary
+from pipeline.run.wiring import RunError, run
+from pipeline.signals import stop_on_signals
+
+DEFAULT_CONFIG = Path("config/default.yaml")
+EPILOG = (
+    "exit codes: 0 done; 1 failed while running; 2 bad input (config, model, source); "
+    "3 finished but results still wait in the outbox (they go out on the next start)"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "source",
+        nargs="?",
+        help="source URI (file://rec.mp4, v4l2:///dev/video0, "
+        "dmr://folder, test://, ...); overrides `source:` in the config",
+    )
+    parser.add_argument(
+        "output",
+        nargs="?",
+        help="annotated output URI (file://out.mp4, display://0, rtp://host:port)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"YAML config (default {DEFAULT_CONFIG} when it exists); "
+        "THERMOSCREEN_* variables override it, flags override both",
+    )
+    parser.add_argument(
+        "--model", type=Path, help="model directory (model.onnx, labels.txt, model.json)"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "onnxruntime", "jetson"],
+        help="inference backend (auto: jetson where jetson-inference imports)",
+    )
+    parser.add_argument("--device-id", help="device id (MQTT topic level)")
+    parser.add_argument("--camera-id", help="camera id (MQTT topic level)")
+    add_broker_arguments(parser)
+    parser.add_argument(
+        "--mode",
+        choices=["auto", "live", "replay"],
+        help="live keeps the newest frame (drops counted); replay drops nothing (auto: by URI)",
+    )
+    parser.add_argument(
+        "--realtime",
+        action="store_true",
+        default=None,
+        help="replay recordings at their own frame rate",
+    )
+    parser.add_argument("--fps", type=float, help="frame rate of test:// sources")
+    parser.add_argument(
+        "--follow-manifest",
+        action="store_true",
+        default=None,
+        help="use the model's preprocessing when the config's differs",
+    )
+    parser.add_argument("--max-frames", type=int, help="stop after N captured frames")
+    parser.add_argument("--outbox", type=Path, help="durable outbox file (SQLite)")
+    parser.add_argument(
+        "--flush-timeout", type=float, help="seconds to wait for the outbox to empty at exit"
+    )
+    parser.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level"
+    )
+    parser.epilog = EPILOG
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """CLI flags -> dotted config overrides (only the flags given)."""
+    flat: dict[str, Any] = {
+        "source": args.source,
+        "output": args.output,
+        "model.dir": args.model,
+        "model.backend": args.backend,
+        "device_id": args.device_id,
+        "camera_id": args.camera_id,
+        "mode": args.mode,
+        "capture.realtime": args.realtime,
+        "capture.fps": args.fps,
+        "model.follow_manifest": args.follow_manifest,
+        "outbox.path": args.outbox,
+        "flush_timeout_s": args.flush_timeout,
+        "log_level": args.log_level,
+    }
+    flat.update(broker_overrides(args))
+    return {k: v for k, v in flat.items() if v is not None}
+
+
+def config_path(args: argparse.Namespace) -> Path | None:
+    if args.config is not None:
+        return Path(args.config)
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+
+
+def print_summary(summary: RunSummary, cfg: AppConfig) -> None:
+    lat = summary.latency_ms
+    print(
+        f"thermoscreen run: {summary.results} results from {summary.frames_captured} frames in "
+        f"{summary.wall_s:.1f} s ({summary.fps:.1f} fps); capture->result p50 {lat.p50:.1f} ms, "
+        f"p95 {lat.p95:.1f} ms, p99 {lat.p99:.1f} ms"
+    )
+    verdict = summary.verdict
+    said = f"{verdict['label']} (score {verdict['score']:.3f})" if verdict else "none (no frames)"
+    print(
+        f"session {summary.session_id} ({summary.mode}): ended by {summary.end_reason}; "
+        f"rolling verdict {said}; drops {summary.drops.total} {summary.drops.as_dict()}"
+    )
+    if summary.outbox_pending:
+        why = f": {summary.broker_error}" if summary.broker_error else ""
+        print(
+            f"{summary.outbox_pending} messages are still waiting in the outbox {cfg.outbox.path} "
+            f"(results and session summaries not acknowledged by {cfg.mqtt.host}:{cfg.mqtt.port}"
+            f"{why}); nothing is lost: they are sent on the next start with this outbox",
+            file=sys.stderr,
+        )
+    else:
+        print("outbox: empty (every result acknowledged by the broker)")
+    print(f"Note: {DISCLAIMER}")
+
+
+def main(args: argparse.Namespace) -> int:
+    tune_malloc()
+    try:
+        cfg = load_config(config_path(args), overrides_from_args(args))
+    except ConfigError as exc:
+        print(f"thermoscreen run: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    logging.basicConfig(
+        level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    stop = threading.Event()
+    try:
+        with stop_on_signals(stop):
+            summary = run(cfg, stop=stop, max_frames=args.max_frames)
+    except RunError as exc:
+        print(f"thermoscreen run: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if summary.error is not None:
+        print(f"thermoscreen run: {summary.error}", file=sys.stderr)
+    print_summary(summary, cfg)
+    return summary.exit_code
