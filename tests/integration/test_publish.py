@@ -527,7 +527,9 @@ def test_bad_credentials_are_fatal_and_named_then_env_credentials_connect(
         monkeypatch.setenv("THERMOSCREEN_MQTT_PASSWORD", "wrong")
         pub = start_publisher(publishers, mqtt_config(broker), None)
         assert wait_until(lambda: pub.fatal_error is not None)
-        assert "check THERMOSCREEN_MQTT_USERNAME/THERMOSCREEN_MQTT_PASSWORD" in str(pub.fatal_error)
+        assert "check $THERMOSCREEN_MQTT_USERNAME and $THERMOSCREEN_MQTT_PASSWORD" in str(
+            pub.fatal_error
+        )
         assert pub.connected is False and pub.last_error == pub.fatal_error
 
         monkeypatch.setenv("THERMOSCREEN_MQTT_PASSWORD", "s3cret")
@@ -576,7 +578,7 @@ def test_tls_verify_failure_is_fatal_and_names_ca_file_then_right_ca_connects(
         )
         assert wait_until(lambda: wrong.fatal_error is not None)
         assert "TLS certificate verify failed" in str(wrong.fatal_error)
-        assert "check tls.ca_file" in str(wrong.fatal_error)
+        assert "mqtt.tls.ca_file" in str(wrong.fatal_error)
 
         right = Publisher(mqtt_config(broker, tls={"enabled": True, "ca_file": ca}), "dev2")
         right.start()

@@ -42,7 +42,6 @@ SPLITTING = {
 }
 # Over the limits today and not yet being split: listed so main stays green, each one a to-do.
 LONG_MODULES = {
-    "pipeline.mqtt.publisher": "mqtt: paho set-up moves to mqtt/client.py",
     "training.train": "to split: data loading, the epoch loop, the command",
 }
 LONG_FUNCTIONS = {
