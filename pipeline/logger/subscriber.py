@@ -17,12 +17,10 @@ import argparse
 import json
 import logging
 import re
-import signal
 import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,7 @@ from pipeline.config import (
 )
 from pipeline.logger.store import Store, StoreError, open_store
 from pipeline.mqtt.payload import schema_errors
+from pipeline.signals import stop_on_signals
 
 log = logging.getLogger("thermoscreen.logger")
 
@@ -545,24 +544,7 @@ def _mqtt_config(args: argparse.Namespace) -> MqttConfig:
     return load_config(args.config, overrides).mqtt
 
 
-def _install_signals(stop: threading.Event) -> Callable[[], None]:
-    def handler(signum: int, _frame: object) -> None:
-        log.info("logger: %s received, finishing", signal.Signals(signum).name)
-        stop.set()
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def restore() -> None:
-        for sig, previous in old.items():
-            signal.signal(sig, previous)
-
-    return restore
-
-
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     opts = LoggerOptions(
         db=args.db,
         client_id=args.client_id,
@@ -578,14 +560,11 @@ def main(args: argparse.Namespace) -> int:
     except (ConfigError, StoreError) as exc:
         print(f"thermoscreen log: {exc}", file=sys.stderr, flush=True)
         return EXIT_CONFIG
-    stop = threading.Event()
-    restore = _install_signals(stop)
     try:
-        counters = Logger(cfg, opts, store, stop).run()
+        with stop_on_signals(threading.Event(), "logger finishing") as stop:
+            counters = Logger(cfg, opts, store, stop).run()
     except LoggerError as exc:
         print(f"thermoscreen log: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
-    finally:
-        restore()
     log.info("logger: finished: %s", counters.line())
     return EXIT_OK
