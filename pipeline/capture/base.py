@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import parse_qsl
 
+from pipeline.capture.limits import FrameLimit
 from pipeline.types import Frame
 
 SCHEMES: dict[str, str] = {
@@ -117,6 +118,7 @@ class SourceOptions:
     open_timeout_s: float = 10.0  # how long open() waits for a pipeline to start
     stall_timeout_s: float = 10.0  # live: rebuild when no frame arrives for this long (0 = never)
     capture_format: str | None = None  # gray8 | y16 | yuyv; None: from the profile
+    frame_limit: FrameLimit = field(default_factory=FrameLimit)  # refused before decoding
 
 
 @dataclass(frozen=True)

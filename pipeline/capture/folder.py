@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from pipeline.capture.base import EndOfStream, ParsedUri, SourceError, SourceOptions, SourceStats
+from pipeline.capture.limits import check_image_files
 from pipeline.data.dmr import DataError, list_thermograms, load_frame
 from pipeline.types import Frame
 
@@ -63,6 +64,9 @@ class FolderSource:
                 f"source '{self.uri}': folder {self.folder} holds no thermograms; add "
                 f".txt/.txt.gz matrices, .jpg/.png images or frame_00000.png 16-bit PNGs"
             )
+        oversized = check_image_files(self._files, self._opts.frame_limit)
+        if oversized is not None:
+            raise SourceError(f"source '{self.uri}': {oversized[0]}: {oversized[1]}")
         self._started_mono = time.monotonic()
         log.info("%s: replaying %d files", self.uri, len(self._files))
 
