@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "subscribe to results and store each one once (SQLite/PostgreSQL)",
     ),
     "report": ("pipeline.logger.report", "per-session summaries from a logger database (CSV/JSON)"),
+    "convert": (
+        "pipeline.convert",
+        "a radiometric recording or camera -> a lossless 16-bit PNG recording",
+    ),
     "bench": ("pipeline.devtools.bench", "benchmark bare model vs pipeline vs naive loop"),
     "synth": ("training.synth", "generate synthetic thermograms (matrices, PNG16, MP4)"),
     "train": ("training.train", "transfer-learn a torchvision classifier on thermograms"),
