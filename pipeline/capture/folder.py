@@ -141,7 +141,7 @@ class FolderSource:
     is_live = False
 
     def __init__(self, parsed: ParsedUri, options: SourceOptions) -> None:
-        self.uri = parsed.text
+        self.uri = parsed.shown
         self.folder = Path(parsed.location).expanduser()
         self._opts = options
         self._files: list[Path] = []

@@ -73,15 +73,14 @@ from pipeline.capture.base import (
     SourceOptions,
     SourceStats,
 )
+from pipeline.capture.launch import REPLAY_QUEUE_FRAMES, build_launch
 from pipeline.capture.limits import check_image_files
-from pipeline.capture.profiles import CameraProfile, ProfileError, extract_raw, get_profile
+from pipeline.capture.profiles import ProfileError, extract_raw
 from pipeline.gstreamer import GLib, Gst, GstApp, GstVideo
 from pipeline.types import Frame, FrameKind
 
 log = logging.getLogger(__name__)
 
-GRAY8_CAPS = "video/x-raw,format=GRAY8"
-REPLAY_QUEUE_FRAMES = 2
 ERROR_GRACE_S = 1.0  # how long a failed start waits for the element's ERROR message
 START_POLL_S = 0.1
 ELEMENT_HINTS = {
@@ -95,101 +94,6 @@ ELEMENT_HINTS = {
     "rtspsrc": "install gstreamer1.0-plugins-good",
     "v4l2src": "install gstreamer1.0-plugins-good",
 }
-
-
-@dataclass(frozen=True)
-class LaunchPlan:
-    """The gst-launch string for a URI and how its samples become frames."""
-
-    launch: str
-    live: bool
-    profile: CameraProfile | None  # None: 8-bit gray frames
-
-
-def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _appsink(live: bool, realtime: bool) -> str:
-    if live:
-        return "appsink name=sink sync=false max-buffers=1 drop=true"
-    sync = "true" if realtime else "false"
-    return f"appsink name=sink sync={sync} max-buffers={REPLAY_QUEUE_FRAMES} drop=false"
-
-
-def _size_caps(opts: SourceOptions) -> str:
-    parts = ["video/x-raw"]
-    if opts.width:
-        parts.append(f"width={opts.width}")
-    if opts.height:
-        parts.append(f"height={opts.height}")
-    return ",".join(parts) if len(parts) > 1 else ""
-
-
-def _radiometric_profile(parsed: ParsedUri, opts: SourceOptions) -> CameraProfile | None:
-    fmt = (opts.capture_format or "").lower()
-    if fmt not in ("", "gray8", "y16", "yuyv", "yuy2"):
-        raise SourceError(f"source '{parsed.text}': format={fmt!r} is not one of gray8, y16, yuyv")
-    try:
-        if opts.profile:
-            return get_profile(opts.profile)
-    except ProfileError as exc:
-        raise SourceError(f"source '{parsed.text}': {exc}") from None
-    if fmt == "y16":
-        log.info(
-            "%s: format=y16 without a profile; assuming lepton (0.01 K per count)", parsed.text
-        )
-        return get_profile("lepton")
-    return None
-
-
-def build_launch(parsed: ParsedUri, opts: SourceOptions, live: bool) -> LaunchPlan:
-    """The pipeline string for a parsed URI (see the module docstring for each scheme)."""
-    sink = _appsink(live, opts.realtime)
-    decode = "parsebin ! nvv4l2decoder ! nvvidconv" if opts.jetson else "decodebin ! videoconvert"
-    scheme = parsed.scheme
-    if scheme == "file":
-        location = _quote(str(Path(parsed.location).expanduser().absolute()))
-        launch = f"filesrc location={location} ! {decode} ! {GRAY8_CAPS} ! {sink}"
-        return LaunchPlan(launch, live, None)
-    if scheme == "rtsp":
-        src = f"rtspsrc location={_quote(parsed.location)} latency={opts.rtsp_latency_ms}"
-        return LaunchPlan(f"{src} ! {decode} ! {GRAY8_CAPS} ! {sink}", live, None)
-    if scheme == "csi":
-        w, h = opts.width or 1280, opts.height or 720
-        fps = max(1, round(opts.fps))
-        sensor = parsed.location or "0"
-        if not sensor.isdigit():
-            raise SourceError(f"source '{parsed.text}': csi:// takes a sensor number, e.g. csi://0")
-        launch = (
-            f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM),width={w},"
-            f"height={h},framerate={fps}/1 ! nvvidconv ! {GRAY8_CAPS} ! {sink}"
-        )
-        return LaunchPlan(launch, live, None)
-    if scheme in ("v4l2", "aravis"):
-        profile = _radiometric_profile(parsed, opts)
-        if scheme == "v4l2":
-            device = parsed.location or "/dev/video0"
-            src = f"v4l2src device={_quote(device)}"
-        else:
-            src = "aravissrc" + (
-                f" camera-name={_quote(parsed.location)}" if parsed.location else ""
-            )
-        if profile is not None:
-            caps = profile.caps(opts.width, opts.height)
-            return LaunchPlan(f"{src} ! {caps} ! {sink}", live, profile)
-        size = _size_caps(opts)
-        head = f"{src} ! {size}" if size else src
-        return LaunchPlan(f"{head} ! videoconvert ! {GRAY8_CAPS} ! {sink}", live, None)
-    if scheme == "gst":
-        if not parsed.location:
-            raise SourceError("source 'gst://': give a pipeline fragment, e.g. gst://videotestsrc")
-        profile = _radiometric_profile(parsed, opts)
-        if profile is not None:
-            caps = profile.caps(opts.width, opts.height)
-            return LaunchPlan(f"{parsed.location} ! {caps} ! {sink}", live, profile)
-        return LaunchPlan(f"{parsed.location} ! videoconvert ! {GRAY8_CAPS} ! {sink}", live, None)
-    raise SourceError(f"source '{parsed.text}': scheme {scheme}:// has no GStreamer pipeline")
 
 
 @dataclass(frozen=True)
@@ -240,7 +144,7 @@ class GstSource:
     """A GStreamer pipeline ending in an appsink; live or replay (see the module docstring)."""
 
     def __init__(self, parsed: ParsedUri, options: SourceOptions, live: bool) -> None:
-        self.uri = parsed.text
+        self.uri = parsed.shown
         self.is_live = live
         self._parsed = parsed
         self._opts = options
@@ -263,7 +167,8 @@ class GstSource:
 
     @property
     def launch(self) -> str:
-        return self._plan.launch
+        """The pipeline as gst-launch would read it (values written in, secrets masked)."""
+        return self._plan.launch.shown()
 
     @property
     def stats(self) -> SourceStats:
@@ -351,7 +256,7 @@ class GstSource:
 
     def _build(self) -> Gst.Pipeline:
         try:
-            element = Gst.parse_launch(self._plan.launch)
+            element = Gst.parse_launch(self._plan.launch.template)
         except GLib.Error as exc:
             hint = next((h for name, h in ELEMENT_HINTS.items() if name in exc.message), "")
             raise SourceError(
@@ -361,6 +266,7 @@ class GstSource:
         pipeline = element if isinstance(element, Gst.Pipeline) else None
         if pipeline is None:
             raise SourceError(f"source '{self.uri}': launch string did not make a pipeline")
+        self._plan.launch.apply(pipeline)  # the URI's values, as properties only
         sink = pipeline.get_by_name("sink")
         assert isinstance(sink, GstApp.AppSink)
         sink.set_property("emit-signals", True)
