@@ -70,6 +70,7 @@ def source_options(cfg: AppConfig) -> SourceOptions:
         reconnect_min_s=c.reconnect_min_s,
         reconnect_max_s=c.reconnect_max_s,
         loop=c.loop,
+        decode_workers=c.decode_workers,
     )
 
 

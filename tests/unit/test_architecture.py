@@ -44,7 +44,6 @@ LONG_MODULES = {
     "training.train": "to split: data loading, the epoch loop, the command",
 }
 LONG_FUNCTIONS = {
-    "pipeline.data.synthetic.render_patient": "perf-data",
     "training.quantize.quantize_model_dir": "to split",
     "training.train.run_training": "to split",
 }
