@@ -147,6 +147,12 @@ class CaptureConfig(_Strict):
         gt=0,
         description="How long one read waits for a frame before re-checking stop.",
     )
+    decode_workers: int | None = Field(
+        default=None,
+        ge=0,
+        description="Folder replays (matrices, PNGs): files decoded ahead at once, in order, on "
+        "their own threads; null: one per core, at most 2; 0: each file on the capture thread.",
+    )
 
 
 class ModelConfig(_Strict):

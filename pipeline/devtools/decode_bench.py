@@ -40,7 +40,7 @@ from pipeline.capture.base import EndOfStream, SourceOptions
 from pipeline.capture.factory import open_source
 from pipeline.convert import convert
 from pipeline.data.dmr import is_matrix, list_thermograms, read_matrix, read_matrix_reference
-from pipeline.devtools.bench import measure_bare
+from pipeline.devtools.bench.bare import measure_bare
 from pipeline.devtools.broker import LocalBroker
 from pipeline.manifest import load_model_dir
 from pipeline.preprocess import model_input, render
@@ -97,6 +97,8 @@ def measure_parse(files: list[Path], rounds: int) -> dict[str, Any]:
 
 
 def _child_env(tree: Path) -> dict[str, str]:
+    """The child imports `pipeline` from `tree` (run it with cwd=tree too: `-c` and `-m` put the
+    working directory first on sys.path)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("THERMOSCREEN_")}
     env["PYTHONPATH"] = str(tree)
     return env
@@ -104,7 +106,9 @@ def _child_env(tree: Path) -> dict[str, str]:
 
 def _source_once(tree: Path, folder: Path, workers: object) -> float:
     cmd = [sys.executable, "-c", SOURCE_LOOP, str(folder), json.dumps(workers)]
-    done = subprocess.run(cmd, env=_child_env(tree), capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        cmd, cwd=tree, env=_child_env(tree), capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         raise RuntimeError(f"source loop in {tree} failed: {done.stderr.strip()[-300:]}")
     got = json.loads(done.stdout.strip().splitlines()[-1])
@@ -151,7 +155,7 @@ def _run_once(tree: Path, source: Path, model: Path, broker: LocalBroker, frames
         cmd = [sys.executable, "-m", "pipeline.cli", "run", str(source), "--model", str(model)]
         cmd += ["--config", str(cfg), "--max-frames", str(frames)]
         done = subprocess.run(
-            cmd, env=_child_env(tree), capture_output=True, text=True, check=False
+            cmd, cwd=tree, env=_child_env(tree), capture_output=True, text=True, check=False
         )
     found = _FPS.search(done.stdout)
     if done.returncode != 0 or found is None:

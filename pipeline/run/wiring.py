@@ -72,6 +72,7 @@ def source_options(cfg: AppConfig) -> SourceOptions:
         reconnect_max_s=c.reconnect_max_s,
         loop=c.loop,
         frame_limit=FrameLimit(c.max_frame_width, c.max_frame_height),
+        decode_workers=c.decode_workers,
     )
 
 
