@@ -122,6 +122,44 @@ def _one_decoder_thread(_pipeline: Gst.Bin, _bin: Gst.Bin, element: Gst.Element)
         element.set_property("max-threads", 1)
 
 
+# decodebin's autoplug-select answers (GstAutoplugSelectResult; the enum is not introspectable)
+_AUTOPLUG_TRY, _AUTOPLUG_SKIP = 0, 2
+# Parsers that lose frames of a stream a container already delimits: GStreamer 1.22's
+# mpeg4videoparse (gst-plugins-bad) drops the last frame of an MP4 recording.
+_SKIP_AFTER_DEMUXER = frozenset({"mpeg4videoparse"})
+
+
+def _upstream_name(pad: Gst.Pad) -> str:
+    """The factory name of the element feeding one of decodebin's pads (typefind for a bare
+    elementary stream; the multiqueue decodebin puts after a demuxer for a container's)."""
+    target = pad.get_target() if isinstance(pad, Gst.GhostPad) else None
+    element = target.get_parent_element() if target is not None else None
+    factory = element.get_factory() if element is not None else None
+    return factory.get_name() if factory is not None else ""
+
+
+def _no_lossy_parser(
+    _decodebin: Gst.Element, pad: Gst.Pad, _caps: Gst.Caps, factory: Gst.ElementFactory
+) -> int:
+    """decodebin: a demuxed stream goes straight to its decoder when the parser would lose
+    frames (every frame of a replay counts); a bare elementary stream keeps the parser that
+    frames it."""
+    if factory.get_name() in _SKIP_AFTER_DEMUXER and _upstream_name(pad) != "typefind":
+        return _AUTOPLUG_SKIP
+    return _AUTOPLUG_TRY
+
+
+def _skip_lossy_parsers(pipeline: Gst.Pipeline) -> None:
+    elements = pipeline.iterate_recurse()
+    while True:
+        status, element = elements.next()
+        if status != Gst.IteratorResult.OK:
+            return
+        factory = element.get_factory()
+        if factory is not None and factory.get_name() == "decodebin":
+            element.connect("autoplug-select", _no_lossy_parser)
+
+
 def _layout(caps: Gst.Caps) -> _Layout:
     info = GstVideo.VideoInfo.new_from_caps(caps)
     if info is None:
@@ -267,6 +305,7 @@ class GstSource:
         if pipeline is None:
             raise SourceError(f"source '{self.uri}': launch string did not make a pipeline")
         self._plan.launch.apply(pipeline)  # the URI's values, as properties only
+        _skip_lossy_parsers(pipeline)
         sink = pipeline.get_by_name("sink")
         assert isinstance(sink, GstApp.AppSink)
         sink.set_property("emit-signals", True)
