@@ -27,8 +27,8 @@ from tests.helpers.mqtt_logger import (
     result_topic,
     run_pipeline,
     stored_seqs,
-    wait_until,
 )
+from tests.helpers.wait import wait_until
 
 SHIPPED = REPO / "config" / "mosquitto"
 PASSWORDS = {
