@@ -40,7 +40,7 @@ from pipeline.capture.base import EndOfStream, SourceOptions
 from pipeline.capture.factory import open_source
 from pipeline.convert import convert
 from pipeline.data.dmr import is_matrix, list_thermograms, read_matrix, read_matrix_reference
-from pipeline.devtools.bench import measure_bare
+from pipeline.devtools.bench.bare import measure_bare
 from pipeline.devtools.broker import LocalBroker
 from pipeline.manifest import load_model_dir
 from pipeline.preprocess import model_input, render

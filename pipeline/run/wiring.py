@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from pipeline.capture.base import Source, SourceError, SourceOptions
 from pipeline.capture.factory import open_source
+from pipeline.capture.limits import FrameLimit
 from pipeline.classify.base import Classifier
 from pipeline.classify.factory import (
     choose_backend,
@@ -70,6 +71,7 @@ def source_options(cfg: AppConfig) -> SourceOptions:
         reconnect_min_s=c.reconnect_min_s,
         reconnect_max_s=c.reconnect_max_s,
         loop=c.loop,
+        frame_limit=FrameLimit(c.max_frame_width, c.max_frame_height),
         decode_workers=c.decode_workers,
     )
 
