@@ -159,9 +159,10 @@ def read_scale(folder: Path) -> CountScale | None:
 
 
 def read_origins(folder: Path) -> list[FrameOrigin]:
-    """Each frame's origin from `frames.csv` (empty when the folder has none)."""
+    """Each frame's origin from the `frames.csv` of a recording `thermoscreen convert` wrote;
+    empty for any other folder (`thermoscreen synth` writes a frames.csv of its own)."""
     path = folder / FRAMES_FILE
-    if not path.is_file():
+    if not path.is_file() or not (folder / RECORDING_FILE).is_file():
         return []
     try:
         with path.open(newline="", encoding="utf-8") as fh:
