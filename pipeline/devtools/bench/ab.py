@@ -52,6 +52,8 @@ def figures(run: dict[str, Any]) -> dict[str, float | None]:
         "p99_ms": lat.get("p99"),
         "non_model_ms": cpu.get("non_model_ms_per_frame"),
         "total_ms": cpu.get("total_ms_per_frame"),
+        "faults": cpu.get("page_faults_per_frame"),
+        "system_share": cpu.get("system_cpu_share"),
     }
 
 

@@ -121,6 +121,18 @@ def _groups(a: dict[str, Any], b: dict[str, Any], pid: int) -> tuple[dict[str, i
     return groups, model
 
 
+def process_rates(a: dict[str, int], b: dict[str, int], frames: int) -> dict[str, float | None]:
+    """Minor page faults per frame, and the kernel's share of the process's CPU (a high share
+    with many faults: memory taken from and given back to the system every frame)."""
+    if not a or not b or frames <= 0:
+        return {"page_faults_per_frame": None, "system_cpu_share": None}
+    user, system = b["utime"] - a["utime"], b["stime"] - a["stime"]
+    return {
+        "page_faults_per_frame": round((b["minflt"] - a["minflt"]) / frames, 1),
+        "system_cpu_share": round(system / (user + system), 3) if user + system else None,
+    }
+
+
 def breakdown(window: SteadyWindow, record: dict[str, Any]) -> dict[str, Any] | None:
     """CPU per frame classified (ms) per thread group over the window, the model's share apart.
 
@@ -155,6 +167,7 @@ def breakdown(window: SteadyWindow, record: dict[str, Any]) -> dict[str, Any] | 
         "total_ms_per_frame": per_frame(total),
         "non_model_ms_per_frame": per_frame(non_model),
         "probe_ms_per_frame": per_frame(probe),
+        **process_rates(a.get("process", {}), b.get("process", {}), frames),
         "others_ms_per_frame": {
             name: per_frame(window.last.others[name] - window.first.others.get(name, 0), delivered)
             for name in window.last.others

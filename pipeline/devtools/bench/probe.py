@@ -110,7 +110,22 @@ def sample(clock: ModelClock, names: dict[int, str]) -> dict[str, Any]:
         if tid not in names:
             names[tid] = _name(tid)
         threads[entry] = [names[tid], cpu, clock.model_ns(tid, cpu)]
-    return {"mono_ns": time.monotonic_ns(), "frames": clock.frames, "threads": threads}
+    return {
+        "mono_ns": time.monotonic_ns(),
+        "frames": clock.frames,
+        "threads": threads,
+        "process": process_counters(),
+    }
+
+
+def process_counters() -> dict[str, int]:
+    """This process's minor page faults and its user / system CPU (clock ticks, all threads)."""
+    try:
+        with open("/proc/self/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return {}
+    return {"minflt": int(fields[7]), "utime": int(fields[11]), "stime": int(fields[12])}
 
 
 class Sampler:
