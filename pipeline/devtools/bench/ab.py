@@ -54,6 +54,7 @@ def figures(run: dict[str, Any]) -> dict[str, float | None]:
         "total_ms": cpu.get("total_ms_per_frame"),
         "faults": cpu.get("page_faults_per_frame"),
         "system_share": cpu.get("system_cpu_share"),
+        "rss_mb": run.get("max_rss_mb"),
     }
 
 
