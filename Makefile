@@ -9,7 +9,7 @@ APT_PACKAGES := gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugin
 	gstreamer1.0-libav gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 \
 	libgirepository1.0-dev libcairo2-dev pkg-config gcc python3-venv python3-dev \
 	mosquitto mosquitto-clients openssl postgresql \
-	gstreamer1.0-plugins-ugly chromium chromium-driver
+	gstreamer1.0-plugins-ugly chromium chromium-driver gir1.2-gst-rtsp-server-1.0
 DEMO_MODEL := models/demo
 SHIPPED_MODEL := models/dmr-lite0-probe
 DEMO_DIR := var/demo

@@ -2,7 +2,8 @@
 
 For each (device, session): how many results arrived, the verdict (from the session summary the
 device published when present, else the most frequent per-frame label), top-1 score statistics,
-first and last capture time, missing `seq` numbers (lost results show up as gaps), how many
+first and last capture time, missing `seq` numbers (lost results show up as gaps; those the
+device itself dropped at a full outbox and named in its summary are listed apart), how many
 re-deliveries the logger dropped as duplicates, and how the session ended: the summary's reason,
 or `aborted` when no summary ever came and the device went offline or started a later session
 (a killed run), or `incomplete` while neither is known. Screening support only, never a
@@ -27,6 +28,7 @@ from typing import Any
 
 from pipeline import DISCLAIMER
 from pipeline.logger.store import ResultRow, SessionRow, Store, StoreError, open_store
+from pipeline.mqtt.delivery import format_ranges, range_count, subtract_ranges, to_ranges
 
 
 @dataclass(frozen=True)
@@ -47,10 +49,16 @@ class SessionReport:
     missing_seq: list[tuple[int, int]] = field(default_factory=list)  # inclusive ranges
     duplicates: int = 0
     end_reason: str = "incomplete"  # eos/stopped/error from the summary, aborted, incomplete
+    # results the device dropped at its full outbox (named in its summary), never sent
+    dropped_seq: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def missing_count(self) -> int:
-        return sum(hi - lo + 1 for lo, hi in self.missing_seq)
+        return range_count(self.missing_seq)
+
+    @property
+    def dropped_count(self) -> int:
+        return range_count(self.dropped_seq)
 
 
 def seq_gaps(seqs: Iterable[int], expected_count: int | None = None) -> list[tuple[int, int]]:
@@ -67,8 +75,13 @@ def seq_gaps(seqs: Iterable[int], expected_count: int | None = None) -> list[tup
     return gaps
 
 
-def format_ranges(ranges: Sequence[tuple[int, int]]) -> str:
-    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges)
+def _dropped_seq(summary: SessionRow | None, stored: list[int]) -> list[tuple[int, int]]:
+    """The summary's `dropped_seq` (schema 2) less anything stored after all."""
+    named = summary.payload.get("dropped_seq") if summary else None
+    if not isinstance(named, list):
+        return []
+    ranges = [(int(r[0]), int(r[1])) for r in named if isinstance(r, list) and len(r) == 2]
+    return subtract_ranges(ranges, to_ranges(stored))
 
 
 def _summary_verdict(payload: dict[str, Any]) -> str | None:
@@ -130,6 +143,8 @@ def _one(
     captures = sorted(r.capture_ts for r in rows)  # RFC 3339 UTC with ms sorts as text
     reported = summary.payload.get("frames") if summary else None
     reported = reported if isinstance(reported, int) else None
+    seqs = [r.seq for r in rows]
+    dropped = _dropped_seq(summary, seqs)
     end = "incomplete"
     if summary is not None:
         verdict, source = _summary_verdict(summary.payload), "session"
@@ -152,9 +167,10 @@ def _one(
         score_max=max(scores) if scores else None,
         first_capture=captures[0] if captures else None,
         last_capture=captures[-1] if captures else None,
-        missing_seq=seq_gaps((r.seq for r in rows), reported),
+        missing_seq=subtract_ranges(seq_gaps(seqs, reported), dropped),
         duplicates=duplicates,
         end_reason=end,
+        dropped_seq=dropped,
     )
 
 
@@ -167,7 +183,7 @@ def report_from_store(store: Store) -> list[SessionReport]:
 COLUMNS = (
     "device", "camera", "session", "frames", "reported_frames", "verdict", "verdict_source",
     "labels", "score_mean", "score_min", "score_max", "first_capture", "last_capture",
-    "missing_seq", "missing_count", "duplicates", "end_reason",
+    "missing_seq", "missing_count", "duplicates", "end_reason", "dropped_seq", "dropped_count",
 )  # fmt: skip
 # A spreadsheet runs a cell that starts with one of these as a formula (=HYPERLINK(...)).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
@@ -193,6 +209,8 @@ def _flat(r: SessionReport) -> dict[str, Any]:
     row["labels"] = ";".join(f"{k}={v}" for k, v in r.labels.items())
     row["missing_seq"] = format_ranges(r.missing_seq)
     row["missing_count"] = r.missing_count
+    row["dropped_seq"] = format_ranges(r.dropped_seq)
+    row["dropped_count"] = r.dropped_count
     return {c: row[c] for c in COLUMNS}
 
 
@@ -202,6 +220,8 @@ def to_json(reports: Sequence[SessionReport]) -> str:
         row = asdict(r)
         row["missing_seq"] = [list(x) for x in r.missing_seq]
         row["missing_count"] = r.missing_count
+        row["dropped_seq"] = [list(x) for x in r.dropped_seq]
+        row["dropped_count"] = r.dropped_count
         rows.append(row)
     return json.dumps({"disclaimer": DISCLAIMER, "sessions": rows}, indent=2) + "\n"
 
@@ -217,7 +237,8 @@ def to_csv(reports: Sequence[SessionReport]) -> str:
 
 def to_table(reports: Sequence[SessionReport]) -> str:
     heads = ("device", "session", "frames", "verdict", "labels", "score mean/min/max",
-             "first capture", "last capture", "missing seq", "dups", "end")  # fmt: skip
+             "first capture", "last capture", "missing seq", "dropped seq", "dups",
+             "end")  # fmt: skip
     rows = []
     for r in reports:
         f = _flat(r)
@@ -227,7 +248,7 @@ def to_table(reports: Sequence[SessionReport]) -> str:
         verdict = f"{r.verdict or '-'} ({r.verdict_source})"
         row = (r.device, r.session, str(r.frames), verdict, f["labels"] or "-", scores,
                r.first_capture or "-", r.last_capture or "-", f["missing_seq"] or "-",
-               str(r.duplicates), r.end_reason)  # fmt: skip
+               f["dropped_seq"] or "-", str(r.duplicates), r.end_reason)  # fmt: skip
         rows.append(tuple(_printable(c) for c in row))
     widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(heads)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True))]

@@ -28,8 +28,11 @@ MAX_DEPTH = 16
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _TOKENS = re.compile(rb'[\[\]{}"\\]')
 
-Kind = Literal["result", "state", "session", "status", "stats"]
-_KINDS: dict[int, tuple[Kind, ...]] = {3: ("status", "stats"), 4: ("result", "state", "session")}
+Kind = Literal["result", "state", "session", "status", "stats", "stored"]
+_KINDS: dict[int, tuple[Kind, ...]] = {
+    3: ("status", "stats"),
+    4: ("result", "state", "session", "stored"),
+}
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ class Accepted:
 
     kind: Kind
     ids: list[str]  # [device] or [device, camera]
-    payload: Any  # dict for result/state/session, str for status, None for stats
+    payload: Any  # dict for result/state/session, str for status, None for stats/stored
 
 
 def classify(topic: str, raw: bytes, prefix: str, max_payload_bytes: int) -> Accepted | Reject:
@@ -56,7 +59,7 @@ def classify(topic: str, raw: bytes, prefix: str, max_payload_bytes: int) -> Acc
     if isinstance(routed, Reject):
         return routed
     kind, ids = routed
-    if kind == "stats":
+    if kind in ("stats", "stored"):  # telemetry, and loggers' own delivery confirmations
         return Accepted(kind, ids, None)
     if kind == "status":
         text = raw.decode("utf-8", errors="replace").strip()

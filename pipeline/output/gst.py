@@ -43,6 +43,7 @@ import threading
 import numpy as np
 
 from pipeline.gstreamer import GLib, Gst
+from pipeline.launch import Launch, Prop
 from pipeline.output.base import (
     DEFAULT_OPTIONS,
     U8,
@@ -54,6 +55,7 @@ from pipeline.output.base import (
 )
 from pipeline.output.overlay import annotate
 from pipeline.types import Prediction, ThermalStats
+from pipeline.uri import redact
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +68,11 @@ def _appsrc(width: int, height: int, fps: float) -> str:
     return f'appsrc name=src format=time is-live=false block=true caps="{caps}"'
 
 
-def describe_output(
+def output_launch(
     uri: str, width: int, height: int, fps: float, options: OutputOptions = DEFAULT_OPTIONS
-) -> str:
-    """The gst-launch string an output URI runs."""
+) -> Launch:
+    """The pipeline an output URI runs: the template holds our elements only; the path or the
+    host and port are properties of the element named `out` (never pasted into the string)."""
     parsed = parse_output_uri(uri)
     head = f"{_appsrc(width, height, fps)} ! videoconvert"
     if parsed.scheme == "file":
@@ -77,26 +80,32 @@ def describe_output(
         if options.jetson:
             enc = (
                 "video/x-raw,format=I420 ! nvvidconv ! video/x-raw(memory:NVMM),format=NV12 "
-                f"! nvv4l2h264enc bitrate={options.bitrate} ! h264parse"
+                f"! nvv4l2h264enc bitrate={int(options.bitrate)} ! h264parse"
             )
         else:
-            enc = f"avenc_mpeg4 name={RESTAMP} max-bframes=0 bitrate={options.bitrate}"
-        location = str(parsed.path.expanduser().absolute()).replace('"', '\\"')
-        return f'{head} ! {enc} ! {parsed.muxer} ! filesink location="{location}"'
+            enc = f"avenc_mpeg4 name={RESTAMP} max-bframes=0 bitrate={int(options.bitrate)}"
+        location = Prop("out", "location", str(parsed.path.expanduser().absolute()))
+        return Launch(f"{head} ! {enc} ! {parsed.muxer} ! filesink name=out", (location,))
     if parsed.scheme == "rtp":
         if options.jetson:
             enc = (
                 "video/x-raw,format=I420 ! nvvidconv ! video/x-raw(memory:NVMM),format=NV12 "
-                f"! nvv4l2h264enc bitrate={options.bitrate} insert-sps-pps=true ! h264parse "
-                "! rtph264pay pt=96"
+                f"! nvv4l2h264enc bitrate={int(options.bitrate)} insert-sps-pps=true "
+                "! h264parse ! rtph264pay pt=96"
             )
         else:
             enc = "video/x-raw,format=I420 ! jpegenc quality=85 ! rtpjpegpay pt=26"
-        return (
-            f"{head} ! {enc} ! udpsink host={parsed.host} port={parsed.port} sync=false async=false"
-        )
+        where = (Prop("out", "host", parsed.host, quote=False), Prop("out", "port", parsed.port))
+        return Launch(f"{head} ! {enc} ! udpsink name=out sync=false async=false", where)
     sink = "nvvidconv ! nv3dsink sync=false" if options.jetson else "autovideosink sync=false"
-    return f"{head} ! {sink}"
+    return Launch(f"{head} ! {sink}")
+
+
+def describe_output(
+    uri: str, width: int, height: int, fps: float, options: OutputOptions = DEFAULT_OPTIONS
+) -> str:
+    """The gst-launch string an output URI runs, with its values written in."""
+    return output_launch(uri, width, height, fps, options).shown()
 
 
 RESTAMP = "restamp"  # the element whose output buffers get timestamps again
@@ -130,18 +139,22 @@ class GstOutput:
     def __init__(
         self, uri: str, width: int, height: int, fps: float, options: OutputOptions
     ) -> None:
-        self.uri = uri
+        self.uri = redact(uri)
         self.width, self.height, self.fps = width, height, fps
         self.options = options
         self.frames_written = 0
-        self.launch = describe_output(uri, width, height, fps, options)
+        plan = output_launch(uri, width, height, fps, options)
+        self.launch = plan.shown()
         self._lock = threading.Lock()
         self._closed = False
         try:
-            pipeline = Gst.parse_launch(self.launch)
+            pipeline = Gst.parse_launch(plan.template)
         except GLib.Error as exc:
-            raise OutputError(f"output '{uri}': cannot build pipeline: {exc.message}") from None
+            raise OutputError(
+                f"output '{self.uri}': cannot build pipeline: {exc.message}"
+            ) from None
         assert isinstance(pipeline, Gst.Pipeline)
+        plan.apply(pipeline)
         self._pipeline = pipeline
         src = pipeline.get_by_name("src")
         assert src is not None
@@ -153,7 +166,7 @@ class GstOutput:
         if pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
             reason = self._bus_error() or "state change failed"
             pipeline.set_state(Gst.State.NULL)
-            raise OutputError(f"output '{uri}' cannot start: {reason}; check the path/host")
+            raise OutputError(f"output '{self.uri}' cannot start: {reason}; check the path/host")
 
     def _bus_error(self) -> str | None:
         bus = self._pipeline.get_bus()
@@ -224,6 +237,6 @@ def open_output(
 ) -> Output:
     """Start an output pipeline for annotated frames of width x height at fps."""
     if width <= 0 or height <= 0:
-        raise OutputError(f"output '{uri}': size must be positive, got {width}x{height}")
+        raise OutputError(f"output '{redact(uri)}': size must be positive, got {width}x{height}")
     out: Output = GstOutput(uri, width, height, fps, options or OutputOptions())
     return out

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from pipeline.capture.base import Source, SourceError, SourceOptions
 from pipeline.capture.factory import open_source
+from pipeline.capture.limits import FrameLimit
 from pipeline.classify.base import Classifier
 from pipeline.classify.factory import (
     choose_backend,
@@ -42,7 +43,7 @@ from pipeline.run.options import (
 from pipeline.run.pipeline import Pipeline
 from pipeline.run.session import Session, VerdictPolicy
 from pipeline.run.stages import OutputFactory
-from pipeline.run.stats import RunSummary
+from pipeline.run.stats import Delivery, RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def source_options(cfg: AppConfig) -> SourceOptions:
         reconnect_min_s=c.reconnect_min_s,
         reconnect_max_s=c.reconnect_max_s,
         loop=c.loop,
+        frame_limit=FrameLimit(c.max_frame_width, c.max_frame_height),
         decode_workers=c.decode_workers,
     )
 
@@ -268,4 +270,5 @@ def _run_session(pipeline: Pipeline, sink: ResultSink, flush_timeout_s: float) -
     stats = sink.stats()
     summary.outbox_pending = stats.pending
     summary.broker_error = stats.last_error
+    summary.delivery = Delivery.of(stats, summary.session_id)
     return summary
