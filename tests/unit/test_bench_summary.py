@@ -108,10 +108,14 @@ def test_cpu_breakdown_counts_native_pools_as_the_model() -> None:
     assert cpu is not None
     assert cpu["cpu_ms_per_frame"][NATIVE] == pytest.approx(10.0)
     assert cpu["non_model_ms_per_frame"] == pytest.approx(1.0)
-    # fewer than two samples inside the window, or no frame between them: nothing to divide
-    assert breakdown(_window(), {"pid": 100, "samples": samples[:1]}) is None
+    # a window too short for two samples: the nearest samples around it
+    around = [_sample(500, 0, before), _sample(1500, 5, before), _sample(2500, 10, after)]
+    wide = breakdown(_window(), {"pid": 100, "samples": around})
+    assert wide is not None and wide["frames"] == 10 and wide["window_s"] == 2.0
+    # no frame between the samples: nothing to divide
     same = [_sample(1000, 3, before), _sample(2000, 3, after)]
     assert breakdown(_window(), {"pid": 100, "samples": same}) is None
+    assert breakdown(_window(), {"pid": 100, "samples": []}) is None
 
 
 def _model_rep(bare: float, replays: dict[str, float], rss: float = 200.0) -> dict[str, Any]:

@@ -100,11 +100,21 @@ class SteadyWindow:
 
 
 def _within(samples: list[dict[str, Any]], first: Mark, last: Mark) -> tuple[Any, Any] | None:
-    """The first and the last of the child's samples inside the window."""
+    """The first and the last of the child's samples inside the window; for a window too short
+    to hold two, the nearest samples around it."""
     inside = [s for s in samples if first.mono_ns <= s["mono_ns"] <= last.mono_ns]
-    if len(inside) < 2 or inside[-1]["frames"] <= inside[0]["frames"]:
+    a: dict[str, Any] | None
+    b: dict[str, Any] | None
+    if len(inside) >= 2:
+        a, b = inside[0], inside[-1]
+    else:
+        before = [s for s in samples if s["mono_ns"] <= first.mono_ns]
+        after = [s for s in samples if s["mono_ns"] >= last.mono_ns]
+        a = before[-1] if before else (samples[0] if samples else None)
+        b = after[0] if after else (samples[-1] if samples else None)
+    if a is None or b is None or b["frames"] <= a["frames"]:
         return None
-    return inside[0], inside[-1]
+    return a, b
 
 
 def _groups(a: dict[str, Any], b: dict[str, Any], pid: int) -> tuple[dict[str, int], int]:

@@ -34,9 +34,9 @@ from pipeline import cli
 from pipeline.classify.onnx import OnnxRuntimeClassifier
 
 PR_SET_NAME = 15  # prctl option: the calling thread's name (15 bytes and a NUL)
-SAMPLE_S = 0.25
+SAMPLE_S = 0.1
 SAMPLER_NAME = "bench-probe"
-NAMES_EVERY = 8  # samples between two readings of every thread's name
+NAMES_EVERY = 20  # samples between two readings of every thread's name
 
 
 def name_this_thread(name: str) -> None:
@@ -144,8 +144,8 @@ class Sampler:
             self.samples.append(sample(self.clock, names))
 
     def dump(self, path: Path) -> None:
+        """At exit; no last sample: the stage threads have ended by now, their CPU with them."""
         self._stop.set()
-        self.samples.append(sample(self.clock, {}))
         record = {"pid": os.getpid(), "samples": self.samples}
         path.write_text(json.dumps(record), encoding="utf-8")
 
