@@ -14,7 +14,7 @@ DEMO_MODEL := models/demo
 SHIPPED_MODEL := models/dmr-lite0-probe
 DEMO_DIR := var/demo
 
-.PHONY: setup apt test test-fast lint format demo model bench evaluate evaluate-cnn clean
+.PHONY: setup apt test test-fast lint format demo model bench evaluate evaluate-cnn chaos clean
 
 setup: $(STAMP)
 
@@ -59,6 +59,12 @@ demo: model
 	$(BIN)/python -m pipeline.devtools.demo --model $(DEMO_MODEL) --workdir $(DEMO_DIR)
 
 # the shipped model first, then the demo ResNet18; every source kind, live 10 min at 30 and 120 fps
+# The fault campaign (not part of `make test`): broker, logger and pipeline SIGKILLs, a removed
+# logger database, poison payloads, a client-id takeover, against real processes on loopback;
+# prints sent / stored / doubled / duplicates / gaps per case (a few minutes).
+chaos: setup
+	$(BIN)/python -m tests.chaos --repeat 3 --out results/chaos.md
+
 bench: model
 	@test -f $(SHIPPED_MODEL)/model.json || { echo "make bench: $(SHIPPED_MODEL) is missing;" \
 		"build the shipped model first (make evaluate)"; exit 2; }

@@ -127,7 +127,7 @@ class ClassifyWorker:
     def classify(self, frame: Frame) -> Classified:
         gray = render(frame, self.options.preprocess)
         prediction = self.classifier.classify(gray)
-        thermal = ThermalStats.of(frame.celsius())
+        thermal = ThermalStats.of_frame(frame)
         latency_ms = (time.monotonic_ns() - frame.capture_mono_ns) / 1e6
         self.counters.record_classified(latency_ms, prediction.inference_ms)
         return Classified(frame, gray, prediction, thermal, latency_ms)

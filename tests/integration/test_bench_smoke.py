@@ -72,7 +72,7 @@ def test_quick_bench_writes_a_well_formed_report(
     assert rep["bare"]["cpu_ms_per_frame"] > 0
     # per-thread CPU of the DMR replay: the probe named the threads and timed the inferences
     cpu = rep["replay"]["dmr"]["cpu"]
-    assert cpu is not None and cpu["frames"] >= 1
+    assert cpu is not None and cpu["frames"] >= 1, cpu
     groups = cpu["cpu_ms_per_frame"]
     assert groups[MODEL] > 0 and groups["folder decode"] > 0 and groups["publish"] > 0
     assert math.isclose(cpu["total_ms_per_frame"], sum(groups.values()), rel_tol=1e-3)

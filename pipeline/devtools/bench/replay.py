@@ -62,20 +62,28 @@ def runner_config(rig: Rig, device: str, model_dir: Path, mode: str, loop: bool 
     return path
 
 
-def inference_calls(record: Path) -> list[list[int]]:
-    """What the probe recorded: [start, end monotonic ns, thread CPU ns] per inference."""
+def probe_record(path: Path) -> dict[str, Any]:
+    """What the probe wrote at the child's exit: its pid and its CPU samples."""
     try:
-        calls: list[list[int]] = json.loads(record.read_text(encoding="utf-8"))["inference"]
+        record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(record["pid"], int) or not isinstance(record["samples"], list):
+            raise ValueError("pid and samples expected")
     except (OSError, ValueError, KeyError) as exc:
-        raise BenchError(f"{record}: the probed run left no inference record ({exc})") from None
-    return calls
+        raise BenchError(f"{path}: the probed run left no CPU samples ({exc})") from None
+    return record
 
 
 def measure_replay(
-    rig: Rig, model_dir: Path, recording: Recording, frames: int, device: str
+    rig: Rig,
+    model_dir: Path,
+    recording: Recording,
+    frames: int,
+    device: str,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """`thermoscreen run SOURCE --max-frames N` to completion; throughput where the results
-    arrive; CPU per result over the steady part (10% to 90% of the results)."""
+    arrive; CPU per result over the steady part (10% to 90% of the results). `env` runs
+    another checkout of the code (its PYTHONPATH) for A/B comparisons."""
     cfg = runner_config(rig, device, model_dir, "replay", loop=recording.loop)
     record = rig.workdir / f"{device}.probe.json"
     rig.collector.take()
@@ -89,7 +97,7 @@ def measure_replay(
     cmd = [*probed_cmd(record), "run", recording.uri, "--config", str(cfg)]
     cmd += ["--max-frames", str(frames)]
     what = f"thermoscreen run ({recording.kind} replay)"
-    run = checked(run_child(cmd, timeout_s=60 + frames, on_poll=window), what)
+    run = checked(run_child(cmd, timeout_s=60 + frames, env=env, on_poll=window), what)
     time.sleep(SETTLE_S)
     results = results_of(rig.collector.take(), device)
     if not results:
@@ -109,7 +117,7 @@ def measure_replay(
         "first_result_s": results[0].recv_mono_s - run.start_mono_s,
         "wall_s": run.wall_s,
         "max_rss_mb": run.max_rss_mb,
-        "cpu": breakdown(window, inference_calls(record)),
+        "cpu": breakdown(window, probe_record(record)),
     }
 
 

@@ -150,6 +150,11 @@ def cpu_breakdown(report: dict[str, Any]) -> list[str]:
         ("**non-model**", "non_model_ms_per_frame"),
     ):
         lines.append(f"| {label} | " + " | ".join(fmt(cpu[key], 3) for _, cpu in runs) + " |")
+    for label, key, digits in (
+        ("minor page faults per frame", "page_faults_per_frame", 0),
+        ("kernel share of the process's CPU", "system_cpu_share", 2),
+    ):
+        lines.append(f"| {label} | " + " | ".join(fmt(c.get(key), digits) for _, c in runs) + " |")
     broker = [fmt(cpu["others_ms_per_frame"].get("broker"), 3) for _, cpu in runs]
     lines.append("| mosquitto (another process) | " + " | ".join(broker) + " |")
     return [*lines, ""]
