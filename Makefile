@@ -9,11 +9,12 @@ APT_PACKAGES := gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugin
 	gstreamer1.0-libav gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 \
 	libgirepository1.0-dev libcairo2-dev pkg-config gcc python3-venv python3-dev \
 	mosquitto mosquitto-clients openssl postgresql \
-	gstreamer1.0-plugins-ugly chromium chromium-driver
+	gstreamer1.0-plugins-ugly chromium chromium-driver gir1.2-gst-rtsp-server-1.0
 DEMO_MODEL := models/demo
+SHIPPED_MODEL := models/dmr-lite0-probe
 DEMO_DIR := var/demo
 
-.PHONY: setup apt test test-fast lint format demo model bench evaluate evaluate-cnn clean
+.PHONY: setup apt test test-fast lint format demo model bench evaluate evaluate-cnn chaos clean
 
 setup: $(STAMP)
 
@@ -57,9 +58,18 @@ $(DEMO_MODEL)/model.json: | setup
 demo: model
 	$(BIN)/python -m pipeline.devtools.demo --model $(DEMO_MODEL) --workdir $(DEMO_DIR)
 
+# the shipped model first, then the demo ResNet18; every source kind, live 10 min at 30 and 120 fps
+# The fault campaign (not part of `make test`): broker, logger and pipeline SIGKILLs, a removed
+# logger database, poison payloads, a client-id takeover, against real processes on loopback;
+# prints sent / stored / doubled / duplicates / gaps per case (a few minutes).
+chaos: setup
+	$(BIN)/python -m tests.chaos --repeat 3 --out results/chaos.md
+
 bench: model
-	$(BIN)/thermoscreen bench --model $(DEMO_MODEL) --torch-checkpoint $(DEMO_DIR)/run/best.pt \
-		--out results
+	@test -f $(SHIPPED_MODEL)/model.json || { echo "make bench: $(SHIPPED_MODEL) is missing;" \
+		"build the shipped model first (make evaluate)"; exit 2; }
+	$(BIN)/thermoscreen bench --model $(SHIPPED_MODEL) --model $(DEMO_MODEL) \
+		--torch-checkpoint $(DEMO_DIR)/run/best.pt --data ../shared/data/dmr-ir-frontal --out results
 
 # the frozen-Lite0 study: nested CV over 5 split seeds, checks, export, hold-out (605 s measured
 # on one thread)

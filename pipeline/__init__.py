@@ -1,7 +1,7 @@
 """thermoscreen runtime: capture, preprocess, classify, session, publish.
 
 Thermography is cleared only as an adjunct to mammography; nothing here is a diagnosis.
-This package must never import torch (see tests/unit/test_no_torch.py).
+This package never imports torch or training (tests/unit/test_architecture.py checks it).
 """
 
 DISCLAIMER = (

@@ -16,7 +16,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pipeline.exam.config import ExamConfig
 from pipeline.preprocess import PreprocessConfig
+from pipeline.types import ID_PATTERN
 
 ENV_PREFIX = "THERMOSCREEN_"
 ENV_MQTT_USERNAME = "THERMOSCREEN_MQTT_USERNAME"
@@ -44,7 +46,9 @@ class MqttConfig(_Strict):
     port: int = Field(default=1883, ge=1, le=65535, description="Broker port (8883 for TLS).")
     topic_prefix: str = Field(default="thermoscreen", description="First topic level.")
     client_id: str | None = Field(
-        default=None, description="MQTT client id; default thermoscreen-<device_id>."
+        default=None,
+        pattern=ID_PATTERN,
+        description="MQTT client id; default thermoscreen-<device_id>.",
     )
     keepalive_s: int = Field(default=30, ge=5, description="MQTT keepalive in seconds.")
     reconnect_min_s: float = Field(default=1.0, gt=0, description="First reconnect delay.")
@@ -92,11 +96,28 @@ class OutboxConfig(_Strict):
         description="SQLite synchronous mode: normal survives a crash of the process (WAL); "
         "full also survives a power cut, at one fsync per result.",
     )
+    confirm: Literal["auto", "broker", "logger"] = Field(
+        default="auto",
+        description="When a result leaves the outbox. logger: when a logger's `stored` message "
+        "confirms it (survives a broker crash; set it where `thermoscreen log` runs). broker: "
+        "at the broker's PUBACK (no logger deployed). auto: broker until a logger has confirmed "
+        "a result to this outbox once, logger from then on.",
+    )
+    confirm_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Re-send a result the broker acknowledged when no logger confirmation has "
+        "arrived for this long (doubling per re-send, up to 300 s).",
+    )
+    retention_s: float = Field(
+        default=7 * 86400.0,
+        gt=0,
+        description="An acknowledged result no logger confirms within this long leaves the "
+        "outbox, counted as unconfirmed.",
+    )
 
 
 # --- the runner's settings -------------------------------------------------------------------
-
-_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 
 
 class CaptureConfig(_Strict):
@@ -116,6 +137,17 @@ class CaptureConfig(_Strict):
     jetson: bool = Field(
         default=False, description="Use Jetson elements (nvv4l2decoder, nvvidconv) in pipelines."
     )
+    max_frame_width: int = Field(
+        default=4096,
+        ge=1,
+        description="Widest frame accepted (pixels); wider images and streams are refused "
+        "from their header or caps before they are decoded.",
+    )
+    max_frame_height: int = Field(
+        default=4096,
+        ge=1,
+        description="Tallest frame accepted (pixels); see max_frame_width.",
+    )
     loop: bool = Field(default=False, description="Restart a recording at its end (demo kiosks).")
     reconnect_min_s: float = Field(
         default=1.0, gt=0, description="First delay before rebuilding a lost live source."
@@ -133,6 +165,12 @@ class CaptureConfig(_Strict):
         default=0.5,
         gt=0,
         description="How long one read waits for a frame before re-checking stop.",
+    )
+    decode_workers: int | None = Field(
+        default=None,
+        ge=0,
+        description="Folder replays (matrices, PNGs): files decoded ahead at once, in order, on "
+        "their own threads; null: one per core, at most 2; 0: each file on the capture thread.",
     )
 
 
@@ -217,10 +255,10 @@ class AppConfig(_Strict):
     """Everything `thermoscreen run` needs, from config/*.yaml, THERMOSCREEN_* and CLI flags."""
 
     device_id: str = Field(
-        default="edge-01", pattern=_ID_PATTERN, description="This device's id (MQTT topic level)."
+        default="edge-01", pattern=ID_PATTERN, description="This device's id (MQTT topic level)."
     )
     camera_id: str = Field(
-        default="cam0", pattern=_ID_PATTERN, description="This camera's id (MQTT topic level)."
+        default="cam0", pattern=ID_PATTERN, description="This camera's id (MQTT topic level)."
     )
     source: str | None = Field(
         default=None,
@@ -244,6 +282,10 @@ class AppConfig(_Strict):
     )
     session: SessionConfig = Field(
         default_factory=SessionConfig, description="Verdict smoothing and state publishing."
+    )
+    exam: ExamConfig = Field(
+        default_factory=ExamConfig,
+        description="The screening exam: records folder, acclimatization and quality gates.",
     )
     queues: QueueConfig = Field(default_factory=QueueConfig, description="Queue sizes.")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="Broker connection.")

@@ -51,9 +51,11 @@ from pipeline.manifest import (
 )
 from pipeline.preprocess import model_input, render
 from training import datasets, metrics
-from training.evaluate import _items_for_split, positive_index, score_with_model_dir
 
 log = logging.getLogger(__name__)
+# onnxruntime.quantization logs every bias copy at INFO on the root logger: the CLI keeps the
+# root at WARNING for this command (`pipeline.cli.setup_logging`).
+LOG_LEVEL = "WARNING"
 
 F32 = npt.NDArray[np.float32]
 
@@ -89,6 +91,8 @@ def calibration_files(model: ModelDir, folder: Path, split: str | None) -> list[
     split_ids = model.manifest.data.get("split_patients")
     if split == "all" or (split is None and not split_ids):
         return list_thermograms(folder)
+    from training.evaluate import _items_for_split  # loads torch: only for a split's patients
+
     items = _items_for_split(datasets.scan(folder), split_ids, split or "train")
     return sorted({it.path for it in items})
 
@@ -143,6 +147,8 @@ def agreement(fp32: Path, int8: Path, input_name: str, tensors: list[F32]) -> Ag
 def auc_change(fp32_dir: Path, int8_dir: Path, data: Path, split: str | None) -> dict[str, Any]:
     """ROC AUC of both models on the evaluation set, per image and per patient, scored through
     serving's path (render -> model_input -> ONNX Runtime), and how much INT8 moved it."""
+    from training.evaluate import _items_for_split, positive_index, score_with_model_dir  # torch
+
     fp32 = load_model_dir(fp32_dir)
     split_ids = fp32.manifest.data.get("split_patients")
     split = split or ("test" if split_ids else "all")
@@ -288,9 +294,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    # onnxruntime.quantization logs every bias copy at INFO on the root logger: keep it quiet.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.INFO)  # our own lines, while the root logger stays at LOG_LEVEL
     if args.max_images < 1 or args.check_images < 1:
         print(
             "thermoscreen quantize: --max-images and --check-images must be >= 1", file=sys.stderr

@@ -14,22 +14,16 @@ in the `rejects` table with its raw bytes and counted; it never stops the logger
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import re
-import signal
-import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -41,26 +35,31 @@ from pipeline.config import (
     MqttConfig,
     load_config,
 )
-from pipeline.logger.store import Store, StoreError, open_store
-from pipeline.mqtt.payload import schema_errors
+from pipeline.logger.store import Store, StoreError, StoreFileError, open_store
+from pipeline.logger.writer import Counters, Incoming, Limits, store_batch
+from pipeline.mqtt.client import (
+    Backoff,
+    Client,
+    MqttSetupError,
+    add_broker_arguments,
+    broker_overrides,
+    closed_before_connack,
+    connack_refusal,
+    connect_properties,
+    describe_connect_error,
+    make_client,
+)
+from pipeline.mqtt.delivery import Kept, stored_messages, stored_topic
+from pipeline.mqtt.payload import encode
+from pipeline.signals import stop_on_signals
 
 log = logging.getLogger("thermoscreen.logger")
 
-_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-STATUS_VALUES = frozenset({"online", "stopped", "offline"})
-# CONNACK reasons that retrying cannot fix: exit with one line instead of looping forever.
-_FATAL_CONNACK = {
-    "Unsupported protocol version",
-    "Client identifier not valid",
-    "Bad user name or password",
-    "Not authorized",
-    "Banned",
-    "Bad authentication method",
-}
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_REFUSED = 3
 EXIT_DATABASE = 4
+CLOSED_EARLY_FATAL = 3  # connections in a row closed before a CONNACK: give up with the fix
 
 
 class LoggerError(Exception):
@@ -86,46 +85,6 @@ class LoggerOptions:
     max_messages: int | None = None
 
 
-@dataclass
-class Counters:
-    stored: int = 0
-    duplicates: int = 0
-    rejects: int = 0
-    states: int = 0
-    sessions: int = 0
-    statuses: int = 0
-    ignored: int = 0
-
-    def line(self) -> str:
-        return (
-            f"stored={self.stored} duplicates={self.duplicates} rejects={self.rejects} "
-            f"states={self.states} sessions={self.sessions} statuses={self.statuses} "
-            f"ignored={self.ignored}"
-        )
-
-    @property
-    def handled(self) -> int:
-        return (
-            self.stored + self.duplicates + self.rejects + self.states + self.sessions
-            + self.statuses + self.ignored
-        )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Incoming:
-    topic: str
-    payload: bytes
-    mid: int
-    qos: int
-    generation: int  # which connection delivered it: acks go only to that connection
-    received_ts: float
-
-
-@dataclass(frozen=True)
-class Reject:
-    reason: str
-
-
 def subscriptions(prefix: str, extra: tuple[str, ...] = ()) -> list[str]:
     """The topic filters of the MQTT contract plus extra ones, without overlaps.
 
@@ -149,84 +108,6 @@ def _covers(wide: str, narrow: str) -> bool:
     return bool(mqtt.topic_matches_sub(wide, sample))
 
 
-# --- routing and validation (pure: tested without a broker) ----------------------------------
-
-
-def classify(
-    topic: str, raw: bytes, prefix: str, max_payload_bytes: int
-) -> tuple[str, list[str], Any] | Reject:
-    """(kind, topic ids, decoded payload) for a valid message, else the reason to reject it.
-
-    kind is one of result, state, session, status, stats; ids are [device] or [device, camera].
-    """
-    if len(raw) > max_payload_bytes:
-        return Reject(f"oversized: {len(raw)} bytes > limit {max_payload_bytes}")
-    parts = topic.split("/")
-    if parts[0] != prefix or len(parts) not in (3, 4):
-        return Reject(f"unknown topic (expected {prefix}/<device>[/<camera>]/<kind>)")
-    ids, kind = parts[1:-1], parts[-1]
-    known = {3: ("status", "stats"), 4: ("result", "state", "session")}[len(parts)]
-    if kind not in known:
-        return Reject(f"unknown topic kind {kind!r} (expected one of {', '.join(known)})")
-    bad = [i for i in ids if not _ID.match(i)]
-    if bad:
-        return Reject(f"unknown topic: id {bad[0]!r} is not [A-Za-z0-9_.-]{{1,64}}")
-    if kind == "stats":
-        return kind, ids, None
-    if kind == "status":
-        text = raw.decode("utf-8", errors="replace").strip()
-        if text not in STATUS_VALUES:
-            return Reject(f"status: {text[:40]!r} is not one of {', '.join(sorted(STATUS_VALUES))}")
-        return kind, ids, text
-    try:
-        payload = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return Reject(f"not valid JSON: {exc}")
-    if not isinstance(payload, dict):
-        return Reject(f"not a JSON object: {type(payload).__name__}")
-    errors = schema_errors(payload, kind)  # result, state and session each have a schema
-    if errors:
-        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-        return Reject(f"{kind} schema: {errors[0]}{more}")
-    if [payload["device_id"], payload["camera_id"]] != ids:
-        return Reject(
-            f"topic ids {'/'.join(ids)} differ from payload "
-            f"{payload['device_id']}/{payload['camera_id']}"
-        )
-    return kind, ids, payload
-
-
-def store_message(
-    store: Store, msg: Incoming, prefix: str, opts: LoggerOptions, counters: Counters
-) -> None:
-    """Write one message (or its reject) into the open transaction and count it."""
-    outcome = classify(msg.topic, msg.payload, prefix, opts.max_payload_bytes)
-    if isinstance(outcome, Reject):
-        raw = msg.payload[: opts.reject_keep_bytes]
-        store.add_reject(msg.topic, raw, len(msg.payload), outcome.reason, msg.received_ts)
-        counters.rejects += 1
-        log.warning("reject %s (%d bytes): %s", msg.topic, len(msg.payload), outcome.reason)
-        # the raw bytes are kept whole unless oversized; size_bytes records the original length
-        return
-    kind, ids, payload = outcome
-    if kind == "result":
-        if store.add_result(payload, msg.received_ts):
-            counters.stored += 1
-        else:
-            counters.duplicates += 1
-    elif kind == "state":
-        store.set_state(ids[0], ids[1], payload, msg.received_ts)
-        counters.states += 1
-    elif kind == "session":
-        store.add_session(ids[0], ids[1], payload["session_id"], payload, msg.received_ts)
-        counters.sessions += 1
-    elif kind == "status":
-        store.set_status(ids[0], payload, msg.received_ts)
-        counters.statuses += 1
-    else:
-        counters.ignored += 1  # stats: live telemetry, not stored
-
-
 # --- the MQTT side ---------------------------------------------------------------------------
 
 
@@ -241,29 +122,25 @@ class _Link:
     subscribed: bool = False
     session_present: bool = False
     fatal: str | None = None
+    confirm_refused: bool = False  # warned once that the ACL refuses `stored` messages
 
 
-def _make_client(cfg: MqttConfig, opts: LoggerOptions, link: _Link) -> mqtt.Client:
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=opts.client_id,
-        protocol=MQTTProtocolVersion.MQTTv5,
-        manual_ack=True,
-    )
-    username = cfg.resolved_username()
-    if username:
-        client.username_pw_set(username, MqttConfig.password())
-    if cfg.tls.enabled:
-        _set_tls(client, cfg)
+def _make_client(cfg: MqttConfig, opts: LoggerOptions, link: _Link) -> Client:
+    try:
+        client = make_client(cfg, opts.client_id, manual_ack=True)
+    except MqttSetupError as exc:
+        raise LoggerError(str(exc), EXIT_CONFIG) from exc
 
     def on_connect(
         _c: mqtt.Client, _u: Any, flags: Any, rc: ReasonCode, _p: Properties | None
     ) -> None:
+        client.connack_received()
         if rc.is_failure:
-            if str(rc) in _FATAL_CONNACK:
-                link.fatal = f"broker {cfg.host}:{cfg.port} refused the connection: {rc}"
+            message, fatal = connack_refusal(rc, cfg.host, cfg.port)
+            if fatal:
+                link.fatal = message
             else:
-                log.warning("broker %s:%d refused the connection: %s", cfg.host, cfg.port, rc)
+                log.warning("%s; retrying", message)
             return
         link.generation += 1
         link.connected = True
@@ -286,6 +163,16 @@ def _make_client(cfg: MqttConfig, opts: LoggerOptions, link: _Link) -> mqtt.Clie
         link.subscribed = True
         log.info("logger: subscribed, %d filters granted", len(codes))
 
+    def on_publish(_c: mqtt.Client, _u: Any, _mid: int, rc: ReasonCode, _p: Properties) -> None:
+        if rc.is_failure and not link.confirm_refused:
+            link.confirm_refused = True
+            log.warning(
+                "logger: the broker refused a `stored` confirmation (%s %s): devices that confirm "
+                "through a logger keep and re-send their results; let this account publish "
+                "%s/+/+/stored (config/mosquitto/acl)",
+                rc.value, rc, cfg.topic_prefix,
+            )  # fmt: skip
+
     def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         link.inbox.append(
             Incoming(msg.topic, bytes(msg.payload), msg.mid, msg.qos, link.generation, time.time())
@@ -295,36 +182,17 @@ def _make_client(cfg: MqttConfig, opts: LoggerOptions, link: _Link) -> mqtt.Clie
     client.on_disconnect = on_disconnect
     client.on_subscribe = on_subscribe
     client.on_message = on_message
+    client.on_publish = on_publish
     return client
 
 
-def _set_tls(client: mqtt.Client, cfg: MqttConfig) -> None:
-    tls = cfg.tls
-    for name, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file)):
-        if path is not None and not Path(path).is_file():
-            raise LoggerError(
-                f"mqtt.tls.{name}: {path} not found; give an existing PEM file", EXIT_CONFIG
-            )
-    try:
-        client.tls_set(
-            ca_certs=str(tls.ca_file) if tls.ca_file else None,
-            certfile=str(tls.cert_file) if tls.cert_file else None,
-            keyfile=str(tls.key_file) if tls.key_file else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
-    except (ssl.SSLError, OSError) as exc:
-        raise LoggerError(
-            f"mqtt.tls: cannot load certificates ({exc}); check the PEM files", EXIT_CONFIG
-        ) from exc
-    client.tls_insecure_set(tls.insecure)
-
-
 def _connect(client: mqtt.Client, cfg: MqttConfig) -> None:
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = cfg.session_expiry_s
     client.connect(
-        cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=False, properties=props
+        cfg.host,
+        cfg.port,
+        keepalive=cfg.keepalive_s,
+        clean_start=False,
+        properties=connect_properties(cfg.session_expiry_s),
     )
 
 
@@ -346,54 +214,85 @@ class Logger:
             store.close()
             raise
         self._filters = subscriptions(cfg.topic_prefix, opts.extra_filters)
+        self._limits = Limits(cfg.topic_prefix, opts.max_payload_bytes, opts.reject_keep_bytes)
+        self._closed_early = 0  # connections in a row closed before their CONNACK
+
+    @property
+    def subscribed(self) -> bool:
+        """The broker has granted the subscriptions of the current connection."""
+        return self._link.subscribed
 
     def run(self) -> Counters:
         """Until stopped, idle, or max messages; raises LoggerError on a fatal condition."""
         try:
             self._loop()
+            self._check_store()  # an exit 0 says that what was acknowledged is in the file
         finally:
             self._client.disconnect()
             self.store.close()
         return self.counters
 
     def _loop(self) -> None:
-        delay = self.cfg.reconnect_min_s
-        last_stats = last_message = time.monotonic()
+        backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
+        last_stats = last_tick = time.monotonic()
+        idle_s = 0.0  # connected and subscribed without a message (time offline is not idle)
         online = False
         while not self.stop.is_set():
             if not online:
                 online = self._try_connect()
                 if not online:
-                    self.stop.wait(delay)
-                    delay = min(delay * 2, self.cfg.reconnect_max_s)
+                    self.stop.wait(backoff.next())
                     continue
             rc = self._receive()
             if self._link.fatal:
-                raise LoggerError(self._link.fatal + _auth_hint(self._link.fatal), EXIT_REFUSED)
+                raise LoggerError(self._link.fatal, EXIT_REFUSED)
             if self._link.need_subscribe:
                 self._subscribe()
-                delay = self.cfg.reconnect_min_s
+                backoff.reset()
+            now = time.monotonic()
+            idle_s = idle_s + (now - last_tick) if self._link.subscribed else idle_s
+            last_tick = now
             if self._link.inbox:
                 self._write_batch()
-                last_message = time.monotonic()
+                idle_s = 0.0
                 if self.opts.max_messages and self.counters.handled >= self.opts.max_messages:
                     return
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                log.warning(
-                    "lost broker %s:%d (%s); reconnecting in %.0f s", *self._where(), rc.name, delay
-                )
                 online = False
-                self.stop.wait(delay)
-                delay = min(delay * 2, self.cfg.reconnect_max_s)
+                self._lost(rc, backoff.next())
                 continue
-            now = time.monotonic()
             if now - last_stats >= self.opts.stats_interval_s:
                 log.info("logger: %s", self.counters.line())
+                self._check_store()
                 last_stats = now
             idle = self.opts.exit_after_idle_s
-            if idle is not None and self._link.subscribed and now - last_message >= idle:
-                log.info("logger: idle for %.1f s, exiting", idle)
+            if idle is not None and idle_s >= idle:
+                log.info("logger: idle for %.1f s while connected, exiting", idle)
                 return
+
+    def _lost(self, rc: MQTTErrorCode, delay: float) -> None:
+        """The connection ended: say why and wait before retrying. A broker that keeps closing
+        the connection before its CONNACK is, in practice, a TLS port dialled without TLS:
+        after a few tries that is a fatal error with the fix."""
+        self._link.connected = self._link.subscribed = False
+        if self._client.awaiting_connack:
+            self._closed_early += 1
+            line = closed_before_connack(*self._where(), self.cfg.tls.enabled)
+            if self._closed_early >= CLOSED_EARLY_FATAL:
+                raise LoggerError(line, EXIT_REFUSED)
+        else:
+            self._closed_early = 0
+            line = f"lost broker {self.cfg.host}:{self.cfg.port} ({rc.name})"
+        log.warning("%s; reconnecting in %.1f s", line, delay)
+        self.stop.wait(delay)
+
+    def _check_store(self) -> None:
+        try:
+            self.store.check()
+        except StoreError as exc:
+            raise LoggerError(
+                f"database {exc}; nothing more was acknowledged", EXIT_DATABASE
+            ) from exc
 
     def _receive(self) -> MQTTErrorCode:
         """Wait up to 0.2 s for traffic, then read what is already there, up to a batch.
@@ -416,20 +315,11 @@ class Logger:
         try:
             _connect(self._client, self.cfg)
             return True
-        except ssl.SSLCertVerificationError as exc:
-            raise LoggerError(
-                f"TLS: cannot verify broker {self.cfg.host}:{self.cfg.port} "
-                f"({exc.verify_message}); give the CA that signed its certificate with --tls-ca",
-                EXIT_REFUSED,
-            ) from exc
-        except ssl.SSLError as exc:
-            raise LoggerError(
-                f"TLS handshake with {self.cfg.host}:{self.cfg.port} failed ({exc.reason}); "
-                "check that the port is a TLS listener and --tls-ca",
-                EXIT_REFUSED,
-            ) from exc
         except OSError as exc:
-            log.warning("cannot reach broker %s:%d (%s); retrying", *self._where(), exc)
+            line, fatal = describe_connect_error(exc, *self._where())
+            if fatal:
+                raise LoggerError(line, EXIT_REFUSED) from exc
+            log.warning("%s; retrying", line)
             return False
 
     def _subscribe(self) -> None:
@@ -444,27 +334,30 @@ class Logger:
 
     def _write_batch(self) -> None:
         batch, self._link.inbox = self._link.inbox, []
-        before = Counters(**vars(self.counters))
+        kept: list[Kept] = []
         try:
-            for msg in batch:
-                store_message(self.store, msg, self.cfg.topic_prefix, self.opts, self.counters)
-            self.store.commit()
+            self.store.check()  # before SQLite touches files someone made unwritable (SIGBUS)
+            counters = store_batch(self.store, batch, self._limits, self.counters, kept)
+            self.store.check()  # the commit went to the file at the path: acknowledge it
         except StoreError as exc:
-            self.counters = before
             raise LoggerError(
                 f"database {exc}; nothing of this batch was acknowledged: the broker re-sends it "
                 "when the logger restarts",
                 EXIT_DATABASE,
             ) from exc
+        self.counters = counters
         for msg in batch:
             if msg.qos > 0 and msg.generation == self._link.generation and self._link.connected:
                 self._client.ack(msg.mid, msg.qos)
+        self._confirm(kept)
 
-
-def _auth_hint(line: str) -> str:
-    if "user name or password" in line or "Not authorized" in line:
-        return f"; check ${ENV_MQTT_USERNAME} and ${ENV_MQTT_PASSWORD}"
-    return ""
+    def _confirm(self, kept: list[Kept]) -> None:
+        """Tell each sender what is now stored (`stored` topic): its outbox lets go of it."""
+        if not self._link.connected:
+            return  # the senders re-send what stays unconfirmed; the next batch confirms it
+        for device, camera, payload in stored_messages(kept, self.opts.client_id):
+            topic = stored_topic(self.cfg.topic_prefix, device, camera)
+            self._client.publish(topic, encode(payload), qos=1)
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -485,11 +378,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{DISCLAIMER}"
     )
     parser.add_argument("--config", type=Path, help="YAML config; its `mqtt` section is used")
-    parser.add_argument("--broker", help="HOST:PORT of the broker (overrides the config)")
-    parser.add_argument("--username", help=f"MQTT user name (else ${ENV_MQTT_USERNAME})")
-    parser.add_argument("--tls", action="store_true", help="connect with TLS")
-    parser.add_argument("--tls-ca", type=Path, help="CA certificate that signed the broker's")
-    parser.add_argument("--topic-prefix", help="first topic level (default thermoscreen)")
+    add_broker_arguments(parser)
     parser.add_argument(
         "--db",
         default="var/results.sqlite",
@@ -528,41 +417,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _mqtt_config(args: argparse.Namespace) -> MqttConfig:
-    overrides: dict[str, Any] = {}
-    if args.broker:
-        host, sep, port = str(args.broker).rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ConfigError(f"--broker {args.broker!r}: expected HOST:PORT, e.g. 127.0.0.1:1883")
-        overrides["mqtt.host"], overrides["mqtt.port"] = host, int(port)
-    if args.username:
-        overrides["mqtt.username"] = args.username
-    if args.topic_prefix:
-        overrides["mqtt.topic_prefix"] = args.topic_prefix
-    if args.tls or args.tls_ca:
-        overrides["mqtt.tls.enabled"] = True
-    if args.tls_ca:
-        overrides["mqtt.tls.ca_file"] = args.tls_ca
-    return load_config(args.config, overrides).mqtt
-
-
-def _install_signals(stop: threading.Event) -> Callable[[], None]:
-    def handler(signum: int, _frame: object) -> None:
-        log.info("logger: %s received, finishing", signal.Signals(signum).name)
-        stop.set()
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def restore() -> None:
-        for sig, previous in old.items():
-            signal.signal(sig, previous)
-
-    return restore
+    return load_config(args.config, broker_overrides(args)).mqtt
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     opts = LoggerOptions(
         db=args.db,
         client_id=args.client_id,
@@ -577,15 +435,12 @@ def main(args: argparse.Namespace) -> int:
         store = open_store(opts.db)
     except (ConfigError, StoreError) as exc:
         print(f"thermoscreen log: {exc}", file=sys.stderr, flush=True)
-        return EXIT_CONFIG
-    stop = threading.Event()
-    restore = _install_signals(stop)
+        return EXIT_DATABASE if isinstance(exc, StoreFileError) else EXIT_CONFIG
     try:
-        counters = Logger(cfg, opts, store, stop).run()
+        with stop_on_signals(threading.Event(), "logger finishing") as stop:
+            counters = Logger(cfg, opts, store, stop).run()
     except LoggerError as exc:
         print(f"thermoscreen log: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
-    finally:
-        restore()
     log.info("logger: finished: %s", counters.line())
     return EXIT_OK

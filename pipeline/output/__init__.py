@@ -1,1 +1,2 @@
-"""The annotated output stage: overlays drawn on the rendered frame, written through GStreamer."""
+"""The annotated output stage: `base` (the Output contract, options, URIs), `overlay` (what is
+drawn on the rendered frame) and `gst` (the GStreamer sinks that write it)."""

@@ -18,14 +18,15 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pipeline.mqtt.payload import rfc3339_ms
 from pipeline.types import Frame, FrameResult, ModelInfo, Prediction, ThermalStats
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # the state message
+SUMMARY_SCHEMA_VERSION = 2  # the session summary (2: `dropped_seq`)
 EndReason = Literal["eos", "stopped", "error"]
 Mode = Literal["live", "replay"]
 
@@ -232,13 +233,19 @@ class Session:
             }
         return payload
 
-    def summary_payload(self, drops: Mapping[str, int] | None = None) -> dict[str, Any]:
-        """The `session` message sent once when the session ends."""
+    def summary_payload(
+        self,
+        drops: Mapping[str, int] | None = None,
+        dropped_seq: Sequence[tuple[int, int]] = (),
+    ) -> dict[str, Any]:
+        """The `session` message sent once when the session ends; `dropped_seq` names the seq
+        ranges of results that never left this device (dropped at a full outbox)."""
         if self.ended_ts is None or self.end_reason is None:
             raise RuntimeError("call end(reason) before summary_payload()")
         verdict = self.verdict()
         return {
             **self._header(),
+            "schema": SUMMARY_SCHEMA_VERSION,
             "ended": rfc3339_ms(self.ended_ts),
             "end_reason": self.end_reason,
             "source": self.source,
@@ -251,6 +258,7 @@ class Session:
                 "max": round(self._score_max, 6) if self.frames else None,
             },
             "drops": {k: int(v) for k, v in sorted((drops or {}).items())},
+            "dropped_seq": [[int(lo), int(hi)] for lo, hi in dropped_seq],
             "model": _model_dict(self.model),
         }
 

@@ -6,18 +6,15 @@ import os
 import time
 from pathlib import Path
 
-import gi
 import numpy as np
 import pytest
 
-gi.require_version("Gst", "1.0")
-from gi.repository import Gst  # noqa: E402
+from pipeline.capture.base import EndOfStream, Source, SourceError, SourceOptions
+from pipeline.capture.factory import open_source
+from pipeline.gstreamer import Gst
+from pipeline.types import Frame, FrameKind
+from tests.helpers.wait import wait_until
 
-from pipeline.capture.base import EndOfStream, Source, SourceError, SourceOptions  # noqa: E402
-from pipeline.capture.factory import open_source  # noqa: E402
-from pipeline.types import Frame, FrameKind  # noqa: E402
-
-Gst.init(None)
 FAST = SourceOptions(jetson=False, reconnect_min_s=0.05, reconnect_max_s=0.2, open_timeout_s=10)
 
 
@@ -40,6 +37,27 @@ def record(
     return path
 
 
+def test_elementary_and_container_mpeg4_replay_every_frame(tmp_path: Path) -> None:
+    """MPEG-4 Part 2 in an MP4 skips gst-plugins-bad's mpeg4videoparse (it drops the last frame
+    behind a demuxer); a bare elementary stream still needs a parser and keeps it."""
+    elementary = tmp_path / "rec.m4v"
+    launch = (
+        "videotestsrc num-buffers=12 ! video/x-raw,width=66,height=50,framerate=30/1 ! "
+        f'videoconvert ! avenc_mpeg4 ! filesink location="{elementary}"'
+    )
+    pipeline = Gst.parse_launch(launch)
+    pipeline.set_state(Gst.State.PLAYING)
+    pipeline.get_bus().timed_pop_filtered(30 * Gst.SECOND, Gst.MessageType.EOS)
+    pipeline.set_state(Gst.State.NULL)
+    for rec in (elementary, record(tmp_path / "rec.mp4", 12)):
+        source = open_source(f"file://{rec}", FAST)
+        source.open()
+        try:
+            assert [f.index for f in read_all(source)] == list(range(12)), rec.name
+        finally:
+            source.close()
+
+
 def read_all(source: Source, limit: int = 1000) -> list[Frame]:
     frames: list[Frame] = []
     with pytest.raises(EndOfStream):
@@ -48,15 +66,6 @@ def read_all(source: Source, limit: int = 1000) -> list[Frame]:
             if frame is not None:
                 frames.append(frame)
     return frames
-
-
-def wait_for(predicate, timeout_s: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_file_replay_delivers_every_frame_then_end(tmp_path: Path) -> None:
@@ -170,7 +179,7 @@ def test_live_newest_frame_wins_and_drops_are_counted() -> None:
     try:
         first = source.read(5.0)
         assert first is not None
-        assert wait_for(lambda: source.stats.dropped >= 3)  # a slow consumer
+        assert wait_until(lambda: source.stats.dropped >= 3)  # a slow consumer
         newest = source.read(5.0)
         assert newest is not None
         stats = source.stats
@@ -196,7 +205,7 @@ def test_live_rebuilds_after_end_of_stream() -> None:
                 indices.append(frame.index)
             return source.stats.rebuilds >= 2 and len(indices) > 8
 
-        assert wait_for(collect)
+        assert wait_until(collect)
     finally:
         source.close()
     assert indices == sorted(indices) and len(set(indices)) == len(indices)
@@ -212,7 +221,7 @@ def test_live_rebuild_with_backoff_survives_a_lost_file(tmp_path: Path) -> None:
     try:
         assert source.read(5.0) is not None
         rec.rename(away)  # the "device" disappears: rebuilds now fail and back off
-        assert wait_for(lambda: source.stats.errors >= 2)
+        assert wait_until(lambda: source.stats.errors >= 2)
         while source.read(0.05) is not None:  # drain frames from before the loss
             pass
         before = source.stats
@@ -226,7 +235,7 @@ def test_live_rebuild_with_backoff_survives_a_lost_file(tmp_path: Path) -> None:
                 got.append(frame)
             return bool(got)
 
-        assert wait_for(frame_again)
+        assert wait_until(frame_again)
         after = source.stats
     finally:
         source.close()
@@ -310,7 +319,7 @@ def test_replay_decoder_runs_on_one_thread_and_live_keeps_its_default(tmp_path: 
     live = open_source(live_uri, FAST)
     live.open()
     try:
-        assert wait_for(lambda: live.read(timeout_s=0.5) is not None)
+        assert wait_until(lambda: live.read(timeout_s=0.5) is not None)
         assert _decoder_threads(live) == {"avdec_mpeg4": 0}  # 0: libav picks per core
     finally:
         live.close()

@@ -16,13 +16,9 @@ from gi.repository import Gst, GstApp  # noqa: E402, F401
 
 from pipeline.capture.base import EndOfStream, SourceOptions  # noqa: E402
 from pipeline.capture.factory import open_source  # noqa: E402
-from pipeline.output.annotated import (  # noqa: E402
-    OutputError,
-    OutputOptions,
-    annotate,
-    describe_output,
-    open_output,
-)
+from pipeline.output.base import OutputError, OutputOptions  # noqa: E402
+from pipeline.output.gst import describe_output, open_output  # noqa: E402
+from pipeline.output.overlay import annotate  # noqa: E402
 from pipeline.types import Frame, Prediction, ThermalStats  # noqa: E402
 
 Gst.init(None)

@@ -27,6 +27,7 @@ from pipeline.mqtt.payload import schema_errors
 from pipeline.mqtt.publisher import Publisher, PublisherStopped
 from pipeline.types import FrameResult, ModelInfo, Prediction, ThermalStats, TopK
 from tests.conftest import REPO, Broker, free_port
+from tests.helpers.wait import wait_until
 
 DEVICE = "dev1"
 MODEL = ModelInfo(name="tiny", version="1", sha256="a" * 64, backend="onnxruntime")
@@ -117,15 +118,6 @@ class Collector:
         self.client.loop_stop()
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
-
-
 def retained(broker: Broker, topic: str) -> bytes | None:
     """What a new subscriber gets as the retained message on `topic` (None if nothing)."""
     got: list[bytes] = []
@@ -198,7 +190,7 @@ def test_results_arrive_in_order_schema_valid_with_expiry_and_status(
 
     assert pub.stop() is True
     stats = pub.stats()
-    assert stats["acked"] == 40 and stats["pending"] == 0 and stats["dropped_full"] == 0
+    assert stats.acked == 40 and stats.pending == 0 and stats.dropped_full == 0
     assert retained(broker, "thermoscreen/dev1/status") == b"stopped"
     with pytest.raises(PublisherStopped):
         pub.publish_result(make_result(40), MODEL)
@@ -217,7 +209,7 @@ def test_state_is_retained_session_durable_stats_qos0(
     assert (
         json.loads(collector.on("thermoscreen/dev1/cam0/session")[0].payload)["session_id"] == "s1"
     )
-    assert wait_until(lambda: pub.stats()["pending"] == 0)
+    assert wait_until(lambda: pub.stats().pending == 0)
     state = retained(broker, "thermoscreen/dev1/cam0/state")
     assert state is not None and json.loads(state) == {"verdict": "healthy", "frames": 3}
     assert retained(broker, "thermoscreen/dev1/stats") is None  # stats are not retained
@@ -231,7 +223,7 @@ def test_offline_state_keeps_only_the_newest_and_stats_are_dropped_and_counted(
     for frames in (1, 2, 3):
         pub.publish_state("cam0", {"verdict": "healthy", "frames": frames})
     pub.publish_stats({"fps": 1.0})
-    assert wait_until(lambda: pub.stats()["stats_dropped"] == 1)
+    assert wait_until(lambda: pub.stats().stats_dropped == 1)
     broker.start()
     assert wait_until(lambda: pub.connected)
     assert wait_until(lambda: retained(broker, "thermoscreen/dev1/cam0/state") is not None)
@@ -263,7 +255,7 @@ def test_broker_down_at_start_queues_then_delivers_exactly_the_set(
     broker.stop()
     pub = start_publisher(publishers, mqtt_config(broker), OutboxConfig(path=tmp_path / "o.sqlite"))
     sent = {pub.publish_result(make_result(i), MODEL) for i in range(30)}  # returns, no hang
-    assert pub.stats()["pending"] == 30
+    assert pub.stats().pending == 30
     assert wait_until(lambda: pub.last_error is not None)
     assert "connection refused" in str(pub.last_error)
     assert pub.connected is False and pub.fatal_error is None  # refused: retry, not fatal
@@ -272,7 +264,7 @@ def test_broker_down_at_start_queues_then_delivers_exactly_the_set(
     collector = Collector(broker)
     try:
         assert wait_until(lambda: set(collector.result_ids()) == sent)
-        assert wait_until(lambda: pub.stats()["pending"] == 0)
+        assert wait_until(lambda: pub.stats().pending == 0)
         assert pub.stop() is True
         assert set(collector.result_ids()) == sent
     finally:
@@ -301,14 +293,16 @@ def test_broker_restart_mid_stream_loses_no_result(
     producer.join(WAIT_S)
     assert not producer.is_alive()
 
-    delivered = wait_until(lambda: set(sent) <= set(collector.result_ids()))
-    missing = [sent.index(m) for m in set(sent) - set(collector.result_ids())]
-    assert delivered, f"missing seqs {sorted(missing)}; {pub.stats()}; {broker.log_text()[-3000:]}"
+    def missing() -> str:
+        seqs = sorted(sent.index(m) for m in set(sent) - set(collector.result_ids()))
+        return f"missing seqs {seqs}; {pub.stats()}; {broker.log_text()[-3000:]}"
+
+    wait_until(lambda: set(sent) <= set(collector.result_ids()), what=missing)
     assert pub.stop() is True
     received = collector.result_ids()
     assert set(received) == set(sent)  # at least once, none missing
     stats = pub.stats()
-    assert stats["reconnects"] >= 1 and stats["acked"] >= 300
+    assert stats.reconnects >= 1 and stats.acked >= 300
     online = [m for m in collector.on("thermoscreen/dev1/status") if m.payload == b"online"]
     assert len(online) >= 2  # `online` again after the reconnect
 
@@ -336,7 +330,7 @@ def test_block_when_full_waits_and_stop_releases_the_producer(
     assert pub.stop(flush_timeout_s=0.2) is False  # nothing could be acked
     t.join(WAIT_S)
     assert not t.is_alive() and len(outcome) == 1
-    assert pub.stats()["pending"] == 3 and pub.stats()["dropped_full"] == 0
+    assert pub.stats().pending == 3 and pub.stats().dropped_full == 0
 
 
 def test_drop_oldest_when_full_counts_and_keeps_the_newest(
@@ -346,12 +340,12 @@ def test_drop_oldest_when_full_counts_and_keeps_the_newest(
     outbox = OutboxConfig(path=tmp_path / "o.sqlite", max_messages=5, when_full="drop_oldest")
     pub = start_publisher(publishers, mqtt_config(broker), outbox)
     sent = [pub.publish_result(make_result(i), MODEL) for i in range(12)]
-    assert pub.stats()["dropped_full"] == 7 and pub.stats()["pending"] == 5
+    assert pub.stats().dropped_full == 7 and pub.stats().pending == 5
 
     broker.start()
     collector = Collector(broker)
     try:
-        assert wait_until(lambda: pub.stats()["pending"] == 0)
+        assert wait_until(lambda: pub.stats().pending == 0)
         assert wait_until(lambda: set(collector.result_ids()) == set(sent[-5:]))
     finally:
         collector.close()
@@ -501,8 +495,8 @@ def test_sent_but_unacked_results_of_a_killed_process_are_resent_and_counted(
 
     pub = start_publisher(publishers, mqtt_config(broker), OutboxConfig(path=outbox_path))
     assert wait_until(lambda: set(sent) <= set(collector.result_ids()))
-    assert wait_until(lambda: pub.stats()["pending"] == 0)
-    assert pub.stats()["resent"] == n  # every one of them may be a duplicate downstream
+    assert wait_until(lambda: pub.stats().pending == 0)
+    assert pub.stats().resent == n  # every one of them may be a duplicate downstream
     assert pub.stop() is True
 
 
@@ -533,7 +527,9 @@ def test_bad_credentials_are_fatal_and_named_then_env_credentials_connect(
         monkeypatch.setenv("THERMOSCREEN_MQTT_PASSWORD", "wrong")
         pub = start_publisher(publishers, mqtt_config(broker), None)
         assert wait_until(lambda: pub.fatal_error is not None)
-        assert "check THERMOSCREEN_MQTT_USERNAME/THERMOSCREEN_MQTT_PASSWORD" in str(pub.fatal_error)
+        assert "check $THERMOSCREEN_MQTT_USERNAME and $THERMOSCREEN_MQTT_PASSWORD" in str(
+            pub.fatal_error
+        )
         assert pub.connected is False and pub.last_error == pub.fatal_error
 
         monkeypatch.setenv("THERMOSCREEN_MQTT_PASSWORD", "s3cret")
@@ -582,14 +578,14 @@ def test_tls_verify_failure_is_fatal_and_names_ca_file_then_right_ca_connects(
         )
         assert wait_until(lambda: wrong.fatal_error is not None)
         assert "TLS certificate verify failed" in str(wrong.fatal_error)
-        assert "check tls.ca_file" in str(wrong.fatal_error)
+        assert "mqtt.tls.ca_file" in str(wrong.fatal_error)
 
         right = Publisher(mqtt_config(broker, tls={"enabled": True, "ca_file": ca}), "dev2")
         right.start()
         publishers.append(right)
         assert wait_until(lambda: right.connected)
         right.publish_result(make_result(0), MODEL)
-        assert wait_until(lambda: right.stats()["acked"] == 1)
+        assert wait_until(lambda: right.stats().acked == 1)
     finally:
         for p in publishers:
             p.stop(flush_timeout_s=0.2)
@@ -616,7 +612,7 @@ def test_throughput_2000_results_all_acked_in_order(
     t0 = time.perf_counter()
     sent = [pub.publish_result(make_result(i), MODEL) for i in range(n)]
     t1 = time.perf_counter()
-    assert wait_until(lambda: pub.stats()["pending"] == 0, 60.0)
+    assert wait_until(lambda: pub.stats().pending == 0, 60.0)
     t2 = time.perf_counter()
     assert wait_until(lambda: len(collector.result_ids()) >= n)
     assert collector.result_ids() == sent

@@ -11,7 +11,7 @@ import pytest
 from pipeline.cli import main as cli
 from pipeline.devtools.demo import ResultWatcher
 from pipeline.preprocess import PreprocessConfig
-from pipeline.run.runner import EXIT_BAD_INPUT, EXIT_OK, EXIT_PENDING
+from pipeline.run.stats import EXIT_BAD_INPUT, EXIT_OK, EXIT_PENDING
 from tests.conftest import Broker, free_port
 from tests.helpers.tiny_model import make_tiny_model_dir
 from training.synth import SynthPlan
@@ -165,7 +165,7 @@ def test_unreachable_broker_keeps_results_in_the_outbox_until_it_is_back(
     finally:
         broker.stop()
     assert code == EXIT_OK, err
-    assert "outbox: empty" in out
+    assert "the outbox is empty" in out
     by_session: dict[str, list[int]] = {}
     for r in watcher.bodies("result"):
         by_session.setdefault(r["session_id"], []).append(r["seq"])
@@ -191,14 +191,18 @@ def test_unknown_output_scheme_is_refused_before_the_first_frame(
 
 
 def test_stop_with_a_full_outbox_and_no_broker_ends_instead_of_hanging(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model: Path, png16: Path
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    tiny_model: Path,
+    png16: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     import threading
 
     from pipeline.config import load_config
-    from pipeline.run import runner
+    from pipeline.run import pipeline, stats, wiring
 
-    monkeypatch.setattr(runner, "SHUTDOWN_STALL_S", 0.5)  # the real 10 s, shortened
+    monkeypatch.setattr(pipeline, "SHUTDOWN_STALL_S", 0.5)  # the real 10 s, shortened
     cfg = load_config(
         None,
         {
@@ -215,8 +219,11 @@ def test_stop_with_a_full_outbox_and_no_broker_ends_instead_of_hanging(
     timer = threading.Timer(1.0, stop.set)  # SIGTERM's effect, while the replay is blocked
     timer.start()
     try:
-        summary = runner.run(cfg, stop=stop)
+        summary = wiring.run(cfg, stop=stop)
     finally:
         timer.cancel()
-    assert summary.error is not None and summary.exit_code == runner.EXIT_FAILED
+    assert summary.error is not None and summary.exit_code == stats.EXIT_FAILED
     assert summary.results == 2 and summary.outbox_pending == 2  # what was stored stays
+    # one line each, no traceback (the stopped publisher used to crash the publish thread)
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+    assert "it and the frames after it are not stored" in summary.error

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from pipeline import DISCLAIMER
+from pipeline.cli import setup_logging
 from pipeline.data.dmr import DataError
 from pipeline.manifest import ModelError
 from training import train
@@ -153,7 +154,7 @@ def _print_report(report: dict[str, Any], out: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging("INFO")
     try:
         if args.model is not None:
             return _score(args)

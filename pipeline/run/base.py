@@ -1,0 +1,63 @@
+"""The run stage's contracts: what the stages hand each other and what they need from outside.
+
+`ResultSink` is what the publish stage needs from the MQTT publisher; `FrameConsumer` is how
+more per-frame work (the screening exam's tracker, the console's live view) joins the publish
+thread without another queue or lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline.mqtt.publisher import PublisherStats
+from pipeline.run.session import EndReason
+from pipeline.types import Frame, FrameResult, ModelInfo, Prediction, ThermalStats
+
+
+@dataclass(frozen=True)
+class Classified:
+    """A frame after preprocess + classify, on its way to the session and publisher."""
+
+    frame: Frame
+    gray: npt.NDArray[np.uint8]  # the rendered model input (equalized 8-bit)
+    prediction: Prediction
+    thermal: ThermalStats | None  # None for frames without temperature (8-bit video)
+    capture_to_result_ms: float
+
+
+class ResultSink(Protocol):
+    """What the runner needs from the MQTT publisher (pipeline.mqtt.publisher.Publisher)."""
+
+    def start(self) -> None: ...
+
+    def publish_result(self, result: FrameResult, model: ModelInfo) -> str: ...
+
+    def publish_state(self, camera_id: str, state: dict[str, Any]) -> None: ...
+
+    def publish_session(self, camera_id: str, summary: dict[str, Any]) -> None: ...
+
+    def publish_stats(self, stats: dict[str, Any]) -> None: ...
+
+    def stop(self, flush_timeout_s: float) -> bool: ...
+
+    def stats(self) -> PublisherStats: ...
+
+
+class FrameConsumer(Protocol):
+    """Per-frame work that runs in the publish thread, after each result is published.
+
+    Called in capture order, one frame at a time, so a consumer keeps state without locks. It
+    must not block for long: a live camera waits behind it. An exception ends the run (exit 1).
+    """
+
+    def on_result(self, item: Classified, result: FrameResult) -> None:
+        """One published result with the frame it came from."""
+        ...
+
+    def on_end(self, reason: EndReason) -> None:
+        """The session is ending (eos, stopped or error); the last call this consumer gets."""
+        ...

@@ -1,0 +1,274 @@
+"""From an `AppConfig` to a running session: the one place that reads the config for `run`.
+
+It maps the config onto each stage's small options (`pipeline.run.options`), checks the model
+(sha256, labels, graph) and its preprocessing, opens the source, the classifier, the publisher
+and the output, and hands them to `Pipeline`. Nothing here runs per frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+from pipeline.capture.base import Source, SourceError, SourceOptions
+from pipeline.capture.factory import open_source
+from pipeline.capture.limits import FrameLimit
+from pipeline.classify.base import Classifier
+from pipeline.classify.factory import (
+    choose_backend,
+    load_classifier,
+    model_info,
+    replay_workers,
+    resolve_preprocessing,
+    threads_per_worker,
+)
+from pipeline.config import AppConfig, OutboxConfig
+from pipeline.manifest import ModelError
+from pipeline.mqtt.outbox import OutboxError
+from pipeline.mqtt.publisher import Publisher
+from pipeline.output.base import Output, OutputError, OutputOptions, check_output
+from pipeline.preprocess import PreprocessConfig
+from pipeline.run.base import FrameConsumer, ResultSink
+from pipeline.run.inbox import CommandInbox
+from pipeline.run.options import (
+    CaptureOptions,
+    ClassifyOptions,
+    PublishOptions,
+    QueueOptions,
+    StageOptions,
+)
+from pipeline.run.pipeline import Pipeline
+from pipeline.run.session import Session, VerdictPolicy
+from pipeline.run.stages import OutputFactory
+from pipeline.run.stats import Delivery, RunSummary
+
+log = logging.getLogger(__name__)
+
+
+class RunError(Exception):
+    """A run that cannot start (bad config, model, source or output); one line with the fix."""
+
+
+# --- config -> options -----------------------------------------------------------------------
+
+
+def source_options(cfg: AppConfig) -> SourceOptions:
+    """Config -> capture options; an explicit mode overrides what the URI scheme implies."""
+    live = None if cfg.mode == "auto" else cfg.mode == "live"
+    c = cfg.capture
+    return SourceOptions(
+        camera_id=cfg.camera_id,
+        live=live,
+        fps=c.fps,
+        realtime=c.realtime,
+        profile=c.profile,
+        width=c.width,
+        height=c.height,
+        jetson=c.jetson,
+        reconnect_min_s=c.reconnect_min_s,
+        reconnect_max_s=c.reconnect_max_s,
+        loop=c.loop,
+        frame_limit=FrameLimit(c.max_frame_width, c.max_frame_height),
+        decode_workers=c.decode_workers,
+    )
+
+
+def outbox_for(cfg: AppConfig, live: bool) -> OutboxConfig | None:
+    """Replay never drops: a full outbox blocks capture. Live takes the configured policy."""
+    if not cfg.outbox.enabled:
+        return None
+    if live:
+        return cfg.outbox
+    return cfg.outbox.model_copy(update={"when_full": "block"})
+
+
+def stage_options(
+    cfg: AppConfig,
+    live: bool,
+    workers: int,
+    preprocess: PreprocessConfig,
+    max_frames: int | None = None,
+) -> StageOptions:
+    """Each stage's part of the config. The configured queue bounds are shared out between
+    the replay workers; a live source may wait for frames as long as it likes."""
+    q = cfg.queues
+    return StageOptions(
+        queues=QueueOptions(
+            live=live,
+            workers=workers,
+            frames_per_worker=max(2, q.replay_frames // workers),
+            results_per_worker=max(2, q.results // workers),
+            output=q.output,
+        ),
+        capture=CaptureOptions(
+            read_timeout_s=cfg.capture.read_timeout_s,
+            stall_s=0.0 if live else cfg.capture.replay_stall_s,
+            max_frames=max_frames,
+        ),
+        classify=ClassifyOptions(preprocess=preprocess),
+        publish=PublishOptions(
+            device_id=cfg.device_id,
+            camera_id=cfg.camera_id,
+            state_every_frames=cfg.session.state_every_frames,
+            stats_interval_s=cfg.mqtt.stats_interval_s,
+        ),
+    )
+
+
+def new_session(cfg: AppConfig, classifier: Classifier, source_uri: str, live: bool) -> Session:
+    """A session with the verdict policy of the config and the model's manifest (ValueError
+    when they disagree, e.g. an operating threshold without a positive label)."""
+    manifest = classifier.model.manifest
+    policy = VerdictPolicy.build(
+        labels=classifier.labels,
+        window_frames=cfg.session.window_frames,
+        method=cfg.session.method,
+        configured_threshold=cfg.session.threshold,
+        manifest_threshold=manifest.threshold,
+        positive_label=manifest.positive_label,
+        use_manifest_threshold=cfg.session.use_manifest_threshold,
+    )
+    return Session(
+        mode="live" if live else "replay",
+        camera_id=cfg.camera_id,
+        device_id=cfg.device_id,
+        source=source_uri,
+        policy=policy,
+        model=model_info(classifier),
+    )
+
+
+def output_factory(cfg: AppConfig, preprocess: PreprocessConfig) -> OutputFactory | None:
+    """Opens the output at the first frame's size; the URI is checked now (OutputError)."""
+    if cfg.output is None:
+        return None
+    uri, fps = cfg.output, cfg.capture.fps
+    check_output(uri, fps)  # unknown scheme, file type, missing host:port -> before any frame
+    options = OutputOptions(window_c=preprocess.window_c, jetson=cfg.capture.jetson)
+
+    def factory(width: int, height: int) -> Output:
+        from pipeline.output.gst import open_output  # optional: gi
+
+        return open_output(uri, width, height, fps, options)
+
+    return factory
+
+
+def make_publisher(cfg: AppConfig, live: bool) -> ResultSink:
+    """The MQTT publisher with its durable outbox; RunError when either cannot be set up."""
+    try:
+        publisher: ResultSink = Publisher(cfg.mqtt, cfg.device_id, outbox_for(cfg, live))
+    except (ValueError, OutboxError) as exc:
+        raise RunError(str(exc)) from exc
+    return publisher
+
+
+# --- opening the parts and running ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Parts:
+    source: Source  # built, not yet opened
+    classifier: Classifier
+    live: bool
+    workers: int
+
+
+def _build_parts(cfg: AppConfig) -> _Parts:
+    """The source (not open yet: live or replay decides how frames are classified) and the
+    checked model on the chosen backend."""
+    assert cfg.source is not None
+    try:
+        source = open_source(cfg.source, source_options(cfg))
+        live = source.is_live if cfg.mode == "auto" else cfg.mode == "live"
+        backend = choose_backend(cfg.model.backend)
+        workers = replay_workers(cfg.model.replay_workers, backend, live)
+        classifier = load_classifier(
+            cfg.model.dir,
+            backend=backend,
+            threshold=cfg.model.threshold,
+            top_k=cfg.model.top_k,
+            intra_op_threads=threads_per_worker(workers, cfg.model.intra_op_threads),
+        )
+    except (ModelError, SourceError, ValueError) as exc:
+        raise RunError(str(exc)) from exc
+    return _Parts(source, classifier, live, workers)
+
+
+def run(
+    cfg: AppConfig,
+    stop: threading.Event | None = None,
+    max_frames: int | None = None,
+    publisher: ResultSink | None = None,
+    consumers: Sequence[FrameConsumer] = (),
+    commands: CommandInbox | None = None,
+) -> RunSummary:
+    """Check the model, open the source, run one session and flush the publisher.
+
+    Raises RunError (one line) when the run cannot start. `stop` ends it early (signals).
+    `consumers` see every published result in the publish thread; `commands` run there too.
+    """
+    if cfg.source is None:
+        raise RunError("no source: give SOURCE on the command line or `source:` in the config")
+    parts = _build_parts(cfg)
+    with ExitStack() as cleanup:
+        cleanup.callback(parts.classifier.close)
+        try:
+            preprocess = resolve_preprocessing(
+                parts.classifier.model, cfg.preprocess, cfg.model.follow_manifest
+            )
+            outputs = output_factory(cfg, preprocess)
+        except (ModelError, OutputError) as exc:
+            raise RunError(str(exc)) from exc
+        sink = publisher or make_publisher(cfg, parts.live)
+        try:
+            session = new_session(cfg, parts.classifier, parts.source.uri, parts.live)
+        except ValueError as exc:  # e.g. an operating threshold without a positive label
+            sink.stop(0.0)
+            raise RunError(f"{parts.classifier.model.root}: {exc}") from exc
+        try:
+            parts.source.open()
+        except SourceError as exc:
+            sink.stop(0.0)
+            raise RunError(str(exc)) from exc
+        cleanup.callback(parts.source.close)
+        _log_start(parts, preprocess)
+        options = stage_options(cfg, parts.live, parts.workers, preprocess, max_frames)
+        pipeline = Pipeline(
+            options,
+            parts.source,
+            parts.classifier,
+            session,
+            sink,
+            outputs,
+            consumers,
+            commands,
+            stop,
+        )
+        return _run_session(pipeline, sink, cfg.flush_timeout_s)
+
+
+def _log_start(parts: _Parts, preprocess: PreprocessConfig) -> None:
+    log.info(
+        "%s %s -> model %s (%s, %d at once), preprocessing %s",
+        "live" if parts.live else "replay",
+        parts.source.uri,
+        parts.classifier.model.manifest.name,
+        parts.classifier.backend,
+        parts.workers,
+        preprocess.model_dump(),
+    )
+
+
+def _run_session(pipeline: Pipeline, sink: ResultSink, flush_timeout_s: float) -> RunSummary:
+    sink.start()
+    summary = pipeline.run()
+    summary.flushed = sink.stop(flush_timeout_s)
+    stats = sink.stats()
+    summary.outbox_pending = stats.pending
+    summary.broker_error = stats.last_error
+    summary.delivery = Delivery.of(stats, summary.session_id)
+    return summary
