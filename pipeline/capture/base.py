@@ -171,6 +171,16 @@ def parse_uri(text: str) -> ParsedUri:
     return ParsedUri(text, scheme, location, params)
 
 
+def redact_uri(text: str) -> str:
+    """A source URI fit for logs, results and records: credentials (`rtsp://user:pass@host`)
+    become `***`."""
+    scheme, sep, rest = text.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return text
+    host = rest.split("@", 1)[1]
+    return f"{scheme}://***@{host}"
+
+
 def _param(parsed: ParsedUri, key: str, kind: type[int] | type[float]) -> int | float | None:
     raw = parsed.params.get(key)
     if raw is None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from pipeline.capture.base import EndOfStream, ParsedUri, SourceError, SourceOptions, SourceStats
@@ -91,7 +92,7 @@ class FolderSource:
         self._next += 1
         self._index += 1
         self._stats.frames += 1
-        return frame
+        return replace(frame, file=path.name)  # results and exams name the file they came from
 
     def _pace(self, timeout_s: float) -> bool:
         """Wait until this frame's time at opts.fps; False when that is beyond timeout_s."""

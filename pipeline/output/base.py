@@ -56,6 +56,33 @@ class Output(Protocol):
 
 
 @dataclass(frozen=True)
+class VerdictLine:
+    """One verdict as the overlay shows it: label, score, the threshold it was held against."""
+
+    label: str
+    score: float
+    threshold: float | None
+    frames: int
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class OverlayInfo:
+    """What the operator sees beside the frame, computed in the publish thread: the exam (state,
+    view, acclimatization), the rolling verdict (live display) and the exam's verdict, the gates
+    this frame failed, and whether the model is a synthetic demo."""
+
+    exam_id: str | None = None
+    exam_state: str | None = None  # None: no exam at this camera yet
+    view: str | None = None
+    acclimatization: str | None = None  # e.g. "rest 4:10 of 15:00, drift 0.12 C/min"
+    rolling: VerdictLine | None = None
+    exam: VerdictLine | None = None
+    rejected: tuple[str, ...] = ()  # the quality gates this frame failed
+    synthetic_model: bool = False
+
+
+@dataclass(frozen=True)
 class OutputOptions:
     """How annotations look and which encoder runs."""
 

@@ -143,7 +143,7 @@ def test_states_sessions_and_statuses_are_kept(broker: Broker, tmp_path: Path) -
     logger = _logger(broker, tmp_path, db).start()
     logger.wait_subscribed()
     state1, state2, summary = _session_messages()
-    assert summary["verdict"]["label"] == "sick"
+    assert summary["rolling_verdict"]["label"] == "sick"
     with Publisher(broker.host, broker.port) as pub:
         mids = [
             pub.publish("thermoscreen/edge-01/status", "online", retain=True),
