@@ -2,8 +2,14 @@
 
 For each (device, session): how many results arrived, the verdict (from the session summary the
 device published when present, else the most frequent per-frame label), top-1 score statistics,
-first and last capture time, missing `seq` numbers (lost results show up as gaps) and how many
-re-deliveries the logger dropped as duplicates. Screening support only, never a diagnosis.
+first and last capture time, missing `seq` numbers (lost results show up as gaps), how many
+re-deliveries the logger dropped as duplicates, and how the session ended: the summary's reason,
+or `aborted` when no summary ever came and the device went offline or started a later session
+(a killed run), or `incomplete` while neither is known. Screening support only, never a
+diagnosis.
+
+Labels, ids and verdicts come from devices, so the CSV neutralizes cells a spreadsheet would run
+as formulas, and the table shows control characters escaped.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +46,7 @@ class SessionReport:
     last_capture: str | None
     missing_seq: list[tuple[int, int]] = field(default_factory=list)  # inclusive ranges
     duplicates: int = 0
+    end_reason: str = "incomplete"  # eos/stopped/error from the summary, aborted, incomplete
 
     @property
     def missing_count(self) -> int:
@@ -81,8 +88,10 @@ def build_reports(
     results: Iterable[ResultRow],
     sessions: Iterable[SessionRow],
     duplicates: dict[tuple[str, str], int],
+    statuses: dict[str, str] | None = None,
 ) -> list[SessionReport]:
-    """One report per (device, session), from stored rows; sorted by first capture time."""
+    """One report per (device, session), from stored rows; sorted by first capture time.
+    `statuses` (device -> last status) tells an aborted session from one still running."""
     grouped: dict[tuple[str, str], list[ResultRow]] = {}
     for row in results:
         grouped.setdefault((row.device, row.session), []).append(row)
@@ -91,7 +100,25 @@ def build_reports(
     reports = [
         _one(key, grouped.get(key, []), summaries.get(key), duplicates.get(key, 0)) for key in keys
     ]
+    reports = _mark_aborted(reports, statuses or {})
     return sorted(reports, key=lambda r: (r.first_capture or "~", r.device, r.session))
+
+
+def _mark_aborted(reports: list[SessionReport], statuses: dict[str, str]) -> list[SessionReport]:
+    """A session without a summary is aborted when its device went offline or stopped, or when
+    the same camera started a later session; otherwise it may still be running (incomplete)."""
+    latest: dict[tuple[str, str], str] = {}
+    for r in reports:
+        key = (r.device, r.camera)
+        latest[key] = max(latest.get(key, ""), r.first_capture or "")
+    marked = []
+    for r in reports:
+        if r.verdict_source == "results":
+            later = (r.first_capture or "") < latest[(r.device, r.camera)]
+            gone = statuses.get(r.device) in ("offline", "stopped")
+            r = replace(r, end_reason="aborted" if later or gone else "incomplete")
+        marked.append(r)
+    return marked
 
 
 def _one(
@@ -103,9 +130,11 @@ def _one(
     captures = sorted(r.capture_ts for r in rows)  # RFC 3339 UTC with ms sorts as text
     reported = summary.payload.get("frames") if summary else None
     reported = reported if isinstance(reported, int) else None
+    end = "incomplete"
     if summary is not None:
         verdict, source = _summary_verdict(summary.payload), "session"
         camera = summary.camera
+        end = str(summary.payload.get("end_reason") or "ended")
     else:
         verdict, source = _most_frequent(labels), "results"
         camera = ",".join(sorted({r.camera for r in rows}))
@@ -125,11 +154,12 @@ def _one(
         last_capture=captures[-1] if captures else None,
         missing_seq=seq_gaps((r.seq for r in rows), reported),
         duplicates=duplicates,
+        end_reason=end,
     )
 
 
 def report_from_store(store: Store) -> list[SessionReport]:
-    return build_reports(store.results(), store.sessions(), store.duplicates())
+    return build_reports(store.results(), store.sessions(), store.duplicates(), store.statuses())
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -137,8 +167,25 @@ def report_from_store(store: Store) -> list[SessionReport]:
 COLUMNS = (
     "device", "camera", "session", "frames", "reported_frames", "verdict", "verdict_source",
     "labels", "score_mean", "score_min", "score_max", "first_capture", "last_capture",
-    "missing_seq", "missing_count", "duplicates",
+    "missing_seq", "missing_count", "duplicates", "end_reason",
 )  # fmt: skip
+# A spreadsheet runs a cell that starts with one of these as a formula (=HYPERLINK(...)).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+_CONTROL = dict.fromkeys([*range(0x20), 0x7F])
+
+
+def csv_cell(value: Any) -> Any:
+    """A text cell a spreadsheet shows as text: formula starts get a leading apostrophe."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def _printable(text: str) -> str:
+    """Control characters (terminal escapes, newlines) from a device shown escaped."""
+    if not any(ord(c) in _CONTROL for c in text):
+        return text
+    return "".join(c.encode("unicode_escape").decode() if ord(c) in _CONTROL else c for c in text)
 
 
 def _flat(r: SessionReport) -> dict[str, Any]:
@@ -164,13 +211,13 @@ def to_csv(reports: Sequence[SessionReport]) -> str:
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for r in reports:
-        writer.writerow({k: "" if v is None else v for k, v in _flat(r).items()})
+        writer.writerow({k: "" if v is None else csv_cell(v) for k, v in _flat(r).items()})
     return buf.getvalue()
 
 
 def to_table(reports: Sequence[SessionReport]) -> str:
     heads = ("device", "session", "frames", "verdict", "labels", "score mean/min/max",
-             "first capture", "last capture", "missing seq", "dups")  # fmt: skip
+             "first capture", "last capture", "missing seq", "dups", "end")  # fmt: skip
     rows = []
     for r in reports:
         f = _flat(r)
@@ -178,9 +225,10 @@ def to_table(reports: Sequence[SessionReport]) -> str:
             f"{r.score_mean:.3f}/{r.score_min:.3f}/{r.score_max:.3f}"
         )  # fmt: skip
         verdict = f"{r.verdict or '-'} ({r.verdict_source})"
-        rows.append((r.device, r.session, str(r.frames), verdict, f["labels"] or "-", scores,
-                     r.first_capture or "-", r.last_capture or "-", f["missing_seq"] or "-",
-                     str(r.duplicates)))  # fmt: skip
+        row = (r.device, r.session, str(r.frames), verdict, f["labels"] or "-", scores,
+               r.first_capture or "-", r.last_capture or "-", f["missing_seq"] or "-",
+               str(r.duplicates), r.end_reason)  # fmt: skip
+        rows.append(tuple(_printable(c) for c in row))
     widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(heads)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
@@ -211,7 +259,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"thermoscreen report: {db}: database not found; pass --db", file=sys.stderr)
         return 2
     try:
-        store = open_store(db)
+        store = open_store(db, writer=False)
     except StoreError as exc:
         print(f"thermoscreen report: {exc}", file=sys.stderr)
         return 2

@@ -14,9 +14,7 @@ in the `rejects` table with its raw bytes and counted; it never stops the logger
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import re
 import signal
 import ssl
 import sys
@@ -41,13 +39,11 @@ from pipeline.config import (
     MqttConfig,
     load_config,
 )
-from pipeline.logger.store import Store, StoreError, open_store
-from pipeline.mqtt.payload import schema_errors
+from pipeline.logger.store import Store, StoreError, StoreFileError, open_store
+from pipeline.logger.writer import Counters, Incoming, Limits, store_batch
 
 log = logging.getLogger("thermoscreen.logger")
 
-_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-STATUS_VALUES = frozenset({"online", "stopped", "offline"})
 # CONNACK reasons that retrying cannot fix: exit with one line instead of looping forever.
 _FATAL_CONNACK = {
     "Unsupported protocol version",
@@ -86,46 +82,6 @@ class LoggerOptions:
     max_messages: int | None = None
 
 
-@dataclass
-class Counters:
-    stored: int = 0
-    duplicates: int = 0
-    rejects: int = 0
-    states: int = 0
-    sessions: int = 0
-    statuses: int = 0
-    ignored: int = 0
-
-    def line(self) -> str:
-        return (
-            f"stored={self.stored} duplicates={self.duplicates} rejects={self.rejects} "
-            f"states={self.states} sessions={self.sessions} statuses={self.statuses} "
-            f"ignored={self.ignored}"
-        )
-
-    @property
-    def handled(self) -> int:
-        return (
-            self.stored + self.duplicates + self.rejects + self.states + self.sessions
-            + self.statuses + self.ignored
-        )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Incoming:
-    topic: str
-    payload: bytes
-    mid: int
-    qos: int
-    generation: int  # which connection delivered it: acks go only to that connection
-    received_ts: float
-
-
-@dataclass(frozen=True)
-class Reject:
-    reason: str
-
-
 def subscriptions(prefix: str, extra: tuple[str, ...] = ()) -> list[str]:
     """The topic filters of the MQTT contract plus extra ones, without overlaps.
 
@@ -147,84 +103,6 @@ def _covers(wide: str, narrow: str) -> bool:
     """Whether every topic `narrow` matches is matched by `wide` (wildcard levels as samples)."""
     sample = narrow.replace("+", "x").replace("#", "x")
     return bool(mqtt.topic_matches_sub(wide, sample))
-
-
-# --- routing and validation (pure: tested without a broker) ----------------------------------
-
-
-def classify(
-    topic: str, raw: bytes, prefix: str, max_payload_bytes: int
-) -> tuple[str, list[str], Any] | Reject:
-    """(kind, topic ids, decoded payload) for a valid message, else the reason to reject it.
-
-    kind is one of result, state, session, status, stats; ids are [device] or [device, camera].
-    """
-    if len(raw) > max_payload_bytes:
-        return Reject(f"oversized: {len(raw)} bytes > limit {max_payload_bytes}")
-    parts = topic.split("/")
-    if parts[0] != prefix or len(parts) not in (3, 4):
-        return Reject(f"unknown topic (expected {prefix}/<device>[/<camera>]/<kind>)")
-    ids, kind = parts[1:-1], parts[-1]
-    known = {3: ("status", "stats"), 4: ("result", "state", "session")}[len(parts)]
-    if kind not in known:
-        return Reject(f"unknown topic kind {kind!r} (expected one of {', '.join(known)})")
-    bad = [i for i in ids if not _ID.match(i)]
-    if bad:
-        return Reject(f"unknown topic: id {bad[0]!r} is not [A-Za-z0-9_.-]{{1,64}}")
-    if kind == "stats":
-        return kind, ids, None
-    if kind == "status":
-        text = raw.decode("utf-8", errors="replace").strip()
-        if text not in STATUS_VALUES:
-            return Reject(f"status: {text[:40]!r} is not one of {', '.join(sorted(STATUS_VALUES))}")
-        return kind, ids, text
-    try:
-        payload = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return Reject(f"not valid JSON: {exc}")
-    if not isinstance(payload, dict):
-        return Reject(f"not a JSON object: {type(payload).__name__}")
-    errors = schema_errors(payload, kind)  # result, state and session each have a schema
-    if errors:
-        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-        return Reject(f"{kind} schema: {errors[0]}{more}")
-    if [payload["device_id"], payload["camera_id"]] != ids:
-        return Reject(
-            f"topic ids {'/'.join(ids)} differ from payload "
-            f"{payload['device_id']}/{payload['camera_id']}"
-        )
-    return kind, ids, payload
-
-
-def store_message(
-    store: Store, msg: Incoming, prefix: str, opts: LoggerOptions, counters: Counters
-) -> None:
-    """Write one message (or its reject) into the open transaction and count it."""
-    outcome = classify(msg.topic, msg.payload, prefix, opts.max_payload_bytes)
-    if isinstance(outcome, Reject):
-        raw = msg.payload[: opts.reject_keep_bytes]
-        store.add_reject(msg.topic, raw, len(msg.payload), outcome.reason, msg.received_ts)
-        counters.rejects += 1
-        log.warning("reject %s (%d bytes): %s", msg.topic, len(msg.payload), outcome.reason)
-        # the raw bytes are kept whole unless oversized; size_bytes records the original length
-        return
-    kind, ids, payload = outcome
-    if kind == "result":
-        if store.add_result(payload, msg.received_ts):
-            counters.stored += 1
-        else:
-            counters.duplicates += 1
-    elif kind == "state":
-        store.set_state(ids[0], ids[1], payload, msg.received_ts)
-        counters.states += 1
-    elif kind == "session":
-        store.add_session(ids[0], ids[1], payload["session_id"], payload, msg.received_ts)
-        counters.sessions += 1
-    elif kind == "status":
-        store.set_status(ids[0], payload, msg.received_ts)
-        counters.statuses += 1
-    else:
-        counters.ignored += 1  # stats: live telemetry, not stored
 
 
 # --- the MQTT side ---------------------------------------------------------------------------
@@ -346,11 +224,13 @@ class Logger:
             store.close()
             raise
         self._filters = subscriptions(cfg.topic_prefix, opts.extra_filters)
+        self._limits = Limits(cfg.topic_prefix, opts.max_payload_bytes, opts.reject_keep_bytes)
 
     def run(self) -> Counters:
         """Until stopped, idle, or max messages; raises LoggerError on a fatal condition."""
         try:
             self._loop()
+            self._check_store()  # an exit 0 says that what was acknowledged is in the file
         finally:
             self._client.disconnect()
             self.store.close()
@@ -389,11 +269,20 @@ class Logger:
             now = time.monotonic()
             if now - last_stats >= self.opts.stats_interval_s:
                 log.info("logger: %s", self.counters.line())
+                self._check_store()
                 last_stats = now
             idle = self.opts.exit_after_idle_s
             if idle is not None and self._link.subscribed and now - last_message >= idle:
                 log.info("logger: idle for %.1f s, exiting", idle)
                 return
+
+    def _check_store(self) -> None:
+        try:
+            self.store.check()
+        except StoreError as exc:
+            raise LoggerError(
+                f"database {exc}; nothing more was acknowledged", EXIT_DATABASE
+            ) from exc
 
     def _receive(self) -> MQTTErrorCode:
         """Wait up to 0.2 s for traffic, then read what is already there, up to a batch.
@@ -444,18 +333,17 @@ class Logger:
 
     def _write_batch(self) -> None:
         batch, self._link.inbox = self._link.inbox, []
-        before = Counters(**vars(self.counters))
         try:
-            for msg in batch:
-                store_message(self.store, msg, self.cfg.topic_prefix, self.opts, self.counters)
-            self.store.commit()
+            self.store.check()  # before SQLite touches files someone made unwritable (SIGBUS)
+            counters = store_batch(self.store, batch, self._limits, self.counters)
+            self.store.check()  # the commit went to the file at the path: acknowledge it
         except StoreError as exc:
-            self.counters = before
             raise LoggerError(
                 f"database {exc}; nothing of this batch was acknowledged: the broker re-sends it "
                 "when the logger restarts",
                 EXIT_DATABASE,
             ) from exc
+        self.counters = counters
         for msg in batch:
             if msg.qos > 0 and msg.generation == self._link.generation and self._link.connected:
                 self._client.ack(msg.mid, msg.qos)
@@ -577,7 +465,7 @@ def main(args: argparse.Namespace) -> int:
         store = open_store(opts.db)
     except (ConfigError, StoreError) as exc:
         print(f"thermoscreen log: {exc}", file=sys.stderr, flush=True)
-        return EXIT_CONFIG
+        return EXIT_DATABASE if isinstance(exc, StoreFileError) else EXIT_CONFIG
     stop = threading.Event()
     restore = _install_signals(stop)
     try:

@@ -167,6 +167,11 @@ def main(args: argparse.Namespace) -> int:
     except RunError as exc:
         print(f"thermoscreen run: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    return finish(summary, cfg)
+
+
+def finish(summary: RunSummary, cfg: AppConfig) -> int:
+    """The error line (if any) on stderr, the summary, and the exit code it implies."""
     if summary.error is not None:
         print(f"thermoscreen run: {summary.error}", file=sys.stderr)
     print_summary(summary, cfg)

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from pipeline.capture.base import Source
 from pipeline.classify.base import Classifier
@@ -35,6 +36,14 @@ from pipeline.run.stats import Counters, RunSummary, StatsReporter
 log = logging.getLogger(__name__)
 
 SHUTDOWN_STALL_S = 10.0  # no progress for this long after a stop: unblock the publisher
+
+
+class Stage(Protocol):
+    """A stage's thread body: its loop, then what must happen whatever the loop did."""
+
+    def run(self) -> None: ...
+
+    def finish(self) -> None: ...
 
 
 class Pipeline:
@@ -97,13 +106,14 @@ class Pipeline:
         """Run every stage until EOS, stop or error; the session summary is published before
         this returns. The publisher is not stopped here (the caller owns it)."""
         self.reporter.restart_clock()
-        threads = [
-            self._thread("capture", self.capture.run),
-            *[self._thread(f"classify-{w.worker}", w.run) for w in self.workers],
-            self._thread("publish", self.publish.run),
+        stages: list[tuple[str, Stage]] = [
+            ("capture", self.capture),
+            *[(f"classify-{w.worker}", w) for w in self.workers],
+            ("publish", self.publish),
         ]
         if self.output is not None:
-            threads.append(self._thread("output", self.output.run))
+            stages.append(("output", self.output))
+        threads = [self._thread(name, stage) for name, stage in stages]
         for t in threads:
             t.start()
         watch = ShutdownWatch(self.control.stop, self._progress, self.publisher)
@@ -113,15 +123,23 @@ class Pipeline:
                 watch.check()
         return self.summary()
 
-    def _thread(self, name: str, body: Callable[[], None]) -> threading.Thread:
+    def _thread(self, name: str, stage: Stage) -> threading.Thread:
         def guarded() -> None:
             try:
-                body()
+                stage.run()
             except Exception as exc:  # a stage crashed: record, stop the others, end the session
-                log.exception("%s stage failed", name)
-                self.control.fail(f"{name}: {exc}", "stage")
+                self._crashed(name, exc)
+            finally:
+                try:
+                    stage.finish()
+                except Exception as exc:
+                    self._crashed(name, exc)
 
         return threading.Thread(target=guarded, name=f"thermoscreen-{name}", daemon=True)
+
+    def _crashed(self, name: str, exc: Exception) -> None:
+        log.exception("%s stage failed", name)
+        self.control.fail(f"{name}: {exc}", "stage")
 
     def _progress(self) -> int:
         return self.counters.published + self.counters.classified

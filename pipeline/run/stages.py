@@ -2,7 +2,10 @@
 them): capture, classify (one or more workers), session + publish, annotated output.
 
 Each stage gets its own small options object and the shared `Queues`/`Control`; loop bodies
-call short named steps. Drops are counted where they happen.
+call short named steps. Drops are counted where they happen. A stage's `run` is its loop and
+`finish` what must happen after it whatever happened (end markers downstream, the session
+summary); the thread wrapper records a failure between the two, so downstream stages and the
+session summary see it.
 """
 
 from __future__ import annotations
@@ -53,8 +56,10 @@ class CaptureStage:
             self.control.reached_end_of_stream()
         except SourceError as exc:
             self.control.fail(str(exc), "source")
-        finally:
-            self.queues.end_capture()
+
+    def finish(self) -> None:
+        """Always, after `run` (also when it raised): the workers learn that capture is over."""
+        self.queues.end_capture()
 
     def _read_until_done(self) -> None:
         last_frame_mono = time.monotonic()
@@ -108,15 +113,16 @@ class ClassifyWorker:
         self.control = control
 
     def run(self) -> None:
-        try:
-            while not self.control.failed.is_set():
-                frame = self.queues.next_frame(self.worker)
-                if isinstance(frame, End):
-                    break
-                if frame is not None:
-                    self.queues.put_result(self.worker, self.classify(frame))
-        finally:
-            self.queues.end_worker(self.worker)
+        while not self.control.failed.is_set():
+            frame = self.queues.next_frame(self.worker)
+            if isinstance(frame, End):
+                break
+            if frame is not None:
+                self.queues.put_result(self.worker, self.classify(frame))
+
+    def finish(self) -> None:
+        """Always, after `run`: the publisher learns that this lane is over."""
+        self.queues.end_worker(self.worker)
 
     def classify(self, frame: Frame) -> Classified:
         gray = render(frame, self.options.preprocess)
@@ -161,19 +167,21 @@ class PublishStage:
 
     def run(self) -> None:
         turn = 0
-        try:
-            while True:
-                self._run_commands()
-                item = self.queues.next_result(turn)
-                if isinstance(item, End):
-                    break
-                if item is not None:
-                    self.publish(item)
-                    turn = (turn + 1) % self.queues.workers
-                self._maybe_stats()
-        finally:
-            self.queues.end_publish()
-            self._end_session()
+        while True:
+            self._run_commands()
+            item = self.queues.next_result(turn)
+            if isinstance(item, End):
+                break
+            if item is not None:
+                self.publish(item)
+                turn = (turn + 1) % self.queues.workers
+            self._maybe_stats()
+
+    def finish(self) -> None:
+        """Always, after `run` (a failure is recorded by then): the output learns that the
+        results are over, and the session ends with its summary."""
+        self.queues.end_publish()
+        self._end_session()
 
     def publish(self, item: Classified) -> None:
         tag = self.exam.assess(item) if self.exam is not None else NO_EXAM
@@ -249,31 +257,29 @@ class OutputStage:
         self.factory = factory
         self.queues = queues
         self.counters = counters
+        self._out: Output | None = None
 
     def run(self) -> None:
-        out: Output | None = None
         broken = False
+        while True:
+            item = self.queues.next_output()
+            if isinstance(item, End):
+                break
+            if item is None or broken:
+                continue
+            try:
+                self._out = self._out or self.factory(item.gray.shape[1], item.gray.shape[0])
+                self._out.write(item.frame, item.gray, item.prediction, item.thermal, item.overlay)
+            except OutputError as exc:
+                log.error("%s; going on without the annotated output", exc)
+                self.counters.output_errors += 1
+                broken = True
+
+    def finish(self) -> None:
+        """Always, after `run`: close the output (a file gets its EOS and is finalised)."""
+        if self._out is None:
+            return
         try:
-            while True:
-                item = self.queues.next_output()
-                if isinstance(item, End):
-                    break
-                if item is None or broken:
-                    continue
-                try:
-                    out = out or self.factory(item.gray.shape[1], item.gray.shape[0])
-                    out.write(item.frame, item.gray, item.prediction, item.thermal, item.overlay)
-                except OutputError as exc:
-                    log.error("%s; going on without the annotated output", exc)
-                    self.counters.output_errors += 1
-                    broken = True
-        finally:
-            if out is not None:
-                _close_output(out)
-
-
-def _close_output(out: Output) -> None:
-    try:
-        out.close()
-    except OutputError as exc:
-        log.error("%s", exc)
+            self._out.close()
+        except OutputError as exc:
+            log.error("%s", exc)

