@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.types import Prediction, ThermalStats
+from pipeline.types import Frame, Prediction, ThermalStats
 
 U8 = npt.NDArray[np.uint8]
 OutputScheme = Literal["file", "rtp", "display"]
@@ -46,10 +46,11 @@ class Output(Protocol):
 
     def write(
         self,
+        frame: Frame,
         gray8: U8,
         prediction: Prediction | None,
         thermal: ThermalStats | None,
-        frame_index: int,
+        info: OverlayInfo | None,
     ) -> None: ...
 
     def close(self) -> None: ...
@@ -86,7 +87,7 @@ class OverlayInfo:
 class OutputOptions:
     """How annotations look and which encoder runs."""
 
-    window_c: tuple[float, float] | None = None  # scale labels; None: the frame's t_min/t_max
+    window_c: tuple[float, float] | None = None  # palette span (C); None: each frame's own range
     colormap: int | None = cv2.COLORMAP_INFERNO  # None: gray
     jetson: bool = False
     bitrate: int = 2_000_000
