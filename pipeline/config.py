@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pipeline.exam.config import ExamConfig
 from pipeline.preprocess import PreprocessConfig
 
 ENV_PREFIX = "THERMOSCREEN_"
@@ -250,6 +251,10 @@ class AppConfig(_Strict):
     )
     session: SessionConfig = Field(
         default_factory=SessionConfig, description="Verdict smoothing and state publishing."
+    )
+    exam: ExamConfig = Field(
+        default_factory=ExamConfig,
+        description="The screening exam: records folder, acclimatization and quality gates.",
     )
     queues: QueueConfig = Field(default_factory=QueueConfig, description="Queue sizes.")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="Broker connection.")

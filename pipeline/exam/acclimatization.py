@@ -99,7 +99,13 @@ class DriftTracker:
     def drift(self, now_s: float) -> float | None:
         """Slope over the last drift_window_s, when the samples cover min_coverage of it."""
         window = self.cfg.drift_window_s
-        recent = [(t, c) for t, c in self._samples if now_s - window <= t <= now_s]
+        recent: list[tuple[float, float]] = []
+        for t, c in reversed(self._samples):  # newest first; stop at the window's start
+            if t < now_s - window:
+                break
+            if t <= now_s:
+                recent.append((t, c))
+        recent.reverse()
         if len(recent) < 3 or recent[-1][0] - recent[0][0] < self.cfg.min_coverage * window:
             return None
         arr = np.asarray(recent, dtype=np.float64)

@@ -68,6 +68,14 @@ class GateConfig(_Strict):
         description="Celsius window that renders radiometric frames to 8 bits for the body mask "
         "and the motion gate (not the model's rendering).",
     )
+    min_contrast_levels: float = Field(
+        default=25.0,
+        ge=0,
+        le=255,
+        description="The body mask must be at least this many grey levels of the gate rendering "
+        "warmer than the rest of the frame (about 1.8 C with the default window), else the frame "
+        "shows no body (skin filling the frame, an empty room).",
+    )
     skin_p95_c: tuple[float, float] = Field(
         default=(28.0, 38.5),
         description="Plausible skin temperature: the body's 95th percentile must lie in "

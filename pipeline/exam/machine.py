@@ -33,7 +33,14 @@ from pipeline.exam.commands import (
     parse_command,
 )
 from pipeline.exam.config import ExamConfig
-from pipeline.exam.quality import GateOutcome, Quality, QualityGates, gate_image, measure_body
+from pipeline.exam.quality import (
+    GateOutcome,
+    Quality,
+    QualityGates,
+    gate_image,
+    measure_body,
+    work_frame,
+)
 from pipeline.exam.record import ExamRecord, FinishedExam, KeyFrame, OverrideRecord
 from pipeline.exam.recordbuild import build_record, state_payload
 from pipeline.exam.verdict import ExamModel, RollingScore, ViewTally, asymmetry
@@ -330,7 +337,10 @@ class ExamController:
         exam.tracker.saw_frame(celsius is not None)
         if celsius is None or not exam.tracker.due(now):
             return
-        body = measure_body(frame, gate_image(frame, self.cfg.gates.window_c), celsius)
+        work = work_frame(frame)
+        gates = self.cfg.gates
+        gray = gate_image(work, gates.window_c)
+        body = measure_body(work, gray, work.celsius(), gates.min_contrast_levels)
         if body.skin_mean_c is not None:
             exam.tracker.add(now, body.skin_mean_c)
 
@@ -373,7 +383,8 @@ class ExamController:
         rank = float("inf") if motion is None else motion
         if view in exam.keys and exam.keys[view][0] <= rank:
             return
-        celsius = None if outcome.celsius is None else np.array(outcome.celsius, dtype=np.float32)
+        full = frame.celsius()  # the key frame keeps every pixel, not the gates' subsample
+        celsius = None if full is None else np.array(full, dtype=np.float32)
         gray = None if celsius is not None else np.array(frame.pixels, dtype=np.uint8)
         exam.keys[view] = (rank, KeyFrame(view, frame.index, t_s, score, celsius, gray))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -300,3 +301,21 @@ def test_frames_outside_an_exam_belong_to_none(stream: SyntheticStream) -> None:
     ctl = controller(Clock())
     assessment = ctl.observe(celsius_frame(stream.frame(0)), scores(0.9))
     assert (assessment.exam_id, assessment.view, assessment.quality) == (None, None, None)
+
+
+def test_exam_section_of_the_app_config(tmp_path: Path) -> None:
+    from pipeline.config import ConfigError, load_config
+
+    path = tmp_path / "x.yaml"
+    path.write_text(
+        "exam:\n  acclimatization:\n    min_s: 600\n  gates:\n    body_fraction: [0.3, 0.9]\n"
+    )
+    cfg = load_config(path, {"exam.rolling_frames": 5}, {"THERMOSCREEN_EXAM__EXAMS_DIR": "/x"})
+    assert cfg.exam.acclimatization.min_s == 600 and cfg.exam.gates.body_fraction == (0.3, 0.9)
+    assert cfg.exam.rolling_frames == 5 and str(cfg.exam.exams_dir) == "/x"
+    path.write_text("exam:\n  gates:\n    body_fraction: [0.9, 0.3]\n")
+    with pytest.raises(ConfigError, match="body_fraction must be"):
+        load_config(path, env={})
+    path.write_text("exam:\n  acclimatisation: {}\n")
+    with pytest.raises(ConfigError, match="did you mean 'acclimatization'"):
+        load_config(path, env={})
