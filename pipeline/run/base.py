@@ -16,8 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.mqtt.publisher import PublisherStats
-from pipeline.run.session import EndReason
 from pipeline.output.base import OverlayInfo
+from pipeline.run.session import EndReason
 from pipeline.types import ExamTag, Frame, FrameResult, ModelInfo, Prediction, ThermalStats
 
 

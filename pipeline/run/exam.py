@@ -223,7 +223,7 @@ class ExamTracker:
     def overlay(self, item: Classified, rolling: dict[str, Any] | None) -> OverlayInfo:
         """What the annotated output shows with this frame (see OverlayInfo)."""
         ctl = self.controller
-        payload = ctl.state_payload()
+        payload: dict[str, Any] = dict(ctl.state_payload())
         exam_rolling = payload.get("rolling_verdict")
         verdict = payload.get("exam_verdict")
         rejected: tuple[str, ...] = ()
@@ -301,7 +301,7 @@ class ExamTracker:
             self._publish()
 
     def _publish(self, correlation: bytes | None = None) -> None:
-        payload = self.controller.state_payload()
+        payload: dict[str, Any] = dict(self.controller.state_payload())
         self.sink.publish_exam_state(self.camera_id, payload, correlation)
         self._published_mono = self._monotonic()
         if self._on_state is not None:

@@ -146,6 +146,7 @@ def test_rtp_loopback_is_received_and_decoded() -> None:
         receiver.set_state(Gst.State.NULL)
     assert 0 < len(received) <= sent
     last = received[-1].reshape(H, W).astype(np.int16)
+
     # the annotated frame, JPEG-coded in limited range (UDP may lose the very last ones)
     def match(i: int) -> float:
         expected = luma(annotate(gray(i), SICK, INFO)).ravel()
@@ -221,7 +222,9 @@ def test_the_overlay_says_exam_view_verdicts_threshold_and_synthetic() -> None:
         "frame rejected: motion",
         "frame #7: sick 0.87",
     ]
-    final = OverlayInfo(exam_id="A", exam_state="closed", exam=VerdictLine("sick", 0.5, 0.4, 3, True))
+    final = OverlayInfo(
+        exam_id="A", exam_state="closed", exam=VerdictLine("sick", 0.5, 0.4, 3, True)
+    )
     assert "exam verdict: sick 0.50 (threshold 0.40, 3 frames)" in [
         t for t, _ in overlay_lines(None, 0, final)
     ]

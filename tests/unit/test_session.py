@@ -176,7 +176,9 @@ def test_version_1_state_and_session_payloads_stay_valid() -> None:
     s.add(frame(0), pred(0.9), None, 1.0)
     s.end("eos")
     for payload, kind in ((s.state_payload(), "state"), (s.summary_payload(), "session")):
-        old = {k: v for k, v in payload.items() if k not in ("counts_are", "synthetic_model", "exams")}
+        old = {
+            k: v for k, v in payload.items() if k not in ("counts_are", "synthetic_model", "exams")
+        }
         old["schema"], old["verdict"] = 1, old.pop("rolling_verdict")
         old["verdict"].pop("scope")
         if kind == "session":
