@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.exam.config import ExamConfig
 from pipeline.preprocess import PreprocessConfig
+from pipeline.types import ID_PATTERN
 
 ENV_PREFIX = "THERMOSCREEN_"
 ENV_MQTT_USERNAME = "THERMOSCREEN_MQTT_USERNAME"
@@ -45,7 +46,9 @@ class MqttConfig(_Strict):
     port: int = Field(default=1883, ge=1, le=65535, description="Broker port (8883 for TLS).")
     topic_prefix: str = Field(default="thermoscreen", description="First topic level.")
     client_id: str | None = Field(
-        default=None, description="MQTT client id; default thermoscreen-<device_id>."
+        default=None,
+        pattern=ID_PATTERN,
+        description="MQTT client id; default thermoscreen-<device_id>.",
     )
     keepalive_s: int = Field(default=30, ge=5, description="MQTT keepalive in seconds.")
     reconnect_min_s: float = Field(default=1.0, gt=0, description="First reconnect delay.")
@@ -96,8 +99,6 @@ class OutboxConfig(_Strict):
 
 
 # --- the runner's settings -------------------------------------------------------------------
-
-_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 
 
 class CaptureConfig(_Strict):
@@ -224,10 +225,10 @@ class AppConfig(_Strict):
     """Everything `thermoscreen run` needs, from config/*.yaml, THERMOSCREEN_* and CLI flags."""
 
     device_id: str = Field(
-        default="edge-01", pattern=_ID_PATTERN, description="This device's id (MQTT topic level)."
+        default="edge-01", pattern=ID_PATTERN, description="This device's id (MQTT topic level)."
     )
     camera_id: str = Field(
-        default="cam0", pattern=_ID_PATTERN, description="This camera's id (MQTT topic level)."
+        default="cam0", pattern=ID_PATTERN, description="This camera's id (MQTT topic level)."
     )
     source: str | None = Field(
         default=None,

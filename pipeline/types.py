@@ -9,6 +9,8 @@ import numpy as np
 import numpy.typing as npt
 
 KELVIN_OFFSET = 273.15
+# Device, camera, session and exam ids: topic levels and schema fields (the schemas repeat it).
+ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 
 
 class FrameKind(str, enum.Enum):

@@ -16,6 +16,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DMR = REPO.parent / "shared" / "data" / "dmr-ir-frontal"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--generate",
+        action="store_true",
+        help="rewrite the golden files (tests/golden/*.json) from the current code, then review "
+        "their diff and commit them",
+    )
+
+
 @dataclass
 class Broker(LocalBroker):
     """mosquitto for tests: persistence on (queued messages survive stop()/start() on the same
@@ -39,7 +48,10 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 @pytest.fixture(scope="session")
 def shared_dmr() -> Path:
     if not (SHARED_DMR / "labels.csv").is_file():
-        pytest.skip(f"{SHARED_DMR} not found: CI places ../shared beside the repo")
+        pytest.skip(
+            f"real DMR-IR data not found at {SHARED_DMR}: these tests read ../shared beside the "
+            "repository (CI places it there)"
+        )
     return SHARED_DMR
 
 

@@ -52,9 +52,11 @@ import numpy.typing as npt
 
 from pipeline import DISCLAIMER
 from pipeline.classify.factory import usable_cores
+from pipeline.config import MqttConfig
 from pipeline.devtools.broker import BrokerError, LocalBroker
 from pipeline.devtools.compute import ComputeError, model_gflop, sgemm_gflops_per_core
 from pipeline.manifest import ModelDir, ModelError, load_model_dir
+from pipeline.mqtt.client import make_client
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +92,11 @@ class Collector:
     a measurement is over, so the subscriber costs the measured processes as little as possible."""
 
     def __init__(self, host: str, port: int) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
         self._lock = threading.Lock()
         self._items: list[Received] = []
         self._subscribed = threading.Event()
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"thermoscreen-bench-{os.getpid()}",
-            protocol=mqtt.MQTTv5,
+        self._client = make_client(
+            MqttConfig(host=host, port=port), f"thermoscreen-bench-{os.getpid()}"
         )
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from pipeline import DISCLAIMER
-from pipeline.config import load_config
+from pipeline.config import MqttConfig, load_config
 from pipeline.devtools.broker import LocalBroker
+from pipeline.mqtt.client import make_client
 from pipeline.run.wiring import RunError, run
 
 log = logging.getLogger(__name__)
@@ -69,10 +69,9 @@ class ResultWatcher:
         self._cond = threading.Condition()
         self._subscribed = False
         self.messages: dict[str, list[Message]] = defaultdict(list)
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"thermoscreen-watch-{id(self):x}",
-            protocol=MQTTProtocolVersion.MQTTv5,
+        self._client = make_client(
+            MqttConfig(host=host, port=port, topic_prefix=prefix),
+            f"thermoscreen-watch-{id(self):x}",
         )
         self._client.on_connect = self._connected
         self._client.on_subscribe = self._subscribed_cb

@@ -21,15 +21,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import ConfigError, MqttConfig
+from pipeline.mqtt.client import make_client, parse_host_port
+
 
 def _connect(host: str, port: int) -> Any:
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"thermoscreen-naive-{uuid.uuid4().hex[:8]}",
-        protocol=mqtt.MQTTv5,
+    client = make_client(
+        MqttConfig(host=host, port=port), f"thermoscreen-naive-{uuid.uuid4().hex[:8]}"
     )
     client.connect(host, port, keepalive=30)
     client.loop_start()
@@ -127,9 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
     args = parser.parse_args(argv)
-    host, _, port = args.broker.rpartition(":")
-    if not host or not port.isdigit():
-        print(f"--broker {args.broker!r}: expected HOST:PORT, e.g. 127.0.0.1:1883", file=sys.stderr)
+    try:
+        host, port = parse_host_port(args.broker)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
         return 2
     stats = run_naive(
         args.video,

@@ -15,19 +15,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -41,22 +37,27 @@ from pipeline.config import (
 )
 from pipeline.logger.store import Store, StoreError, StoreFileError, open_store
 from pipeline.logger.writer import Counters, Incoming, Limits, store_batch
+from pipeline.mqtt.client import (
+    Backoff,
+    Client,
+    MqttSetupError,
+    add_broker_arguments,
+    broker_overrides,
+    closed_before_connack,
+    connack_refusal,
+    connect_properties,
+    describe_connect_error,
+    make_client,
+)
+from pipeline.signals import stop_on_signals
 
 log = logging.getLogger("thermoscreen.logger")
 
-# CONNACK reasons that retrying cannot fix: exit with one line instead of looping forever.
-_FATAL_CONNACK = {
-    "Unsupported protocol version",
-    "Client identifier not valid",
-    "Bad user name or password",
-    "Not authorized",
-    "Banned",
-    "Bad authentication method",
-}
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_REFUSED = 3
 EXIT_DATABASE = 4
+CLOSED_EARLY_FATAL = 3  # connections in a row closed before a CONNACK: give up with the fix
 
 
 class LoggerError(Exception):
@@ -121,27 +122,22 @@ class _Link:
     fatal: str | None = None
 
 
-def _make_client(cfg: MqttConfig, opts: LoggerOptions, link: _Link) -> mqtt.Client:
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=opts.client_id,
-        protocol=MQTTProtocolVersion.MQTTv5,
-        manual_ack=True,
-    )
-    username = cfg.resolved_username()
-    if username:
-        client.username_pw_set(username, MqttConfig.password())
-    if cfg.tls.enabled:
-        _set_tls(client, cfg)
+def _make_client(cfg: MqttConfig, opts: LoggerOptions, link: _Link) -> Client:
+    try:
+        client = make_client(cfg, opts.client_id, manual_ack=True)
+    except MqttSetupError as exc:
+        raise LoggerError(str(exc), EXIT_CONFIG) from exc
 
     def on_connect(
         _c: mqtt.Client, _u: Any, flags: Any, rc: ReasonCode, _p: Properties | None
     ) -> None:
+        client.connack_received()
         if rc.is_failure:
-            if str(rc) in _FATAL_CONNACK:
-                link.fatal = f"broker {cfg.host}:{cfg.port} refused the connection: {rc}"
+            message, fatal = connack_refusal(rc, cfg.host, cfg.port)
+            if fatal:
+                link.fatal = message
             else:
-                log.warning("broker %s:%d refused the connection: %s", cfg.host, cfg.port, rc)
+                log.warning("%s; retrying", message)
             return
         link.generation += 1
         link.connected = True
@@ -176,33 +172,13 @@ def _make_client(cfg: MqttConfig, opts: LoggerOptions, link: _Link) -> mqtt.Clie
     return client
 
 
-def _set_tls(client: mqtt.Client, cfg: MqttConfig) -> None:
-    tls = cfg.tls
-    for name, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file)):
-        if path is not None and not Path(path).is_file():
-            raise LoggerError(
-                f"mqtt.tls.{name}: {path} not found; give an existing PEM file", EXIT_CONFIG
-            )
-    try:
-        client.tls_set(
-            ca_certs=str(tls.ca_file) if tls.ca_file else None,
-            certfile=str(tls.cert_file) if tls.cert_file else None,
-            keyfile=str(tls.key_file) if tls.key_file else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
-    except (ssl.SSLError, OSError) as exc:
-        raise LoggerError(
-            f"mqtt.tls: cannot load certificates ({exc}); check the PEM files", EXIT_CONFIG
-        ) from exc
-    client.tls_insecure_set(tls.insecure)
-
-
 def _connect(client: mqtt.Client, cfg: MqttConfig) -> None:
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = cfg.session_expiry_s
     client.connect(
-        cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=False, properties=props
+        cfg.host,
+        cfg.port,
+        keepalive=cfg.keepalive_s,
+        clean_start=False,
+        properties=connect_properties(cfg.session_expiry_s),
     )
 
 
@@ -225,6 +201,7 @@ class Logger:
             raise
         self._filters = subscriptions(cfg.topic_prefix, opts.extra_filters)
         self._limits = Limits(cfg.topic_prefix, opts.max_payload_bytes, opts.reject_keep_bytes)
+        self._closed_early = 0  # connections in a row closed before their CONNACK
 
     def run(self) -> Counters:
         """Until stopped, idle, or max messages; raises LoggerError on a fatal condition."""
@@ -237,44 +214,58 @@ class Logger:
         return self.counters
 
     def _loop(self) -> None:
-        delay = self.cfg.reconnect_min_s
-        last_stats = last_message = time.monotonic()
+        backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
+        last_stats = last_tick = time.monotonic()
+        idle_s = 0.0  # connected and subscribed without a message (time offline is not idle)
         online = False
         while not self.stop.is_set():
             if not online:
                 online = self._try_connect()
                 if not online:
-                    self.stop.wait(delay)
-                    delay = min(delay * 2, self.cfg.reconnect_max_s)
+                    self.stop.wait(backoff.next())
                     continue
             rc = self._receive()
             if self._link.fatal:
-                raise LoggerError(self._link.fatal + _auth_hint(self._link.fatal), EXIT_REFUSED)
+                raise LoggerError(self._link.fatal, EXIT_REFUSED)
             if self._link.need_subscribe:
                 self._subscribe()
-                delay = self.cfg.reconnect_min_s
+                backoff.reset()
+            now = time.monotonic()
+            idle_s = idle_s + (now - last_tick) if self._link.subscribed else idle_s
+            last_tick = now
             if self._link.inbox:
                 self._write_batch()
-                last_message = time.monotonic()
+                idle_s = 0.0
                 if self.opts.max_messages and self.counters.handled >= self.opts.max_messages:
                     return
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                log.warning(
-                    "lost broker %s:%d (%s); reconnecting in %.0f s", *self._where(), rc.name, delay
-                )
                 online = False
-                self.stop.wait(delay)
-                delay = min(delay * 2, self.cfg.reconnect_max_s)
+                self._lost(rc, backoff.next())
                 continue
-            now = time.monotonic()
             if now - last_stats >= self.opts.stats_interval_s:
                 log.info("logger: %s", self.counters.line())
                 self._check_store()
                 last_stats = now
             idle = self.opts.exit_after_idle_s
-            if idle is not None and self._link.subscribed and now - last_message >= idle:
-                log.info("logger: idle for %.1f s, exiting", idle)
+            if idle is not None and idle_s >= idle:
+                log.info("logger: idle for %.1f s while connected, exiting", idle)
                 return
+
+    def _lost(self, rc: MQTTErrorCode, delay: float) -> None:
+        """The connection ended: say why and wait before retrying. A broker that keeps closing
+        the connection before its CONNACK is, in practice, a TLS port dialled without TLS:
+        after a few tries that is a fatal error with the fix."""
+        self._link.connected = self._link.subscribed = False
+        if self._client.awaiting_connack:
+            self._closed_early += 1
+            line = closed_before_connack(*self._where(), self.cfg.tls.enabled)
+            if self._closed_early >= CLOSED_EARLY_FATAL:
+                raise LoggerError(line, EXIT_REFUSED)
+        else:
+            self._closed_early = 0
+            line = f"lost broker {self.cfg.host}:{self.cfg.port} ({rc.name})"
+        log.warning("%s; reconnecting in %.1f s", line, delay)
+        self.stop.wait(delay)
 
     def _check_store(self) -> None:
         try:
@@ -305,20 +296,11 @@ class Logger:
         try:
             _connect(self._client, self.cfg)
             return True
-        except ssl.SSLCertVerificationError as exc:
-            raise LoggerError(
-                f"TLS: cannot verify broker {self.cfg.host}:{self.cfg.port} "
-                f"({exc.verify_message}); give the CA that signed its certificate with --tls-ca",
-                EXIT_REFUSED,
-            ) from exc
-        except ssl.SSLError as exc:
-            raise LoggerError(
-                f"TLS handshake with {self.cfg.host}:{self.cfg.port} failed ({exc.reason}); "
-                "check that the port is a TLS listener and --tls-ca",
-                EXIT_REFUSED,
-            ) from exc
         except OSError as exc:
-            log.warning("cannot reach broker %s:%d (%s); retrying", *self._where(), exc)
+            line, fatal = describe_connect_error(exc, *self._where())
+            if fatal:
+                raise LoggerError(line, EXIT_REFUSED) from exc
+            log.warning("%s; retrying", line)
             return False
 
     def _subscribe(self) -> None:
@@ -349,12 +331,6 @@ class Logger:
                 self._client.ack(msg.mid, msg.qos)
 
 
-def _auth_hint(line: str) -> str:
-    if "user name or password" in line or "Not authorized" in line:
-        return f"; check ${ENV_MQTT_USERNAME} and ${ENV_MQTT_PASSWORD}"
-    return ""
-
-
 # --- command line ----------------------------------------------------------------------------
 
 
@@ -373,11 +349,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{DISCLAIMER}"
     )
     parser.add_argument("--config", type=Path, help="YAML config; its `mqtt` section is used")
-    parser.add_argument("--broker", help="HOST:PORT of the broker (overrides the config)")
-    parser.add_argument("--username", help=f"MQTT user name (else ${ENV_MQTT_USERNAME})")
-    parser.add_argument("--tls", action="store_true", help="connect with TLS")
-    parser.add_argument("--tls-ca", type=Path, help="CA certificate that signed the broker's")
-    parser.add_argument("--topic-prefix", help="first topic level (default thermoscreen)")
+    add_broker_arguments(parser)
     parser.add_argument(
         "--db",
         default="var/results.sqlite",
@@ -416,35 +388,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _mqtt_config(args: argparse.Namespace) -> MqttConfig:
-    overrides: dict[str, Any] = {}
-    if args.broker:
-        host, sep, port = str(args.broker).rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ConfigError(f"--broker {args.broker!r}: expected HOST:PORT, e.g. 127.0.0.1:1883")
-        overrides["mqtt.host"], overrides["mqtt.port"] = host, int(port)
-    if args.username:
-        overrides["mqtt.username"] = args.username
-    if args.topic_prefix:
-        overrides["mqtt.topic_prefix"] = args.topic_prefix
-    if args.tls or args.tls_ca:
-        overrides["mqtt.tls.enabled"] = True
-    if args.tls_ca:
-        overrides["mqtt.tls.ca_file"] = args.tls_ca
-    return load_config(args.config, overrides).mqtt
-
-
-def _install_signals(stop: threading.Event) -> Callable[[], None]:
-    def handler(signum: int, _frame: object) -> None:
-        log.info("logger: %s received, finishing", signal.Signals(signum).name)
-        stop.set()
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def restore() -> None:
-        for sig, previous in old.items():
-            signal.signal(sig, previous)
-
-    return restore
+    return load_config(args.config, broker_overrides(args)).mqtt
 
 
 def main(args: argparse.Namespace) -> int:
@@ -466,14 +410,11 @@ def main(args: argparse.Namespace) -> int:
     except (ConfigError, StoreError) as exc:
         print(f"thermoscreen log: {exc}", file=sys.stderr, flush=True)
         return EXIT_DATABASE if isinstance(exc, StoreFileError) else EXIT_CONFIG
-    stop = threading.Event()
-    restore = _install_signals(stop)
     try:
-        counters = Logger(cfg, opts, store, stop).run()
+        with stop_on_signals(threading.Event(), "logger finishing") as stop:
+            counters = Logger(cfg, opts, store, stop).run()
     except LoggerError as exc:
         print(f"thermoscreen log: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
-    finally:
-        restore()
     log.info("logger: finished: %s", counters.line())
     return EXIT_OK

@@ -18,9 +18,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pipeline.mqtt.client import is_id
 from pipeline.mqtt.payload import schema_errors
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 STATUS_VALUES = frozenset({"online", "stopped", "offline"})
 # Payloads of the contract nest 4 levels (result.top_k[i].score); deeper input is hostile, and
 # Python's decoder and encoders recurse, so it is refused before parsing.
@@ -92,7 +92,7 @@ def _route(topic: str, prefix: str) -> tuple[Kind, list[str]] | Reject:
     found = [k for k in known if k == kind]
     if not found:
         return Reject(f"unknown topic kind {kind!r} (expected one of {', '.join(known)})")
-    bad = [i for i in ids if not ID_PATTERN.match(i)]
+    bad = [i for i in ids if not is_id(i)]
     if bad:
         return Reject(f"unknown topic: id {bad[0]!r} is not [A-Za-z0-9_.-]{{1,64}}")
     return found[0], ids

@@ -34,9 +34,6 @@ from __future__ import annotations
 import collections
 import logging
 import queue
-import re
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -44,12 +41,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from pipeline.config import ENV_MQTT_PASSWORD, ENV_MQTT_USERNAME, MqttConfig, OutboxConfig
+from pipeline.config import MqttConfig, OutboxConfig
+from pipeline.mqtt.client import (
+    Will,
+    check_id,
+    closed_before_connack,
+    connack_refusal,
+    connect_properties,
+    default_client_id,
+    describe_connect_error,
+    make_client,
+    new_properties,
+)
 from pipeline.mqtt.outbox import MEMORY, Outbox, OutboxClosed
 from pipeline.mqtt.payload import encode, result_payload, schema_errors
 from pipeline.types import FrameResult, ModelInfo
@@ -62,16 +70,8 @@ _PAHO_INFLIGHT = INFLIGHT_WINDOW + 50  # room for status and state messages besi
 _TICK_S = 0.2  # the client thread wakes at least this often (stop, flush deadlines)
 _STOPPED_ACK_GRACE_S = 2.0  # wait for the `stopped` status ack even after a full flush timeout
 
-_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # as the result schema's ids
 _JSON = "application/json"
-
-# CONNACK reason codes that retrying will not fix without a config change.
-_FATAL_CONNACK = {
-    133: "set mqtt.client_id to one the broker accepts",
-    134: f"check {ENV_MQTT_USERNAME}/{ENV_MQTT_PASSWORD}",
-    135: f"check {ENV_MQTT_USERNAME}/{ENV_MQTT_PASSWORD}",
-    140: "check the broker's authentication settings",
-}
+CLOSED_EARLY_FATAL = 3  # connections in a row closed before a CONNACK: a fatal error with the fix
 
 
 @dataclass(frozen=True)
@@ -143,56 +143,6 @@ class _Stats:
 _Event = _Connected | _ConnectFailed | _Disconnected | _Acked
 
 
-class _Client(mqtt.Client):
-    """paho's client, remembering why the last connection attempt raised: paho's loop swallows
-    the OSError (refused, TLS verify failed) and `on_connect_fail` gets no reason."""
-
-    last_connect_error: OSError | None = None
-
-    def reconnect(self) -> MQTTErrorCode:
-        try:
-            rc = super().reconnect()
-        except OSError as exc:
-            self.last_connect_error = exc
-            raise
-        self.last_connect_error = None
-        return rc
-
-
-def _properties_for(packet_type: int) -> Properties:
-    """paho's Properties constructor has no annotations; keep the one untyped call here."""
-    return Properties(packet_type)  # type: ignore[no-untyped-call]
-
-
-def check_id(field: str, value: str) -> str:
-    """Device, camera and session ids become topic levels and schema fields: 1-64 of
-    A-Z a-z 0-9 _ . - (so never + # / or empty)."""
-    if not isinstance(value, str) or not _ID.match(value):
-        raise ValueError(f"{field} {value!r}: use 1-64 characters from A-Z a-z 0-9 _ . -")
-    return value
-
-
-def describe_connect_error(exc: OSError, host: str, port: int) -> tuple[str, bool]:
-    """One line naming the cause and the fix, and whether retrying alone can fix it."""
-    where = f"{host}:{port}"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        reason = exc.verify_message or str(exc)
-        return f"TLS certificate verify failed for {where} ({reason}): check tls.ca_file", True
-    if isinstance(exc, ssl.SSLError):
-        return (
-            f"TLS handshake with {where} failed ({exc.reason or exc}): check tls.cert_file, "
-            "tls.key_file and that the port is the broker's TLS listener",
-            False,
-        )
-    if isinstance(exc, ConnectionRefusedError):
-        return f"connection refused by {where}: is the broker running and listening there?", False
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve mqtt.host {host!r} ({exc.strerror}): check mqtt.host", False
-    if isinstance(exc, TimeoutError):
-        return f"timed out connecting to {where}: check mqtt.host/mqtt.port and the network", False
-    return f"cannot connect to {where}: {exc}", False
-
-
 class Publisher:
     """Publishes results, session state, summaries and stats for one device.
 
@@ -205,16 +155,20 @@ class Publisher:
         self, mqtt: MqttConfig, device_id: str, outbox: OutboxConfig | None = None
     ) -> None:
         self.device_id = check_id("device_id", device_id)
-        if not mqtt.topic_prefix or any(c in mqtt.topic_prefix for c in "+#\0"):
-            raise ValueError(
-                f"mqtt.topic_prefix {mqtt.topic_prefix!r}: must be non-empty, no + # or NUL"
-            )
-        if mqtt.reconnect_max_s < mqtt.reconnect_min_s:
-            raise ValueError("mqtt.reconnect_max_s must be >= mqtt.reconnect_min_s")
         self._cfg = mqtt
         self._status_topic = self.topic("status")
         self._stats_topic = self.topic("stats")
-        self._client = self._make_client(mqtt)
+        self._client = make_client(
+            mqtt,
+            mqtt.client_id or default_client_id(self.device_id),
+            will=Will(self._status_topic, "offline"),
+            max_inflight=_PAHO_INFLIGHT,
+        )
+        self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_publish = self._on_publish
+        self._client.on_message = self._on_message
 
         ocfg = outbox if outbox is not None else OutboxConfig(enabled=False)
         path = ocfg.path if ocfg.enabled else MEMORY
@@ -244,6 +198,7 @@ class Publisher:
         self._subscriptions: dict[str, MessageHandler] = {}  # topic filter -> handler
         self._props: dict[int | None, Properties] = {}
         self._logged_error: str | None = None
+        self._closed_early = 0  # paho's thread: connections in a row closed before a CONNACK
 
         # Read by any thread (single assignments under the GIL).
         self._connected = False
@@ -253,57 +208,17 @@ class Publisher:
 
     # -- set-up --------------------------------------------------------------------------------
 
-    def _make_client(self, cfg: MqttConfig) -> _Client:
-        client = _Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id or f"thermoscreen-{self.device_id}",
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )
-        if log.isEnabledFor(logging.DEBUG):
-            # paho's own lines (one ERROR per failed reconnect loop) only when debugging; our
-            # client thread logs one line per distinct connection problem instead.
-            client.enable_logger(logging.getLogger(f"{__name__}.paho"))
-        client.max_inflight_messages_set(_PAHO_INFLIGHT)
-        client.max_queued_messages_set(0)  # our window bounds what paho holds
-        # paho annotates int; it only does arithmetic on the delays, so sub-second floats work.
-        client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # type: ignore[arg-type]
-        client.will_set(self._status_topic, "offline", qos=1, retain=True)
-        username, password = cfg.resolved_username(), cfg.password()
-        if username is not None or password is not None:
-            client.username_pw_set(username, password)
-        if cfg.tls.enabled:
-            for name in ("ca_file", "cert_file", "key_file"):
-                path = getattr(cfg.tls, name)
-                if path is not None and not path.is_file():
-                    raise ValueError(f"mqtt.tls.{name} {path}: file not found")
-            if (cfg.tls.cert_file is None) != (cfg.tls.key_file is None):
-                raise ValueError("mqtt.tls.cert_file and mqtt.tls.key_file go together: set both")
-            try:
-                client.tls_set(
-                    ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-                    certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-                    keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-                )
-            except ssl.SSLError as exc:
-                raise ValueError(f"mqtt.tls: cannot load the certificates ({exc})") from exc
-            if cfg.tls.insecure:
-                client.tls_insecure_set(True)
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
-        return client
-
     def start(self) -> None:
         """Start connecting and publishing; returns at once, also when the broker is down."""
         if self._thread is not None or self._stopped:
             raise RuntimeError("Publisher.start() called twice; create a new Publisher")
         c = self._cfg
-        connect_props = _properties_for(PacketTypes.CONNECT)
-        connect_props.SessionExpiryInterval = 0
         self._client.connect_async(
-            c.host, c.port, keepalive=c.keepalive_s, clean_start=True, properties=connect_props
+            c.host,
+            c.port,
+            keepalive=c.keepalive_s,
+            clean_start=True,
+            properties=connect_properties(0),
         )
         self._client.loop_start()
         self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
@@ -451,12 +366,11 @@ class Publisher:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        self._client.connack_received()
+        self._closed_early = 0
         if reason_code.is_failure:
-            fix = _FATAL_CONNACK.get(reason_code.value)
-            message = f"broker refused the connection ({reason_code.value} {reason_code})"
-            self._events.append(
-                _ConnectFailed(f"{message}: {fix}" if fix else message, fix is not None)
-            )
+            message, fatal = connack_refusal(reason_code, self._cfg.host, self._cfg.port)
+            self._events.append(_ConnectFailed(message, fatal))
         else:
             self._connected = True
             self._events.append(_Connected(flags.session_present))
@@ -480,6 +394,10 @@ class Publisher:
         properties: Properties | None,
     ) -> None:
         self._connected = False
+        if self._client.awaiting_connack:  # closed before answering: a TLS port, most often
+            self._closed_early += 1
+            line = closed_before_connack(self._cfg.host, self._cfg.port, self._cfg.tls.enabled)
+            self._events.append(_ConnectFailed(line, self._closed_early >= CLOSED_EARLY_FATAL))
         self._events.append(_Disconnected(f"{reason_code.value} {reason_code}"))
         self._wake.set()
 
@@ -608,7 +526,7 @@ class Publisher:
 
     def _send_states(self) -> None:
         for answer in self._answers:
-            props = _properties_for(PacketTypes.PUBLISH)
+            props = new_properties(PacketTypes.PUBLISH)
             props.ContentType = _JSON
             props.CorrelationData = answer.correlation
             topic = self.topic(answer.camera_id, answer.kind)
@@ -655,7 +573,7 @@ class Publisher:
         """PUBLISH properties, built once per expiry and shared (paho only reads them)."""
         props = self._props.get(expiry_s)
         if props is None:
-            props = _properties_for(PacketTypes.PUBLISH)
+            props = new_properties(PacketTypes.PUBLISH)
             props.ContentType = _JSON
             props.PayloadFormatIndicator = 1  # UTF-8
             if expiry_s is not None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from pipeline import DISCLAIMER
 from pipeline.config import AppConfig, ConfigError, load_config
+from pipeline.mqtt.client import add_broker_arguments, broker_overrides
 from pipeline.run.malloc import tune_malloc
 from pipeline.run.stats import EXIT_BAD_INPUT, RunSummary
 from pipeline.run.wiring import RunError, run
@@ -63,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device-id", help="device id (MQTT topic level)")
     parser.add_argument("--camera-id", help="camera id (MQTT topic level)")
-    parser.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker")
+    add_broker_arguments(parser)
     parser.add_argument(
         "--mode",
         choices=["auto", "live", "replay"],
@@ -110,11 +111,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "flush_timeout_s": args.flush_timeout,
         "log_level": args.log_level,
     }
-    if args.broker:
-        host, sep, port = args.broker.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ConfigError(f"--broker {args.broker!r}: expected HOST:PORT, e.g. 127.0.0.1:1883")
-        flat["mqtt.host"], flat["mqtt.port"] = host, int(port)
+    flat.update(broker_overrides(args))
     return {k: v for k, v in flat.items() if v is not None}
 
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from pipeline.mqtt.payload import encode, result_payload
 from pipeline.types import FrameResult, ModelInfo, Prediction, ThermalStats, TopK
+from tests.helpers.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = ModelInfo(name="tiny", version="1", sha256="0" * 64, backend="onnxruntime")
@@ -116,15 +117,6 @@ class Publisher:
                 return set(mids) <= self.acked.keys()
 
         wait_until(done, timeout_s, f"PUBACK for {len(mids)} messages")
-
-
-def wait_until(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 class LoggerProcess:

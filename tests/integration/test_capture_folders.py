@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
-import gi
 import numpy as np
 import pytest
 
-gi.require_version("Gst", "1.0")
-from gi.repository import Gst  # noqa: E402
+from pipeline.capture.base import EndOfStream, SourceError, SourceOptions
+from pipeline.capture.factory import open_source
+from pipeline.capture.folder import FolderSource
+from pipeline.data.synthetic import SyntheticStream
+from pipeline.gstreamer import Gst
+from pipeline.types import FrameKind
+from tests.helpers.wait import wait_until
 
-from pipeline.capture.base import EndOfStream, SourceError, SourceOptions  # noqa: E402
-from pipeline.capture.factory import open_source  # noqa: E402
-from pipeline.capture.folder import FolderSource  # noqa: E402
-from pipeline.data.synthetic import SyntheticStream  # noqa: E402
-from pipeline.types import FrameKind  # noqa: E402
-
-Gst.init(None)
 OPTS = SourceOptions(jetson=False)
 
 
@@ -148,9 +144,8 @@ def test_test_source_is_live_synthetic_and_drops() -> None:
     source.open()
     try:
         first = source.read(5.0)
-        deadline = time.monotonic() + 20
-        while source.stats.dropped < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)  # a slow consumer: frames pile up and all but the newest drop
+        # a slow consumer: frames pile up and all but the newest drop
+        wait_until(lambda: source.stats.dropped >= 2, 20, "two dropped frames")
         newest = source.read(5.0)
     finally:
         source.close()

@@ -6,18 +6,15 @@ import os
 import time
 from pathlib import Path
 
-import gi
 import numpy as np
 import pytest
 
-gi.require_version("Gst", "1.0")
-from gi.repository import Gst  # noqa: E402
+from pipeline.capture.base import EndOfStream, Source, SourceError, SourceOptions
+from pipeline.capture.factory import open_source
+from pipeline.gstreamer import Gst
+from pipeline.types import Frame, FrameKind
+from tests.helpers.wait import wait_until
 
-from pipeline.capture.base import EndOfStream, Source, SourceError, SourceOptions  # noqa: E402
-from pipeline.capture.factory import open_source  # noqa: E402
-from pipeline.types import Frame, FrameKind  # noqa: E402
-
-Gst.init(None)
 FAST = SourceOptions(jetson=False, reconnect_min_s=0.05, reconnect_max_s=0.2, open_timeout_s=10)
 
 
@@ -48,15 +45,6 @@ def read_all(source: Source, limit: int = 1000) -> list[Frame]:
             if frame is not None:
                 frames.append(frame)
     return frames
-
-
-def wait_for(predicate, timeout_s: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_file_replay_delivers_every_frame_then_end(tmp_path: Path) -> None:
@@ -170,7 +158,7 @@ def test_live_newest_frame_wins_and_drops_are_counted() -> None:
     try:
         first = source.read(5.0)
         assert first is not None
-        assert wait_for(lambda: source.stats.dropped >= 3)  # a slow consumer
+        assert wait_until(lambda: source.stats.dropped >= 3)  # a slow consumer
         newest = source.read(5.0)
         assert newest is not None
         stats = source.stats
@@ -196,7 +184,7 @@ def test_live_rebuilds_after_end_of_stream() -> None:
                 indices.append(frame.index)
             return source.stats.rebuilds >= 2 and len(indices) > 8
 
-        assert wait_for(collect)
+        assert wait_until(collect)
     finally:
         source.close()
     assert indices == sorted(indices) and len(set(indices)) == len(indices)
@@ -212,7 +200,7 @@ def test_live_rebuild_with_backoff_survives_a_lost_file(tmp_path: Path) -> None:
     try:
         assert source.read(5.0) is not None
         rec.rename(away)  # the "device" disappears: rebuilds now fail and back off
-        assert wait_for(lambda: source.stats.errors >= 2)
+        assert wait_until(lambda: source.stats.errors >= 2)
         while source.read(0.05) is not None:  # drain frames from before the loss
             pass
         before = source.stats
@@ -226,7 +214,7 @@ def test_live_rebuild_with_backoff_survives_a_lost_file(tmp_path: Path) -> None:
                 got.append(frame)
             return bool(got)
 
-        assert wait_for(frame_again)
+        assert wait_until(frame_again)
         after = source.stats
     finally:
         source.close()
@@ -310,7 +298,7 @@ def test_replay_decoder_runs_on_one_thread_and_live_keeps_its_default(tmp_path: 
     live = open_source(live_uri, FAST)
     live.open()
     try:
-        assert wait_for(lambda: live.read(timeout_s=0.5) is not None)
+        assert wait_until(lambda: live.read(timeout_s=0.5) is not None)
         assert _decoder_threads(live) == {"avdec_mpeg4": 0}  # 0: libav picks per core
     finally:
         live.close()

@@ -20,8 +20,8 @@ from tests.helpers.mqtt_logger import (
     make_png16_recording,
     run_pipeline,
     stored_ids,
-    wait_until,
 )
+from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.slow
 FRAMES = 40  # replayed with --realtime at the recording's 10 fps: about 4 s

@@ -26,9 +26,9 @@ from tests.helpers.mqtt_logger import (
     result_topic,
     stored_ids,
     stored_seqs,
-    wait_until,
 )
 from tests.helpers.postgres import fresh_database, postgres_server, unavailable_reason
+from tests.helpers.wait import wait_until
 
 
 def _logger(broker: Broker, tmp_path: Path, db: Path | str, *extra: str) -> LoggerProcess:

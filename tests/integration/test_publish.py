@@ -27,6 +27,7 @@ from pipeline.mqtt.payload import schema_errors
 from pipeline.mqtt.publisher import Publisher, PublisherStopped
 from pipeline.types import FrameResult, ModelInfo, Prediction, ThermalStats, TopK
 from tests.conftest import REPO, Broker, free_port
+from tests.helpers.wait import wait_until
 
 DEVICE = "dev1"
 MODEL = ModelInfo(name="tiny", version="1", sha256="a" * 64, backend="onnxruntime")
@@ -115,15 +116,6 @@ class Collector:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def retained(broker: Broker, topic: str) -> bytes | None:
@@ -301,9 +293,11 @@ def test_broker_restart_mid_stream_loses_no_result(
     producer.join(WAIT_S)
     assert not producer.is_alive()
 
-    delivered = wait_until(lambda: set(sent) <= set(collector.result_ids()))
-    missing = [sent.index(m) for m in set(sent) - set(collector.result_ids())]
-    assert delivered, f"missing seqs {sorted(missing)}; {pub.stats()}; {broker.log_text()[-3000:]}"
+    def missing() -> str:
+        seqs = sorted(sent.index(m) for m in set(sent) - set(collector.result_ids()))
+        return f"missing seqs {seqs}; {pub.stats()}; {broker.log_text()[-3000:]}"
+
+    wait_until(lambda: set(sent) <= set(collector.result_ids()), what=missing)
     assert pub.stop() is True
     received = collector.result_ids()
     assert set(received) == set(sent)  # at least once, none missing
@@ -533,7 +527,9 @@ def test_bad_credentials_are_fatal_and_named_then_env_credentials_connect(
         monkeypatch.setenv("THERMOSCREEN_MQTT_PASSWORD", "wrong")
         pub = start_publisher(publishers, mqtt_config(broker), None)
         assert wait_until(lambda: pub.fatal_error is not None)
-        assert "check THERMOSCREEN_MQTT_USERNAME/THERMOSCREEN_MQTT_PASSWORD" in str(pub.fatal_error)
+        assert "check $THERMOSCREEN_MQTT_USERNAME and $THERMOSCREEN_MQTT_PASSWORD" in str(
+            pub.fatal_error
+        )
         assert pub.connected is False and pub.last_error == pub.fatal_error
 
         monkeypatch.setenv("THERMOSCREEN_MQTT_PASSWORD", "s3cret")
@@ -582,7 +578,7 @@ def test_tls_verify_failure_is_fatal_and_names_ca_file_then_right_ca_connects(
         )
         assert wait_until(lambda: wrong.fatal_error is not None)
         assert "TLS certificate verify failed" in str(wrong.fatal_error)
-        assert "check tls.ca_file" in str(wrong.fatal_error)
+        assert "mqtt.tls.ca_file" in str(wrong.fatal_error)
 
         right = Publisher(mqtt_config(broker, tls={"enabled": True, "ca_file": ca}), "dev2")
         right.start()

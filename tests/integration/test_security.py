@@ -27,8 +27,8 @@ from tests.helpers.mqtt_logger import (
     result_topic,
     run_pipeline,
     stored_seqs,
-    wait_until,
 )
+from tests.helpers.wait import wait_until
 
 SHIPPED = REPO / "config" / "mosquitto"
 PASSWORDS = {"edge-01": "dev1-secret", "edge-02": "dev2-secret", "logger": "log-secret"}
@@ -159,9 +159,9 @@ def test_logger_with_a_wrong_password_exits_with_one_line(
     line = _only_line(logger.text())
     # mosquitto 2.0 answers a wrong password with reason 135 (older brokers: 134)
     assert re.fullmatch(
-        f"thermoscreen log: broker 127.0.0.1:{secure_broker.port} refused the connection: "
-        r"(Not authorized|Bad user name or password); check \$THERMOSCREEN_MQTT_USERNAME and "
-        r"\$THERMOSCREEN_MQTT_PASSWORD",
+        f"thermoscreen log: broker 127.0.0.1:{secure_broker.port} refused the connection "
+        r"\((135 Not authorized|134 Bad user name or password)\): check "
+        r"\$THERMOSCREEN_MQTT_USERNAME and \$THERMOSCREEN_MQTT_PASSWORD",
         line,
     ), line
     assert "Xq7" not in line
@@ -174,10 +174,10 @@ def test_logger_that_does_not_trust_the_broker_certificate_exits_with_one_line(
     assert logger.wait(timeout_s=60) == 3
     line = _only_line(logger.text())
     assert line.startswith(
-        f"thermoscreen log: TLS: cannot verify broker 127.0.0.1:{secure_broker.port}"
+        f"thermoscreen log: TLS certificate verify failed for broker 127.0.0.1:{secure_broker.port}"
     )
-    assert "certificate" in line and line.endswith(
-        "give the CA that signed its certificate with --tls-ca"
+    assert line.endswith(
+        "give the CA that signed its certificate (mqtt.tls.ca_file; log: --tls-ca)"
     )
 
 
@@ -276,3 +276,36 @@ def test_shipped_acl_confines_devices_to_their_prefix_and_readers_to_reading(
         assert device.acked[marker] == "Success"
     finally:
         sub.close()
+
+
+def test_logger_without_tls_at_the_tls_port_exits_with_the_hint(
+    secure_broker: Broker, tmp_path: Path
+) -> None:
+    """It used to retry forever, each attempt reset by the TLS listener, with no hint."""
+    args = ["--broker", f"127.0.0.1:{secure_broker.port}", "--db", str(tmp_path / "r.sqlite")]
+    env = {"THERMOSCREEN_MQTT_USERNAME": "logger", "THERMOSCREEN_MQTT_PASSWORD": "x"}
+    logger = LoggerProcess(tmp_path, args, env=env).start()
+    assert logger.wait(timeout_s=60) == 3
+    line = [ln for ln in logger.text().splitlines() if ln.startswith("thermoscreen log:")]
+    assert line == [
+        f"thermoscreen log: broker 127.0.0.1:{secure_broker.port} closed the connection before "
+        "answering CONNECT: if that port is a TLS listener, connect with TLS "
+        "(mqtt.tls.enabled: true; log: --tls)"
+    ]
+
+
+def test_pipeline_without_tls_at_the_tls_port_says_why_its_results_wait(
+    secure_broker: Broker, tmp_path: Path, tiny_model: Path
+) -> None:
+    """It used to exit 3 with no reason at all."""
+    recording = make_png16_recording(tmp_path / "rec", 2)
+    env = {"THERMOSCREEN_MQTT_USERNAME": "edge-01", "THERMOSCREEN_MQTT_PASSWORD": "x"}
+    log = tmp_path / "run.log"
+    run = run_pipeline(
+        recording, tiny_model, secure_broker.port, tmp_path / "outbox.sqlite",
+        "--flush-timeout", "5", env=env, log_path=log,
+    )  # fmt: skip
+    assert run.wait(timeout=120) == 3
+    text = log.read_text()
+    assert "closed the connection before answering CONNECT: if that port is a TLS listener" in text
+    assert "messages are still waiting in the outbox" in text

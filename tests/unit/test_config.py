@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.capture.factory import describe_pipeline
 from pipeline.config import AppConfig, ConfigError, load_config
+from pipeline.run.wiring import RunError, run, source_options
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,13 +25,35 @@ def test_shipped_configs_load(name: str) -> None:
     assert isinstance(cfg, AppConfig)
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "jetson.yaml", "replay.yaml"])
-def test_shipped_sources_are_valid_uris(name: str) -> None:
-    from pipeline.capture.base import parse_uri
+# what each shipped config says about the source (None: given on the command line)
+SHIPPED_SOURCES = {
+    "default.yaml": None,
+    "jetson.yaml": "v4l2:///dev/video0?format=y16&profile=lepton",
+    "replay.yaml": None,
+}
 
+
+def test_every_shipped_config_is_listed_with_its_source() -> None:
+    assert sorted(SHIPPED_SOURCES) == sorted(p.name for p in (REPO / "config").glob("*.yaml"))
+    for name, source in SHIPPED_SOURCES.items():
+        assert load_config(REPO / "config" / name, env={}).source == source, name
+
+
+def test_the_jetson_config_reads_its_lepton_as_16_bit_and_keeps_frames_fresh() -> None:
+    cfg = load_config(REPO / "config" / "jetson.yaml", env={})
+    assert cfg.source is not None
+    launch = describe_pipeline(cfg.source, source_options(cfg))
+    assert launch == (
+        'v4l2src device="/dev/video0" ! video/x-raw,format=GRAY16_LE ! '
+        "appsink name=sink sync=false max-buffers=1 drop=true"
+    )
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "replay.yaml"])
+def test_a_config_without_a_source_makes_run_ask_for_one(name: str) -> None:
     cfg = load_config(REPO / "config" / name, env={})
-    if cfg.source is not None:
-        assert parse_uri(cfg.source).scheme in ("v4l2", "file", "dmr", "test", "csi", "rtsp")
+    with pytest.raises(RunError, match=r"^no source: give SOURCE on the command line"):
+        run(cfg)
 
 
 def test_shipped_configs_differ_where_they_should() -> None:

@@ -11,6 +11,7 @@ import torch
 import torchvision
 
 from pipeline.preprocess import model_input
+from tests.helpers.imagenet_reference import crafted, reference_tensor
 from training import models
 from training.presets import EvalPreset, TrainPreset
 
@@ -107,9 +108,11 @@ def _gray() -> np.ndarray:
     return rng.integers(0, 256, (48, 64), dtype=np.uint8)
 
 
-def test_eval_preset_is_exactly_servings_model_input() -> None:
-    gray = _gray()
-    np.testing.assert_array_equal(EvalPreset()(gray), model_input(gray)[0])
+@pytest.mark.parametrize(("h", "w"), [(48, 64), (480, 640), (124, 248)])
+def test_eval_preset_builds_the_tensor_jetson_inference_builds(h: int, w: int) -> None:
+    # the reference is imageNet's preprocessing written out per pixel, independent of pipeline/
+    gray = crafted(h, w)
+    np.testing.assert_array_equal(EvalPreset()(gray), reference_tensor(gray)[0])
 
 
 def test_train_preset_ends_with_model_input_of_an_uint8_image() -> None:

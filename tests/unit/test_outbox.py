@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from pipeline.mqtt.outbox import (
-    CHECKPOINT_INTERVAL_S,
     MEMORY,
     Outbox,
     OutboxClosed,
     OutboxError,
     OutboxFull,
 )
+from tests.helpers.wait import wait_until
 
 TOPIC = "thermoscreen/dev/cam/result"
 
@@ -157,7 +157,6 @@ def test_bad_arguments_raise_at_once(tmp_path: Path) -> None:
 @pytest.mark.parametrize("synchronous", ["normal", "full"])
 def test_many_puts_then_batched_acks_leave_it_empty(tmp_path: Path, synchronous: str) -> None:
     """Run with -s to see puts/s (one transaction per put) for each synchronous mode."""
-    import time
 
     ob = Outbox(tmp_path / "o.sqlite", max_messages=10_000, synchronous=synchronous)  # type: ignore[arg-type]
     n = 2000 if synchronous == "normal" else 300  # full: one fsync per put
@@ -188,17 +187,16 @@ def test_checkpoints_reach_the_database_file_while_the_outbox_stays_open(tmp_pat
     for i in range(50):
         box.put("t/a", b"x" * 100 + bytes([i]))
     snapshot = tmp_path / "snapshot.sqlite"
-    rows = 0
-    deadline = time.monotonic() + 10 * CHECKPOINT_INTERVAL_S
-    while rows < 50 and time.monotonic() < deadline:
-        time.sleep(CHECKPOINT_INTERVAL_S / 4)
+
+    def checkpointed_rows() -> int:
         shutil.copyfile(tmp_path / "o.sqlite", snapshot)  # the main file only, no -wal
         with closing(sqlite3.connect(snapshot)) as db:
             try:
-                rows = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+                return int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
             except sqlite3.OperationalError:  # not even the table is checkpointed yet
-                rows = 0
-    assert rows == 50
+                return 0
+
+    wait_until(lambda: checkpointed_rows() == 50, 30, "50 rows in the database file")
     assert box.pending == 50
     box.close()
     assert not (tmp_path / "o.sqlite-wal").exists()  # the last close folds the WAL in
