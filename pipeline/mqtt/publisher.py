@@ -6,11 +6,7 @@ Topics (DESIGN.md "MQTT contract"), under `<prefix>/<device>`:
   <camera>/result        QoS 1, message expiry `result_expiry_s`, one per classified frame
   <camera>/state         QoS 1 retained, the rolling session verdict (newest wins)
   <camera>/session       QoS 1, the final session summary (durable, like results)
-  <camera>/exam          QoS 1 retained, the screening exam's state (newest wins; a command's
-                         answer carries the command's MQTT v5 correlation data)
-  <camera>/exam/summary  QoS 1, an exam's record when it closes or aborts (durable)
-Subscriptions (`subscribe`, e.g. `<camera>/exam/set`) are renewed on every connection; their
-handlers run in paho's thread and may only hand a message on (a bounded queue).
+  <camera>/exam          QoS 1 retained, the exam's state; exam/summary: a finished exam (durable)
   stats                  QoS 0, dropped while offline
 
 Threads. paho's own network thread (`loop_start`) does the socket work, keepalive and reconnect
@@ -36,7 +32,6 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +42,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from pipeline.config import MqttConfig, OutboxConfig
+from pipeline.mqtt import inbound
 from pipeline.mqtt.client import (
     Will,
     check_id,
@@ -125,17 +121,6 @@ class _Acked:
 
 
 @dataclass(frozen=True)
-class _State:
-    camera_id: str
-    payload: bytes
-    kind: str = "state"  # the topic level after the camera: state or exam
-    correlation: bytes | None = None  # the answer to a command: sent as it is, never coalesced
-
-
-MessageHandler = Callable[[str, bytes, bytes | None], None]  # (topic, payload, correlation)
-
-
-@dataclass(frozen=True)
 class _Stats:
     payload: bytes
 
@@ -168,13 +153,14 @@ class Publisher:
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
-        self._client.on_message = self._on_message
+        self._subscriptions = inbound.Subscriptions()
+        self._client.on_message = self._subscriptions.on_message
 
         ocfg = outbox if outbox is not None else OutboxConfig(enabled=False)
         path = ocfg.path if ocfg.enabled else MEMORY
         self._outbox = Outbox(path, ocfg.max_messages, ocfg.when_full, ocfg.synchronous)
 
-        self._feed: queue.Queue[_State | _Stats] = queue.Queue(maxsize=FEED_QUEUE_SIZE)
+        self._feed: queue.Queue[inbound.Retained | _Stats] = queue.Queue(maxsize=FEED_QUEUE_SIZE)
         self._events: collections.deque[_Event] = collections.deque()  # bounded by the window
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -193,9 +179,7 @@ class Publisher:
         self._inflight_rows: set[int] = set()
         self._sent_unmarked: list[int] = []  # attempts recorded with the next step's acks
         self._status_mids: set[int] = set()
-        self._state_pending: dict[tuple[str, str], bytes] = {}  # (camera, kind) -> newest
-        self._answers: list[_State] = []  # retained states that answer a command, in order
-        self._subscriptions: dict[str, MessageHandler] = {}  # topic filter -> handler
+        self._retained = inbound.RetainedStates()
         self._props: dict[int | None, Properties] = {}
         self._logged_error: str | None = None
         self._closed_early = 0  # paho's thread: connections in a row closed before a CONNACK
@@ -280,37 +264,31 @@ class Publisher:
         """The rolling verdict, retained: only the newest per camera matters, so while offline
         it is kept in memory (one per camera) and sent on connect."""
         check_id("camera_id", camera_id)
-        self._offer(_State(camera_id, encode(payload)))
+        self._offer(inbound.Retained(camera_id, encode(payload)))
 
     def publish_exam_state(
         self, camera_id: str, payload: dict[str, Any], correlation: bytes | None = None
     ) -> None:
-        """The screening exam's state, retained on `<camera>/exam`. Like the session state the
-        newest wins, except an answer to a command (`correlation`: the command's MQTT v5
-        correlation data), which is sent as it is so the sender sees its own answer."""
+        """The exam's state, retained: newest wins, but each command's answer goes out."""
         check_id("camera_id", camera_id)
-        self._offer(_State(camera_id, encode(payload), "exam", correlation))
+        self._offer(inbound.Retained(camera_id, encode(payload), "exam", correlation))
 
     def publish_exam_summary(self, camera_id: str, payload: dict[str, Any]) -> None:
         """An exam's record when it closes or aborts: QoS 1, durable like results."""
         topic = self.topic(check_id("camera_id", camera_id), "exam", "summary")
         self._put(topic, encode(payload), expiry_s=None, droppable=False)
 
-    def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
-        """Receive messages on `topic_filter` (QoS 1) from the next connection on; call before
-        `start()`. `handler(topic, payload, correlation)` runs in paho's network thread: it must
-        only hand the message on (a bounded queue), never block, publish or raise."""
+    def subscribe(self, topic_filter: str, handler: inbound.MessageHandler) -> None:
+        """Receive `topic_filter` (QoS 1) on every connection; before `start()` only."""
         if self._thread is not None:
             raise RuntimeError("Publisher.subscribe() must come before start()")
-        if not topic_filter or "\0" in topic_filter:
-            raise ValueError(f"topic filter {topic_filter!r}: must be non-empty, without NUL")
-        self._subscriptions[topic_filter] = handler
+        self._subscriptions.add(topic_filter, handler)
 
     def publish_stats(self, payload: dict[str, Any]) -> None:
         """QoS 0 and not retained: dropped (and counted) while offline."""
         self._offer(_Stats(encode(payload)))
 
-    def _offer(self, command: _State | _Stats) -> None:
+    def _offer(self, command: inbound.Retained | _Stats) -> None:
         if self._stopped:
             raise PublisherStopped("the publisher is stopped: no more messages are accepted")
         try:
@@ -401,16 +379,6 @@ class Publisher:
         self._events.append(_Disconnected(f"{reason_code.value} {reason_code}"))
         self._wake.set()
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        props = getattr(message, "properties", None)
-        correlation = getattr(props, "CorrelationData", None) if props is not None else None
-        for topic_filter, handler in self._subscriptions.items():
-            if mqtt.topic_matches_sub(topic_filter, message.topic):
-                try:
-                    handler(message.topic, bytes(message.payload), correlation)
-                except Exception:  # a handler's bug must not kill paho's network thread
-                    log.exception("handler of %s failed", topic_filter)
-
     def _on_publish(
         self,
         client: mqtt.Client,
@@ -493,8 +461,7 @@ class Publisher:
         log.info("connected to MQTT broker %s:%d", self._cfg.host, self._cfg.port)
         info = self._client.publish(self._status_topic, "online", qos=1, retain=True)
         self._status_mids.add(info.mid)
-        if self._subscriptions:  # a clean start forgets them: subscribe on every connection
-            self._client.subscribe([(f, 1) for f in self._subscriptions])
+        self._subscriptions.renew(self._client)  # a clean start forgets them
 
     def _record_error(self, message: str, fatal: bool) -> None:
         self._last_error = message
@@ -512,30 +479,19 @@ class Publisher:
                 command = self._feed.get_nowait()
             except queue.Empty:
                 return
-            if isinstance(command, _State):
-                key = (command.camera_id, command.kind)
-                if command.correlation is not None:
-                    self._state_pending.pop(key, None)  # older than this answer
-                    self._answers.append(command)
-                else:
-                    self._state_pending[key] = command.payload
+            if isinstance(command, inbound.Retained):
+                self._retained.offer(command)
             elif self._online:
                 self._client.publish(self._stats_topic, command.payload, qos=0, retain=False)
             else:
                 self._counts["stats_dropped"] += 1
 
     def _send_states(self) -> None:
-        for answer in self._answers:
-            props = new_properties(PacketTypes.PUBLISH)
-            props.ContentType = _JSON
-            props.CorrelationData = answer.correlation
-            topic = self.topic(answer.camera_id, answer.kind)
-            self._client.publish(topic, answer.payload, qos=1, retain=True, properties=props)
-        self._answers.clear()
-        for (camera_id, kind), data in self._state_pending.items():
-            topic = self.topic(camera_id, kind)
-            self._client.publish(topic, data, qos=1, retain=True, properties=self._properties(None))
-        self._state_pending.clear()
+        for item in self._retained.take():
+            c = item.correlation
+            props = self._properties(None) if c is None else inbound.answer_properties(c)
+            topic = self.topic(item.camera_id, item.kind)
+            self._client.publish(topic, item.payload, qos=1, retain=True, properties=props)
 
     def _send_rows(self) -> None:
         room = INFLIGHT_WINDOW - len(self._inflight)
@@ -588,8 +544,7 @@ class Publisher:
         deadline = time.monotonic() + self._flush_timeout_s
         while time.monotonic() < deadline:
             self._step()
-            idle = self._feed.empty() and not self._state_pending and not self._answers
-            if self._outbox.pending == 0 and idle:
+            if self._outbox.pending == 0 and self._feed.empty() and not self._retained:
                 break
             self._wake.wait(min(_TICK_S, max(deadline - time.monotonic(), 0.0)))
             self._wake.clear()

@@ -101,7 +101,7 @@ class ExamTracker:
         self.plan = plan
         self.camera_id = controller.context.camera_id
         self.counters = ExamCounters()
-        self._on_state = on_state
+        self.on_state = on_state  # also told each state published (the console's view)
         self._monotonic = monotonic
         self._published_mono = float("-inf")
         self._per_patient: bool | None = None  # decided at the plan's first frame
@@ -304,8 +304,8 @@ class ExamTracker:
         payload: dict[str, Any] = dict(self.controller.state_payload())
         self.sink.publish_exam_state(self.camera_id, payload, correlation)
         self._published_mono = self._monotonic()
-        if self._on_state is not None:
-            self._on_state(payload)
+        if self.on_state is not None:
+            self.on_state(payload)
 
 
 def _line(verdict: Mapping[str, Any] | None) -> VerdictLine | None:

@@ -8,11 +8,13 @@ exam's tracker, and hands them to `Pipeline`. Nothing here runs per frame.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 
 from pipeline.capture.base import Source, SourceError, SourceOptions, redact_uri
 from pipeline.capture.factory import open_source
@@ -28,6 +30,7 @@ from pipeline.classify.factory import (
 from pipeline.config import AppConfig, OutboxConfig
 from pipeline.exam.commands import CommandError, check_exam_id
 from pipeline.exam.machine import ExamContext, ExamController
+from pipeline.exam.record import RecordError
 from pipeline.exam.store import exam_id_taken
 from pipeline.exam.verdict import ExamModel
 from pipeline.manifest import ModelError
@@ -38,6 +41,7 @@ from pipeline.preprocess import PreprocessConfig
 from pipeline.run.base import ExamSink, FrameConsumer, ResultSink
 from pipeline.run.exam import MAX_PREFIX, PATIENT_SEP, ExamPlan, ExamTracker
 from pipeline.run.inbox import CommandInbox
+from pipeline.run.live import LiveView
 from pipeline.run.options import (
     CaptureOptions,
     ClassifyOptions,
@@ -292,12 +296,14 @@ def run(
     consumers: Sequence[FrameConsumer] = (),
     commands: CommandInbox | None = None,
     exam_plan: ExamPlan | None = None,
+    live: LiveView | None = None,
 ) -> RunSummary:
     """Check the model, open the source, run one session and flush the publisher.
 
     Raises RunError (one line) when the run cannot start. `stop` ends it early (signals).
     `consumers` see every published result in the publish thread; `commands` run there too, as
     do the screening exam's commands (MQTT `exam/set`); `exam_plan` starts an exam at once.
+    `live` (the operator console's window onto the run) sees every frame and the exam state.
     """
     if cfg.source is None:
         raise RunError("no source: give SOURCE on the command line or `source:` in the config")
@@ -306,24 +312,10 @@ def run(
     inbox = commands if commands is not None else CommandInbox()
     with ExitStack() as cleanup:
         cleanup.callback(parts.classifier.close)
-        try:
-            preprocess = resolve_preprocessing(
-                parts.classifier.model, cfg.preprocess, cfg.model.follow_manifest
-            )
-            outputs = output_factory(cfg, preprocess)
-        except (ModelError, OutputError) as exc:
-            raise RunError(str(exc)) from exc
+        preprocess, outputs = _preprocess_and_output(cfg, parts)
         check_synthetic(cfg, parts.classifier, parts.source, parts.live)
         sink = publisher or make_publisher(cfg, parts.live)
-        try:
-            session = new_session(cfg, parts.classifier, parts.source.uri, parts.live)
-            tracker = make_exam_tracker(cfg, parts, sink, inbox, exam_plan)
-        except ValueError as exc:  # e.g. an operating threshold without a positive label
-            sink.stop(0.0)
-            raise RunError(f"{parts.classifier.model.root}: {exc}") from exc
-        except RunError:
-            sink.stop(0.0)
-            raise
+        session, tracker = _session_and_exams(cfg, parts, sink, inbox, exam_plan)
         try:
             parts.source.open()
         except SourceError as exc:
@@ -332,6 +324,7 @@ def run(
         cleanup.callback(parts.source.close)
         _log_start(parts, preprocess)
         options = stage_options(cfg, parts.live, parts.workers, preprocess, max_frames)
+        consumers = (*consumers, live) if live is not None else consumers
         pipeline = Pipeline(
             options,
             parts.source,
@@ -344,7 +337,77 @@ def run(
             stop,
             tracker,
         )
-        return _run_session(pipeline, sink, cfg.flush_timeout_s)
+        if live is not None:
+            _bind_live(live, pipeline, tracker)
+        summary = _run_session(pipeline, sink, cfg.flush_timeout_s)
+        summary.synthetic_model = parts.classifier.model.manifest.synthetic
+        summary.exams = None if tracker is None else dataclasses.asdict(tracker.counters)
+        return summary
+
+
+def _preprocess_and_output(
+    cfg: AppConfig, parts: _Parts
+) -> tuple[PreprocessConfig, OutputFactory | None]:
+    try:
+        preprocess = resolve_preprocessing(
+            parts.classifier.model, cfg.preprocess, cfg.model.follow_manifest
+        )
+        return preprocess, output_factory(cfg, preprocess)
+    except (ModelError, OutputError) as exc:
+        raise RunError(str(exc)) from exc
+
+
+def _session_and_exams(
+    cfg: AppConfig,
+    parts: _Parts,
+    sink: ResultSink,
+    inbox: CommandInbox,
+    plan: ExamPlan | None,
+) -> tuple[Session, ExamTracker | None]:
+    """The session and the exam tracker; the publisher is stopped when either cannot start."""
+    try:
+        session = new_session(cfg, parts.classifier, redact_uri(parts.source.uri), parts.live)
+        return session, make_exam_tracker(cfg, parts, sink, inbox, plan)
+    except ValueError as exc:  # e.g. an operating threshold without a positive label
+        sink.stop(0.0)
+        raise RunError(f"{parts.classifier.model.root}: {exc}") from exc
+    except (RunError, RecordError, OSError) as exc:
+        sink.stop(0.0)
+        if isinstance(exc, RunError):
+            raise
+        raise RunError(f"exam records in {cfg.exam.exams_dir}: {exc}") from exc
+
+
+def _bind_live(live: LiveView, pipeline: Pipeline, tracker: ExamTracker | None) -> None:
+    """The console's window: health numbers, exam commands and the exam state as it changes."""
+    live.bind(tracker, lambda: health_numbers(pipeline, tracker))
+    if tracker is not None:
+        tracker.on_state = live.on_exam_state
+        live.on_exam_state(dict(tracker.controller.state_payload()))
+
+
+def health_numbers(pipeline: Pipeline, tracker: ExamTracker | None) -> dict[str, Any]:
+    """What /healthz and /metrics read about a running pipeline (any thread; plain reads)."""
+    counters, control = pipeline.counters, pipeline.control
+    source = pipeline.source.stats
+    outbox = pipeline.publisher.stats()
+    return {
+        "capture": {
+            "frames": counters.captured,
+            "dropped": int(source.dropped) + counters.handoff_dropped,
+            "rebuilds": source.rebuilds,
+            "errors": source.errors,
+        },
+        "classify": {
+            "frames": counters.classified,
+            "latency_ms": counters.latency().as_dict(),
+        },
+        "results": {"published": counters.published, "output_dropped": counters.output_dropped},
+        "mqtt": dataclasses.asdict(outbox),
+        "failed": control.failed.is_set(),
+        "error": control.error,
+        "exam": None if tracker is None else dataclasses.asdict(tracker.counters),
+    }
 
 
 def _log_start(parts: _Parts, preprocess: PreprocessConfig) -> None:
