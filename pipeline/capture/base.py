@@ -115,6 +115,7 @@ class SourceOptions:
     seed: int = 0  # test:// synthetic stream seed
     png16_scale: float = 0.01  # kelvin per count of 16-bit PNG recordings (centi-kelvin)
     png16_offset: float = 0.0  # kelvin at count 0
+    decode_workers: int | None = None  # folder replay: files decoded at once; None auto, 0 inline
     rtsp_latency_ms: int = 200
     open_timeout_s: float = 10.0  # how long open() waits for a pipeline to start
     stall_timeout_s: float = 10.0  # live: rebuild when no frame arrives for this long (0 = never)

@@ -6,7 +6,8 @@
 feeds it commands (`handle`, the decoded `exam/set` JSON) and classified frames (`observe`), calls
 `tick` now and then so acclimatization can end without frames, publishes `state_payload()` on
 the retained `exam` topic, writes `record()` on every state change and stores the
-`FinishedExam` a close or abort returns (`pipeline.exam.store.save_exam`).
+`FinishedExam` a close or abort returns (`pipeline.exam.store.save_exam`). Public methods take
+the controller's lock, so commands may arrive on another thread than frames.
 
 A refused command (unknown action, wrong state, bad or reused id, unknown view, out-of-range
 ambient) changes nothing; its one-line reason becomes `last_error` until the next accepted one.
@@ -14,9 +15,12 @@ ambient) changes nothing; its one-line reason becomes `last_error` until the nex
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -58,6 +62,24 @@ _ALLOWED: dict[str, tuple[ExamState, ...]] = {
 }
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _locked(
+    method: Callable[Concatenate[ExamController, P], R],
+) -> Callable[Concatenate[ExamController, P], R]:
+    """Run a public method under the controller's lock: commands arrive on the MQTT or console
+    thread while frames arrive on the classify stage's thread."""
+
+    def wrapper(self: ExamController, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    functools.update_wrapper(wrapper, method)  # name, docstring and signature for help()
+    return wrapper
+
+
 @dataclass(frozen=True)
 class ExamContext:
     """What stays fixed for one camera: ids, the (redacted) source and its camera profile."""
@@ -93,6 +115,14 @@ class FrameAssessment:
     quality: Quality | None
     counted: bool
     state_changed: bool
+
+    def result_fields(self) -> dict[str, object]:
+        """The result payload's additions: `exam_id`, `view` and `quality` (null outside)."""
+        return {
+            "exam_id": self.exam_id,
+            "view": self.view,
+            "quality": None if self.quality is None else self.quality.to_dict(),
+        }
 
 
 @dataclass
@@ -140,6 +170,7 @@ class ExamController:
         self._clock = clock
         self._id_taken = id_taken
         self._used: set[str] = set()
+        self._lock = threading.RLock()
         self._gates = QualityGates(cfg.gates)
         self._rolling = RollingScore(cfg.rolling_frames)
         self.exam: OpenExam | None = None
@@ -152,6 +183,7 @@ class ExamController:
 
     # --- commands ----------------------------------------------------------------------------
 
+    @_locked
     def handle(self, data: object) -> CommandOutcome:
         """A decoded `exam/set` object (e.g. from the CLI or the console)."""
         try:
@@ -160,6 +192,7 @@ class ExamController:
             return self._refuse(str(exc))
         return self.apply(command)
 
+    @_locked
     def handle_json(self, raw: bytes | str) -> CommandOutcome:
         """A raw `exam/set` MQTT payload."""
         try:
@@ -168,6 +201,7 @@ class ExamController:
             return self._refuse(str(exc))
         return self.apply(command)
 
+    @_locked
     def apply(self, command: ExamCommand) -> CommandOutcome:
         """Apply a validated command, or refuse it without changing anything."""
         if self.state not in _ALLOWED[command.action]:
@@ -188,6 +222,7 @@ class ExamController:
         self.updated_s = now
         return CommandOutcome(True, None, self.state, self._exam_id(), finished)
 
+    @_locked
     def set_ambient(self, reading: SensorReading, source: str = "sensor") -> bool:
         """A room reading for the open exam (sensor topic); False when no exam is open."""
         if self.exam is None or not self.exam.state.in_progress:
@@ -298,6 +333,7 @@ class ExamController:
 
     # --- frames ------------------------------------------------------------------------------
 
+    @_locked
     def observe(self, frame: Frame, scores: Sequence[float]) -> FrameAssessment:
         """One classified frame (`scores`: the classifier's probabilities, model label order)."""
         if len(scores) != len(self.model.labels):
@@ -319,6 +355,7 @@ class ExamController:
         exam.last_quality = outcome.quality
         return FrameAssessment(exam.exam_id, exam.view, outcome.quality, counted, False)
 
+    @_locked
     def tick(self) -> bool:
         """End acclimatization when its criteria are met; True when the state changed."""
         exam = self.exam
@@ -400,12 +437,14 @@ class ExamController:
 
     # --- views of the state ------------------------------------------------------------------
 
+    @_locked
     def record(self) -> ExamRecord | None:
         """The current (or last) exam's record, for exam.json; None before the first exam."""
         if self.exam is None:
             return None
         return build_record(self, self.exam, self._clock())
 
+    @_locked
     def state_payload(self) -> dict[str, object]:
         """The retained `exam` topic's message (schema: pipeline/mqtt/schemas/exam.schema.json)."""
         return state_payload(self, self._clock(), self._rolling.to_dict(self.model))

@@ -223,9 +223,26 @@ class FinishedExam:
     key_frames: tuple[KeyFrame, ...]
 
 
-def summary_payload(record: ExamRecord) -> dict[str, Any]:
-    """The `exam/summary` message: the record without images (key frames are file names)."""
-    return {"schema": 1, **record.model_dump(mode="json")}
+SUMMARY_MAX_POINTS = 200  # per time series: keeps a summary far below loggers' 64 KiB limit
+
+
+def thin(items: list[Any], limit: int) -> list[Any]:
+    """At most `limit` items, evenly spaced, always keeping the first and the last."""
+    if len(items) <= limit:
+        return list(items)
+    last = len(items) - 1
+    picks = sorted({round(i * last / (limit - 1)) for i in range(limit)})
+    return [items[i] for i in picks]
+
+
+def summary_payload(record: ExamRecord, max_points: int = SUMMARY_MAX_POINTS) -> dict[str, Any]:
+    """The `exam/summary` message: the record without images (key frames are file names), its
+    skin-temperature and score series thinned to `max_points` each (exam.json keeps them all)."""
+    data = record.model_dump(mode="json")
+    data["scores"] = thin(data["scores"], max_points)
+    accl = data["acclimatization"]
+    accl["skin_samples"] = thin(accl["skin_samples"], max_points)
+    return {"schema": 1, **data}
 
 
 # --- files -----------------------------------------------------------------------------------

@@ -196,9 +196,9 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"thermoscreen run: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    logging.basicConfig(
-        level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.getLogger().setLevel(
+        cfg.log_level
+    )  # the CLI set logging up; the config may name a level
     stop = threading.Event()
     try:
         with stop_on_signals(stop):

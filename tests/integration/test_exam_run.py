@@ -135,7 +135,8 @@ def test_a_whole_exam_through_mqtt_commands(live_run: LiveRun) -> None:
     assert live_run.command(action="view", view="frontal")["state"] == "capturing"
     assert live_run.wait_state(lambda s: s["frames"]["accepted"] >= 15, 30)
     assert live_run.command(action="view", view="left-oblique")["view"] == "left-oblique"
-    assert live_run.wait_state(lambda s: s["frames"]["by_view"].get("left-oblique", {}).get("accepted", 0) >= 5, 30)  # fmt: skip
+    oblique = lambda s: s["frames"]["by_view"].get("left-oblique", {"accepted": 0})  # noqa: E731
+    assert live_run.wait_state(lambda s: oblique(s)["accepted"] >= 5, 30)
     closed = live_run.command(action="close")
     assert closed["state"] == "closed" and closed["exam_verdict"]["final"] is True
     assert live_run.watcher.wait(lambda: live_run.watcher.count("summary") >= 1, 15)

@@ -319,3 +319,17 @@ def test_exam_section_of_the_app_config(tmp_path: Path) -> None:
     path.write_text("exam:\n  acclimatisation: {}\n")
     with pytest.raises(ConfigError, match="did you mean 'acclimatization'"):
         load_config(path, env={})
+
+
+def test_result_fields(stream: SyntheticStream) -> None:
+    ctl = controller(Clock())
+    outside = ctl.observe(celsius_frame(stream.frame(0)), scores(0.5)).result_fields()
+    assert outside == {"exam_id": None, "view": None, "quality": None}
+    ctl.handle({"action": "start", "exam_id": "RF-1", "view": "frontal"})
+    ctl.observe(celsius_frame(stream.frame(0)), scores(0.5))
+    again = ctl.observe(celsius_frame(stream.frame(0)), scores(0.5)).result_fields()
+    assert again == {
+        "exam_id": "RF-1",
+        "view": "frontal",
+        "quality": {"accepted": False, "reasons": ["frozen"]},
+    }

@@ -223,3 +223,27 @@ def test_palette_is_linear_in_celsius() -> None:
     assert image.shape == (4, 101, 3)
     brightness = image.astype(int).sum(axis=2)[0]
     assert np.all(np.diff(brightness) >= -2)  # inferno brightens monotonically with temperature
+
+
+def test_a_long_exam_summary_fits_a_loggers_limit(tmp_path: Path) -> None:
+    from pipeline.exam.record import ScorePoint, thin
+    from pipeline.mqtt.payload import encode
+
+    finished = run_exam(SyntheticStream(1, (120, 160)), tmp_path)
+    record = finished.record
+    long = record.model_copy(
+        update={
+            "scores": [
+                ScorePoint(t_s=i * 0.1, view="frontal", score=0.123456) for i in range(2000)
+            ],
+            "acclimatization": record.acclimatization.model_copy(
+                update={"skin_samples": [(float(i), 31.234) for i in range(7200)]}
+            ),
+        }
+    )
+    payload = summary_payload(long)
+    assert len(encode(payload)) < 32 * 1024
+    assert len(payload["scores"]) == 200 and payload["scores"][-1]["t_s"] == pytest.approx(199.9)
+    assert payload["acclimatization"]["skin_samples"][0] == [0.0, 31.234]
+    assert schema_errors(payload, "exam-summary") == []
+    assert thin([1, 2, 3], 5) == [1, 2, 3] and thin(list(range(10)), 4) == [0, 3, 6, 9]
