@@ -2,13 +2,18 @@
 
 Modules are imported only when their subcommand runs, so `thermoscreen run` never imports torch and
 a runtime-only install (no `[train]` extra) still runs the pipeline. Each module provides
-`add_arguments(parser)` and `main(args) -> int`.
+`add_arguments(parser)` and `main(args) -> int`, and may set `LOG_LEVEL` (default INFO).
+
+Logging is set up here, once, for every command (`setup_logging`): one format on stderr, at the
+level of the command's `--log-level` flag when it has one, else its `LOG_LEVEL`. A command whose
+config also names a level (`run`: `log_level`) changes only the root logger's level.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -20,11 +25,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pipeline.run.command",
         "capture, classify and publish frames from a camera or recording",
     ),
+    "exam": (
+        "pipeline.run.examctl",
+        "start, ready, view, close or abort a camera's screening exam (over MQTT)",
+    ),
     "log": (
         "pipeline.logger.subscriber",
         "subscribe to results and store each one once (SQLite/PostgreSQL)",
     ),
     "report": ("pipeline.logger.report", "per-session summaries from a logger database (CSV/JSON)"),
+    "convert": (
+        "pipeline.convert",
+        "a radiometric recording or camera -> a lossless 16-bit PNG recording",
+    ),
     "bench": ("pipeline.devtools.bench", "benchmark bare model vs pipeline vs naive loop"),
     "synth": ("training.synth", "generate synthetic thermograms (matrices, PNG16, MP4)"),
     "train": ("training.train", "transfer-learn a torchvision classifier on thermograms"),
@@ -34,6 +47,33 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 TRAINING_HINT = "install the training extra: pip install -e '.[train]' (or `make setup`)"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+DEFAULT_LOG_LEVEL = "INFO"
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is when a record arrives (tests and tools swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def setup_logging(level: str | int = DEFAULT_LOG_LEVEL) -> None:
+    """The one logging set-up of every command: records go to stderr as
+    `time LEVEL logger: message`. Calling it again only changes the level."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def _log_level(args: argparse.Namespace, module: object) -> str:
+    """The command's `--log-level` when given, else its module's LOG_LEVEL, else INFO."""
+    flag = getattr(args, "log_level", None)
+    return str(flag or getattr(module, "LOG_LEVEL", DEFAULT_LOG_LEVEL))
 
 
 def _top_parser() -> argparse.ArgumentParser:
@@ -68,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     module.add_arguments(parser)
     args = parser.parse_args(rest)
+    setup_logging(_log_level(args, module))
     return int(module.main(args))
 
 

@@ -404,7 +404,6 @@ def evaluate(
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         report, scored = evaluate(
             args.data, args.model, args.run, args.split, args.checkpoint, args.bootstrap, args.seed

@@ -53,6 +53,9 @@ from pipeline.preprocess import model_input, render
 from training import datasets, metrics
 
 log = logging.getLogger(__name__)
+# onnxruntime.quantization logs every bias copy at INFO on the root logger: the CLI keeps the
+# root at WARNING for this command (`pipeline.cli.setup_logging`).
+LOG_LEVEL = "WARNING"
 
 F32 = npt.NDArray[np.float32]
 
@@ -291,9 +294,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    # onnxruntime.quantization logs every bias copy at INFO on the root logger: keep it quiet.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.INFO)  # our own lines, while the root logger stays at LOG_LEVEL
     if args.max_images < 1 or args.check_images < 1:
         print(
             "thermoscreen quantize: --max-images and --check-images must be >= 1", file=sys.stderr

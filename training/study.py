@@ -47,6 +47,7 @@ import numpy.typing as npt
 import torch
 
 from pipeline import DISCLAIMER
+from pipeline.cli import setup_logging
 from pipeline.data.dmr import DataError
 from pipeline.manifest import ModelError, load_model_dir, write_manifest
 from pipeline.preprocess import PreprocessConfig, equalize, render_celsius
@@ -1237,7 +1238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging("INFO")
     try:
         if args.model is not None:
             report = score_model(args.model, args.data, args.bootstrap, args.seed)

@@ -372,7 +372,6 @@ def plan_from_args(args: argparse.Namespace) -> SynthPlan:
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         summary = run(plan_from_args(args))
     except SynthError as exc:

@@ -674,7 +674,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         check_arch(args.arch)
         cfg = config_from_args(args)

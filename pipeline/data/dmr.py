@@ -1,11 +1,18 @@
 """Readers for thermograms on disk: DMR-IR temperature matrices, 8-bit renderings, 16-bit PNGs.
 
 The runtime's `dmr://folder` source and the training datasets both read files through this module,
-so a matrix is parsed the same way for training and serving. numpy and OpenCV only (no torch).
+so a matrix is parsed the same way for training and serving. numpy, OpenCV and ISA-L's gzip only
+(no torch).
 
 DMR-IR (visual.ic.uff.br/dmi) stores each capture as a 480x640 text matrix in degrees Celsius, in
 two layouts: space-separated with 2 decimals (older patients) and semicolon-separated with 5
 decimals (patients from about ID 300 on), with CRLF (sometimes CR CR LF) line ends.
+
+Both layouts are fixed-width in practice: every value has the same number of characters, so every
+line has the same length. `read_matrix` reads such a file as a byte grid with numpy (no Python
+float per value); any file that is not such a grid, or that fails a check, goes to the line-by-line
+reference parser, which takes every layout the format allows and words every error. So a file
+gives exactly the same floats, or exactly the same error, whichever way it is read.
 """
 
 from __future__ import annotations
@@ -16,11 +23,14 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import cv2
 import numpy as np
 import numpy.typing as npt
+from isal import igzip, isal_zlib
 
+from pipeline.data.grid import parse_grid
 from pipeline.types import Frame, FrameKind
 
 MATRIX_SUFFIXES = (".txt", ".txt.gz")
@@ -31,6 +41,8 @@ NOT_THERMOGRAMS = frozenset(
     {"readme.txt", "synthetic.txt", "license.txt", "notes.txt", "labels.txt", "requirements.txt"}
 )
 
+# what ISA-L raises for data it refuses (its stub declares the class as an instance)
+_INFLATE_ERRORS = (OSError, EOFError, ValueError, cast(type[Exception], isal_zlib.error))
 _DELIMITERS = str.maketrans({";": " ", "\t": " ", "\r": None})
 _NATURAL_SPLIT = re.compile(r"(\d+)")
 # T<patient>[.<visit>[.<view>[.<S|D>[.<date>[.<frame>]]]]] with '.' or '_' between fields; anything
@@ -135,24 +147,50 @@ def list_thermograms(folder: str | Path) -> list[Path]:
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
-def _read_text(path: Path) -> str:
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, gunzipped for .gz. ISA-L inflates faster than zlib; when it
+    refuses the data, the standard library's gzip reads it again so that the error (or the
+    result) is exactly the one the reference reader gives."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror}); check the path") from exc
-    if path.name.lower().endswith(".gz"):
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DataError(
-                f"{path}: corrupt or truncated gzip ({exc}); re-download or re-compress the file"
-            ) from exc
+    if not path.name.lower().endswith(".gz"):
+        return data
+    try:
+        inflated: bytes = igzip.decompress(data)  # type: ignore[no-untyped-call]
+    except _INFLATE_ERRORS:
+        return _gunzip(path, data)
+    return inflated
+
+
+def _gunzip(path: Path, data: bytes) -> bytes:
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(
+            f"{path}: corrupt or truncated gzip ({exc}); re-download or re-compress the file"
+        ) from exc
+
+
+def _ascii(path: Path, data: bytes) -> str:
     try:
         return data.decode("ascii")
     except UnicodeDecodeError as exc:
         raise DataError(
             f"{path}: byte {exc.start} is not text; expected a temperature matrix in plain ASCII"
         ) from exc
+
+
+def _read_text(path: Path) -> str:
+    """The reference reader's input: the standard library's gzip, then ASCII."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror}); check the path") from exc
+    if path.name.lower().endswith(".gz"):
+        data = _gunzip(path, data)
+    return _ascii(path, data)
 
 
 def _bad_value_line(path: Path, lines: list[str], numbers: list[int]) -> DataError:
@@ -174,9 +212,28 @@ def read_matrix(path: str | Path) -> npt.NDArray[np.float32]:
 
     Both DMR-IR layouts, trailing delimiters and CRLF are accepted. Raises DataError naming the
     file and line for corrupt gzip, ragged rows, non-numbers and implausible temperatures.
+    A fixed-width file is read as a byte grid (`pipeline.data.grid`); anything else, and every
+    file that fails a check there, by `read_matrix_reference`'s parser, so results and errors
+    are the same either way.
     """
     path = Path(path)
-    lines = _read_text(path).translate(_DELIMITERS).split("\n")
+    data = _read_bytes(path)
+    matrix = parse_grid(data, *PLAUSIBLE_C)
+    if matrix is not None:
+        return matrix
+    return _parse_text(path, _ascii(path, data))
+
+
+def read_matrix_reference(path: str | Path) -> npt.NDArray[np.float32]:
+    """The line-by-line parser (Python floats, standard-library gzip): the one `read_matrix`
+    hands every file that is not a clean fixed-width grid, and the reference that tests and
+    `pipeline.devtools.decode_bench` compare it with."""
+    path = Path(path)
+    return _parse_text(path, _read_text(path))
+
+
+def _parse_text(path: Path, text: str) -> npt.NDArray[np.float32]:
+    lines = text.translate(_DELIMITERS).split("\n")
     numbers = [i + 1 for i, line in enumerate(lines) if line.strip()]
     if not numbers:
         raise DataError(f"{path}: empty file; expected rows of Celsius values")
@@ -253,6 +310,46 @@ def _png_bit_depth(path: Path) -> int | None:
     return head[24]
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """One file's pixels and what they mean, before they become a Frame: what a decode worker
+    hands back, so the Frame's capture time is taken when it is handed on, not when decoded."""
+
+    pixels: npt.NDArray[np.generic]
+    kind: FrameKind
+    scale: float = 1.0  # kelvin per count (RAW16 only)
+    offset: float = 0.0  # kelvin at count 0 (RAW16 only)
+
+    def frame(self, index: int, source_id: str) -> Frame:
+        """This file as frame `index`, captured now."""
+        return Frame(
+            pixels=self.pixels,
+            kind=self.kind,
+            index=index,
+            source_id=source_id,
+            capture_ts=time.time(),
+            capture_mono_ns=time.monotonic_ns(),
+            scale=self.scale,
+            offset=self.offset,
+        )
+
+
+def decode_file(path: str | Path, png16_scale: float = 0.01, png16_offset: float = 0.0) -> Decoded:
+    """Read one thermogram file: matrices become CELSIUS, 8-bit images GRAY8, 16-bit PNGs RAW16
+    with kelvin = raw * scale + offset (default centi-kelvin, as FLIR Lepton, `thermoscreen
+    synth --kind png16` and `thermoscreen convert` write)."""
+    path = Path(path)
+    if is_matrix(path):
+        return Decoded(read_matrix(path), FrameKind.CELSIUS)
+    if path.name.lower().endswith(".png") and _png_bit_depth(path) == 16:
+        return Decoded(read_png16(path), FrameKind.RAW16, png16_scale, png16_offset)
+    if is_image(path):
+        return Decoded(read_image(path), FrameKind.GRAY8)
+    raise DataError(
+        f"{path}: unsupported file type; use .txt/.txt.gz matrices or .jpg/.jpeg/.png images"
+    )
+
+
 def load_frame(
     path: str | Path,
     index: int = 0,
@@ -260,34 +357,7 @@ def load_frame(
     png16_scale: float = 0.01,
     png16_offset: float = 0.0,
 ) -> Frame:
-    """Read one thermogram file as a Frame.
-
-    Matrices become CELSIUS, 8-bit images GRAY8, 16-bit PNGs RAW16 with kelvin = raw * scale +
-    offset (default centi-kelvin, as FLIR Lepton and `thermoscreen synth --kind png16` write).
-    """
+    """Read one thermogram file as a Frame (see `decode_file` for the kinds)."""
     path = Path(path)
     sid = source_id if source_id is not None else str(path)
-    kind: FrameKind
-    pixels: npt.NDArray[np.generic]
-    scale, offset = 1.0, 0.0
-    if is_matrix(path):
-        pixels, kind = read_matrix(path), FrameKind.CELSIUS
-    elif path.name.lower().endswith(".png") and _png_bit_depth(path) == 16:
-        pixels, kind = read_png16(path), FrameKind.RAW16
-        scale, offset = png16_scale, png16_offset
-    elif is_image(path):
-        pixels, kind = read_image(path), FrameKind.GRAY8
-    else:
-        raise DataError(
-            f"{path}: unsupported file type; use .txt/.txt.gz matrices or .jpg/.jpeg/.png images"
-        )
-    return Frame(
-        pixels=pixels,
-        kind=kind,
-        index=index,
-        source_id=sid,
-        capture_ts=time.time(),
-        capture_mono_ns=time.monotonic_ns(),
-        scale=scale,
-        offset=offset,
-    )
+    return decode_file(path, png16_scale, png16_offset).frame(index, sid)

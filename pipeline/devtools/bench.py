@@ -1080,7 +1080,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.quick:
         settings = Settings(20, 1, 4.0, (30,), args.threads, not args.no_naive)
     else:

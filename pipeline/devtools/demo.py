@@ -29,6 +29,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from pipeline import DISCLAIMER
+from pipeline.cli import setup_logging
 from pipeline.config import MqttConfig, load_config
 from pipeline.devtools.broker import LocalBroker
 from pipeline.mqtt.client import make_client
@@ -201,7 +202,7 @@ def run_demo(model: Path, workdir: Path, frames: int, fps: float, seed: int) -> 
                 "log_level": "WARNING",
             },
         )
-        logging.basicConfig(level=cfg.log_level, format="%(levelname)s %(name)s: %(message)s")
+        setup_logging(cfg.log_level)
         print(f"mosquitto on 127.0.0.1:{port}; replaying {recording} with model {model}")
         with ResultWatcher("127.0.0.1", port, DEMO_DEVICE, on_message=_printer) as watcher:
             try:

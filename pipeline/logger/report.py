@@ -72,7 +72,7 @@ def format_ranges(ranges: Sequence[tuple[int, int]]) -> str:
 
 
 def _summary_verdict(payload: dict[str, Any]) -> str | None:
-    verdict = payload.get("verdict")
+    verdict = payload.get("rolling_verdict", payload.get("verdict"))  # v2, else v1
     if isinstance(verdict, dict) and isinstance(verdict.get("label"), str):
         return str(verdict["label"])
     return None

@@ -392,9 +392,6 @@ def _mqtt_config(args: argparse.Namespace) -> MqttConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     opts = LoggerOptions(
         db=args.db,
         client_id=args.client_id,

@@ -6,6 +6,7 @@ Topics (DESIGN.md "MQTT contract"), under `<prefix>/<device>`:
   <camera>/result        QoS 1, message expiry `result_expiry_s`, one per classified frame
   <camera>/state         QoS 1 retained, the rolling session verdict (newest wins)
   <camera>/session       QoS 1, the final session summary (durable, like results)
+  <camera>/exam          QoS 1 retained, the exam's state; exam/summary: a finished exam (durable)
   stats                  QoS 0, dropped while offline
 
 Threads. paho's own network thread (`loop_start`) does the socket work, keepalive and reconnect
@@ -41,6 +42,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from pipeline.config import MqttConfig, OutboxConfig
+from pipeline.mqtt import inbound
 from pipeline.mqtt.client import (
     Will,
     check_id,
@@ -119,12 +121,6 @@ class _Acked:
 
 
 @dataclass(frozen=True)
-class _State:
-    camera_id: str
-    payload: bytes
-
-
-@dataclass(frozen=True)
 class _Stats:
     payload: bytes
 
@@ -157,12 +153,14 @@ class Publisher:
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
+        self._subscriptions = inbound.Subscriptions()
+        self._client.on_message = self._subscriptions.on_message
 
         ocfg = outbox if outbox is not None else OutboxConfig(enabled=False)
         path = ocfg.path if ocfg.enabled else MEMORY
         self._outbox = Outbox(path, ocfg.max_messages, ocfg.when_full, ocfg.synchronous)
 
-        self._feed: queue.Queue[_State | _Stats] = queue.Queue(maxsize=FEED_QUEUE_SIZE)
+        self._feed: queue.Queue[inbound.Retained | _Stats] = queue.Queue(maxsize=FEED_QUEUE_SIZE)
         self._events: collections.deque[_Event] = collections.deque()  # bounded by the window
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -181,7 +179,7 @@ class Publisher:
         self._inflight_rows: set[int] = set()
         self._sent_unmarked: list[int] = []  # attempts recorded with the next step's acks
         self._status_mids: set[int] = set()
-        self._state_pending: dict[str, bytes] = {}
+        self._retained = inbound.RetainedStates()
         self._props: dict[int | None, Properties] = {}
         self._logged_error: str | None = None
         self._closed_early = 0  # paho's thread: connections in a row closed before a CONNACK
@@ -266,13 +264,31 @@ class Publisher:
         """The rolling verdict, retained: only the newest per camera matters, so while offline
         it is kept in memory (one per camera) and sent on connect."""
         check_id("camera_id", camera_id)
-        self._offer(_State(camera_id, encode(payload)))
+        self._offer(inbound.Retained(camera_id, encode(payload)))
+
+    def publish_exam_state(
+        self, camera_id: str, payload: dict[str, Any], correlation: bytes | None = None
+    ) -> None:
+        """The exam's state, retained: newest wins, but each command's answer goes out."""
+        check_id("camera_id", camera_id)
+        self._offer(inbound.Retained(camera_id, encode(payload), "exam", correlation))
+
+    def publish_exam_summary(self, camera_id: str, payload: dict[str, Any]) -> None:
+        """An exam's record when it closes or aborts: QoS 1, durable like results."""
+        topic = self.topic(check_id("camera_id", camera_id), "exam", "summary")
+        self._put(topic, encode(payload), expiry_s=None, droppable=False)
+
+    def subscribe(self, topic_filter: str, handler: inbound.MessageHandler) -> None:
+        """Receive `topic_filter` (QoS 1) on every connection; before `start()` only."""
+        if self._thread is not None:
+            raise RuntimeError("Publisher.subscribe() must come before start()")
+        self._subscriptions.add(topic_filter, handler)
 
     def publish_stats(self, payload: dict[str, Any]) -> None:
         """QoS 0 and not retained: dropped (and counted) while offline."""
         self._offer(_Stats(encode(payload)))
 
-    def _offer(self, command: _State | _Stats) -> None:
+    def _offer(self, command: inbound.Retained | _Stats) -> None:
         if self._stopped:
             raise PublisherStopped("the publisher is stopped: no more messages are accepted")
         try:
@@ -445,6 +461,7 @@ class Publisher:
         log.info("connected to MQTT broker %s:%d", self._cfg.host, self._cfg.port)
         info = self._client.publish(self._status_topic, "online", qos=1, retain=True)
         self._status_mids.add(info.mid)
+        self._subscriptions.renew(self._client)  # a clean start forgets them
 
     def _record_error(self, message: str, fatal: bool) -> None:
         self._last_error = message
@@ -462,18 +479,19 @@ class Publisher:
                 command = self._feed.get_nowait()
             except queue.Empty:
                 return
-            if isinstance(command, _State):
-                self._state_pending[command.camera_id] = command.payload
+            if isinstance(command, inbound.Retained):
+                self._retained.offer(command)
             elif self._online:
                 self._client.publish(self._stats_topic, command.payload, qos=0, retain=False)
             else:
                 self._counts["stats_dropped"] += 1
 
     def _send_states(self) -> None:
-        for camera_id, data in self._state_pending.items():
-            topic = self.topic(camera_id, "state")
-            self._client.publish(topic, data, qos=1, retain=True, properties=self._properties(None))
-        self._state_pending.clear()
+        for item in self._retained.take():
+            c = item.correlation
+            props = self._properties(None) if c is None else inbound.answer_properties(c)
+            topic = self.topic(item.camera_id, item.kind)
+            self._client.publish(topic, item.payload, qos=1, retain=True, properties=props)
 
     def _send_rows(self) -> None:
         room = INFLIGHT_WINDOW - len(self._inflight)
@@ -526,7 +544,7 @@ class Publisher:
         deadline = time.monotonic() + self._flush_timeout_s
         while time.monotonic() < deadline:
             self._step()
-            if self._outbox.pending == 0 and self._feed.empty() and not self._state_pending:
+            if self._outbox.pending == 0 and self._feed.empty() and not self._retained:
                 break
             self._wake.wait(min(_TICK_S, max(deadline - time.monotonic(), 0.0)))
             self._wake.clear()

@@ -22,7 +22,9 @@ from typing import Any
 
 from pipeline import DISCLAIMER
 from pipeline.config import AppConfig, ConfigError, load_config
+from pipeline.exam.commands import VIEWS
 from pipeline.mqtt.client import add_broker_arguments, broker_overrides
+from pipeline.run.exam import ExamPlan
 from pipeline.run.malloc import tune_malloc
 from pipeline.run.stats import EXIT_BAD_INPUT, RunSummary
 from pipeline.run.wiring import RunError, run
@@ -83,6 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="use the model's preprocessing when the config's differs",
     )
+    _add_exam_arguments(parser)
     parser.add_argument("--max-frames", type=int, help="stop after N captured frames")
     parser.add_argument("--outbox", type=Path, help="durable outbox file (SQLite)")
     parser.add_argument(
@@ -92,6 +95,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level"
     )
     parser.epilog = EPILOG
+
+
+def _add_exam_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--exam",
+        metavar="ID",
+        help="start exam ID (an accession code, never a name) at once, capturing --view; the "
+        "record says acclimatization was not observed. A DMR-IR folder replay makes one exam "
+        "per patient, ID-T<patient>",
+    )
+    parser.add_argument(
+        "--view", choices=VIEWS, help="the view of --exam (default frontal; alone: a new id)"
+    )
+    parser.add_argument(
+        "--exams-dir", type=Path, help="folder of exam records (config exam.exams_dir)"
+    )
+    parser.add_argument(
+        "--allow-synthetic-model",
+        action="store_true",
+        default=None,
+        help="let a synthetic demo model serve a live camera (it still says SYNTHETIC MODEL "
+        "everywhere); refused otherwise",
+    )
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -107,12 +133,21 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "capture.realtime": args.realtime,
         "capture.fps": args.fps,
         "model.follow_manifest": args.follow_manifest,
+        "model.allow_synthetic": args.allow_synthetic_model,
+        "exam.exams_dir": args.exams_dir,
         "outbox.path": args.outbox,
         "flush_timeout_s": args.flush_timeout,
         "log_level": args.log_level,
     }
     flat.update(broker_overrides(args))
     return {k: v for k, v in flat.items() if v is not None}
+
+
+def exam_plan(args: argparse.Namespace) -> ExamPlan | None:
+    """`--exam ID` and/or `--view V`: the exam the run starts by itself."""
+    if args.exam is None and args.view is None:
+        return None
+    return ExamPlan(exam_id=args.exam, view=args.view or "frontal")
 
 
 def config_path(args: argparse.Namespace) -> Path | None:
@@ -144,6 +179,13 @@ def print_summary(summary: RunSummary, cfg: AppConfig) -> None:
         )
     else:
         print("outbox: empty (every result acknowledged by the broker)")
+    if summary.exams is not None and (summary.exams["closed"] or summary.exams["aborted"]):
+        print(
+            f"exams: {summary.exams['closed']} closed, {summary.exams['aborted']} aborted; "
+            f"records and reports in {cfg.exam.exams_dir}"
+        )
+    if summary.synthetic_model:
+        print("SYNTHETIC MODEL: trained on generated thermograms; a demo, not a medical model")
     print(f"Note: {DISCLAIMER}")
 
 
@@ -154,13 +196,13 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"thermoscreen run: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    logging.basicConfig(
-        level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.getLogger().setLevel(
+        cfg.log_level
+    )  # the CLI set logging up; the config may name a level
     stop = threading.Event()
     try:
         with stop_on_signals(stop):
-            summary = run(cfg, stop=stop, max_frames=args.max_frames)
+            summary = run(cfg, stop=stop, max_frames=args.max_frames, exam_plan=exam_plan(args))
     except RunError as exc:
         print(f"thermoscreen run: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

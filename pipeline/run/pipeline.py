@@ -19,7 +19,7 @@ from typing import Protocol
 from pipeline.capture.base import Source
 from pipeline.classify.base import Classifier
 from pipeline.classify.factory import model_info
-from pipeline.run.base import FrameConsumer, ResultSink
+from pipeline.run.base import ExamHook, FrameConsumer, ResultSink
 from pipeline.run.inbox import CommandInbox
 from pipeline.run.options import StageOptions
 from pipeline.run.queues import POLL_S, Control, Queues
@@ -60,6 +60,7 @@ class Pipeline:
         consumers: Sequence[FrameConsumer] = (),
         commands: CommandInbox | None = None,
         stop: threading.Event | None = None,
+        exam: ExamHook | None = None,
     ) -> None:
         self.options = options
         self.source = source
@@ -91,6 +92,7 @@ class Pipeline:
             consumers,
             commands,
             with_output=output_factory is not None,
+            exam=exam,
         )
         self.output = (
             OutputStage(output_factory, self.queues, self.counters) if output_factory else None
