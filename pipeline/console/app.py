@@ -38,7 +38,7 @@ from pipeline.console.pages import (
     report_page,
     static_file,
 )
-from pipeline.console.security import REPORT_CSP_KEY, Guard, harden
+from pipeline.console.security import Guard, harden
 from pipeline.console.state import CameraInfo, page_state
 from pipeline.console.stream import JpegStream
 from pipeline.exam.commands import MAX_COMMAND_BYTES
@@ -191,8 +191,9 @@ async def exam_report(request: web.Request) -> web.Response:
     except RecordError as exc:
         log.error("exam report %s: %s", exam_id, exc)
         raise web.HTTPInternalServerError(text=str(exc)) from exc
-    request[REPORT_CSP_KEY] = True
-    return web.Response(text=page, content_type="text/html", charset="utf-8")
+    response = web.Response(text=page, content_type="text/html", charset="utf-8")
+    harden(response, report=True)  # its own CSP: inline CSS and data images, no script
+    return response
 
 
 async def favicon(request: web.Request) -> web.Response:

@@ -35,7 +35,6 @@ REPORT_CSP = (
     "default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'none'; "
     "base-uri 'none'; form-action 'none'"
 )
-REPORT_CSP_KEY = "report"  # a handler sets request[REPORT_CSP_KEY] = True for the report page
 
 
 def _refuse(status: int, text: str) -> web.Response:
@@ -114,7 +113,7 @@ class Guard:
             harden(exc)
             raise
         if not response.prepared:
-            harden(response, report=bool(request.get(REPORT_CSP_KEY)))
+            harden(response)
         return response
 
 

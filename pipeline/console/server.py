@@ -1,9 +1,9 @@
 """The operator console: an aiohttp server in its own thread (and event loop) inside `run`.
 
-    plan = plan_console(cfg.console)                  # ConsoleError: one line, exit 2
-    console = Console(plan, cfg.console, window, camera, exams_dir, outbox_capacity)
-    console.start()                                   # listening (ConsoleError: port in use)
-    run(cfg, consumers=[console.result_metrics], live=window)
+    window = LiveView()
+    console = open_console(cfg, window)        # None without console.listen; ConsoleError:
+                                               # no password off loopback, port taken, TLS
+    run(cfg, consumers=console.consumers, live=window)
     console.stop()
 
 The console's thread serves HTTP; a second thread JPEG-encodes the live view while someone
@@ -16,18 +16,21 @@ import asyncio
 import logging
 import ssl
 import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from aiohttp import web
 
+from pipeline.config import AppConfig
 from pipeline.console.app import ConsoleContext, build_app
 from pipeline.console.base import LiveWindow
-from pipeline.console.config import ConsoleConfig, ConsoleError, ConsolePlan
+from pipeline.console.config import ConsoleConfig, ConsoleError, ConsolePlan, plan_console
 from pipeline.console.health import HealthLimits
 from pipeline.console.metrics import ConsoleCounters, build_registry
 from pipeline.console.security import Guard
 from pipeline.console.state import CameraInfo
 from pipeline.console.stream import JpegStream
+from pipeline.run.base import FrameConsumer
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,11 @@ class Console:
         self._error: str | None = None
 
     @property
+    def consumers(self) -> Sequence[FrameConsumer]:
+        """What `run` must feed per result (the latency histogram of /metrics)."""
+        return (self.result_metrics,)
+
+    @property
     def url(self) -> str:
         return self.plan.address.url(self.port, tls=self._ssl is not None)
 
@@ -144,3 +152,16 @@ class Console:
         await self._stopping.wait()
         self.stream.close_viewers()
         await runner.cleanup()
+
+
+def open_console(
+    cfg: AppConfig, window: LiveWindow, env: Mapping[str, str] | None = None
+) -> Console | None:
+    """The console `cfg.console` asks for, listening; None when `console.listen` is unset.
+    ConsoleError (one line): a network address without a password, the port taken, bad TLS."""
+    plan = plan_console(cfg.console, env)
+    if plan is None:
+        return None
+    capacity = cfg.outbox.max_messages if cfg.outbox.enabled else None
+    camera = CameraInfo(cfg.device_id, cfg.camera_id)
+    return Console(plan, cfg.console, window, camera, cfg.exam.exams_dir, capacity).start()

@@ -30,8 +30,10 @@ class CameraInfo:
 def _verdict(line: VerdictView | None) -> dict[str, Any] | None:
     if line is None:
         return None
+    threshold = line.threshold
     return {
         "label": line.label,
+        "positive": None if threshold is None else bool(line.score >= threshold),
         "score": round(float(line.score), 4),
         "threshold": None if line.threshold is None else round(float(line.threshold), 4),
         "frames": int(line.frames),
@@ -50,7 +52,7 @@ def frame_state(shown: ShownFrame) -> dict[str, Any]:
         "radiometric": frame.kind is not FrameKind.GRAY8,
         "width": int(frame.pixels.shape[1]),
         "height": int(frame.pixels.shape[0]),
-        "file": getattr(frame, "file", None),  # folder replays (exam-int adds Frame.file)
+        "file": frame.file,
         "age_s": round(time.monotonic() - shown.received_mono, 3),
         "thermal": None
         if thermal is None

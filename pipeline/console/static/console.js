@@ -25,8 +25,8 @@ function verdictText(v, what) {
 function setVerdict(el, v, what, empty) {
   const text = verdictText(v, what);
   el.textContent = text || empty;
-  el.className = !text ? "muted" : (v.positive || (v.threshold !== null && v.score >= v.threshold)
-    ? "positive" : "negative");
+  el.className = !text ? "muted" : v.positive === true ? "positive" :
+    v.positive === false ? "negative" : "";
 }
 
 function nextStep(exam, enabled) {
