@@ -57,6 +57,7 @@ class ConsoleContext:
     """Everything the handlers use (one per console, shared by every request)."""
 
     window: LiveWindow
+    health: Callable[[], dict[str, Any]]  # the window's health numbers, cached briefly
     camera: CameraInfo
     exams_dir: Path
     limits: HealthLimits
@@ -143,7 +144,7 @@ async def frame_jpeg(request: web.Request) -> web.Response:
 
 async def api_state(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    state = await _off_loop(lambda: page_state(ctx.window, ctx.camera, ctx.limits))
+    state = await _off_loop(lambda: page_state(ctx.window, ctx.health, ctx.camera, ctx.limits))
     return web.json_response(state)
 
 
@@ -202,7 +203,7 @@ async def favicon(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    healthy, body = evaluate(ctx.window.health(), ctx.limits)
+    healthy, body = evaluate(ctx.health(), ctx.limits)
     return web.json_response(body, status=200 if healthy else 503)
 
 

@@ -11,7 +11,9 @@ only the status code; the body says which part failed and why.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,3 +107,22 @@ def evaluate(h: Mapping[str, Any], limits: HealthLimits) -> tuple[bool, dict[str
     }
     healthy = all(p["ok"] for p in parts.values())
     return healthy, {"status": "ok" if healthy else "unhealthy", **parts}
+
+
+class CachedHealth:
+    """The live window's health numbers, read at most every `max_age_s` however many pages,
+    monitors and scrapers ask (each read takes locks the stages also take, briefly)."""
+
+    def __init__(self, read: Callable[[], dict[str, Any]], max_age_s: float = 0.5) -> None:
+        self.read = read
+        self.max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._numbers: dict[str, Any] = {}
+        self._read_mono = float("-inf")
+
+    def __call__(self) -> dict[str, Any]:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._read_mono >= self.max_age_s:
+                self._numbers, self._read_mono = self.read(), now
+            return self._numbers

@@ -25,7 +25,7 @@ from pipeline.config import AppConfig
 from pipeline.console.app import ConsoleContext, build_app
 from pipeline.console.base import LiveWindow
 from pipeline.console.config import ConsoleConfig, ConsoleError, ConsolePlan, plan_console
-from pipeline.console.health import HealthLimits
+from pipeline.console.health import CachedHealth, HealthLimits
 from pipeline.console.metrics import ConsoleCounters, build_registry
 from pipeline.console.security import Guard
 from pipeline.console.state import CameraInfo
@@ -67,12 +67,14 @@ class Console:
         self.plan = plan
         self.counters = ConsoleCounters()
         self.stream = JpegStream(window, cfg.stream_max_fps, cfg.jpeg_quality, cfg.max_viewers)
+        self.health = CachedHealth(window.health)
         self.registry, self.result_metrics = build_registry(
-            window.health, window.exam_state, self.stream.counters, self.counters
+            self.health, window.exam_state, self.stream.counters, self.counters
         )
         self.guard = Guard(plan, self.counters)
         self.context = ConsoleContext(
             window=window,
+            health=self.health,
             camera=camera,
             exams_dir=Path(exams_dir),
             limits=HealthLimits(cfg.stale_s, outbox_capacity),

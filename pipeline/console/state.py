@@ -10,6 +10,7 @@ exams carry the operator's accession code only.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,11 +68,17 @@ def frame_state(shown: ShownFrame) -> dict[str, Any]:
     }
 
 
-def page_state(window: LiveWindow, camera: CameraInfo, limits: HealthLimits) -> dict[str, Any]:
+def page_state(
+    window: LiveWindow,
+    health_numbers: Callable[[], dict[str, Any]],
+    camera: CameraInfo,
+    limits: HealthLimits,
+) -> dict[str, Any]:
     """The whole `/api/state` answer (call it off the event loop: it converts a frame)."""
     shown = window.latest()
     exam = window.exam_state()
-    healthy, health = evaluate(window.health(), limits)
+    numbers = health_numbers()
+    healthy, health = evaluate(numbers, limits)
     frame = None if shown is None else frame_state(shown)
     synthetic = bool((exam or {}).get("synthetic_model")) or bool(
         frame and frame["synthetic_model"]
@@ -79,6 +86,7 @@ def page_state(window: LiveWindow, camera: CameraInfo, limits: HealthLimits) -> 
     return {
         "device_id": camera.device_id,
         "camera_id": camera.camera_id,
+        "started": "capture" in numbers,  # the run's stages are up (the model is loaded)
         "exams_enabled": window.exams_enabled,
         "exam": exam,
         "frame": frame,

@@ -109,7 +109,12 @@ class JpegStream:
             seq, image = got
             if last_seq is not None and seq > last_seq + 1:
                 self.counters.skipped_by_encoder += seq - last_seq - 1
-            jpeg = encode_jpeg(image, self.quality)
+            try:
+                jpeg = encode_jpeg(image, self.quality)
+            except (cv2.error, ValueError) as exc:  # the live view pauses; the run goes on
+                log.error("console: frame %d not encoded: %s", seq, exc)
+                last_seq, due = seq, now + IDLE_WAIT_S
+                continue
             ordinal += 1
             self.counters.encoded += 1
             self._hand_over(Encoded(ordinal, seq, jpeg))

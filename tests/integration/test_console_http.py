@@ -4,10 +4,14 @@ run's command path, the exam pages, and every refusal of the security rules."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import ssl
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -235,3 +239,24 @@ def test_commands_are_refused_plainly_when_the_body_is_not_a_json_object(
     for body in (b"[1, 2]", b"{not json", json.dumps({"action": "x" * 5000}).encode()):
         answer = running.request("/api/exam", "POST", body, headers)
         assert answer.status in (400, 413), (body[:20], answer.status)
+
+
+def test_https_with_the_configured_certificate(
+    broker: Broker, tiny_model: Path, tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    tls = {"console.tls_cert_file": str(cert), "console.tls_key_file": str(key)}
+    with console_run(broker.port, tiny_model, tmp_path / "run", **tls) as live_run:
+        assert live_run.url.startswith("https://127.0.0.1:")
+        trusted = ssl.create_default_context(cafile=str(cert))
+        with urllib.request.urlopen(live_run.url + "api/state", context=trusted) as answer:
+            assert json.loads(answer.read())["camera_id"] == "cam0"
+        plain = live_run.url.replace("https://", "http://") + "api/state"
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+            urllib.request.urlopen(plain, timeout=10).read()

@@ -29,7 +29,10 @@ function setVerdict(el, v, what, empty) {
     v.positive === false ? "negative" : "";
 }
 
-function nextStep(exam, enabled) {
+function nextStep(exam, enabled, started) {
+  if (!started) {
+    return "The camera is starting (loading the model, opening the source)…";
+  }
   if (!enabled) {
     return "Exams are off for this run (see its log: the model has no positive class, or " +
       "there is no MQTT publisher). The live view still works.";
@@ -97,10 +100,10 @@ function renderViews(exam) {
 function renderExam(state) {
   const exam = state.exam;
   const enabled = state.exams_enabled;
-  const name = exam ? exam.state : (enabled ? "idle" : "off");
+  const name = exam ? exam.state : (!state.started ? "starting" : enabled ? "idle" : "off");
   $("exam-state").textContent = name;
   $("exam-label").textContent = exam && exam.exam_id ? `exam ${exam.exam_id}` : "";
-  $("next-step").textContent = nextStep(exam, enabled);
+  $("next-step").textContent = nextStep(exam, enabled, state.started);
   showPanels(exam, enabled);
   const rolling = (exam && exam.rolling_verdict) || (state.frame && state.frame.rolling_verdict);
   setVerdict($("rolling-verdict"), rolling, "score", "none yet");
