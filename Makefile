@@ -13,7 +13,8 @@ APT_PACKAGES := gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugin
 DEMO_MODEL := models/demo
 DEMO_DIR := var/demo
 
-.PHONY: setup apt test test-fast lint format demo model bench evaluate evaluate-cnn clean
+.PHONY: setup apt test test-fast lint format demo model bench evaluate evaluate-cnn clean \
+	exam-screenshot
 
 setup: $(STAMP)
 
@@ -56,6 +57,12 @@ $(DEMO_MODEL)/model.json: | setup
 
 demo: model
 	$(BIN)/python -m pipeline.devtools.demo --model $(DEMO_MODEL) --workdir $(DEMO_DIR)
+
+# the README's picture of an exam report: a demo exam on the synthetic test:// patient, rendered by
+# headless chromium (docs/img/exam-report.png)
+exam-screenshot: model
+	$(BIN)/python -m pipeline.devtools.exam_screenshot --model $(DEMO_MODEL) \
+		--out docs/img/exam-report.png
 
 bench: model
 	$(BIN)/thermoscreen bench --model $(DEMO_MODEL) --torch-checkpoint $(DEMO_DIR)/run/best.pt \
