@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 from pipeline.logger import dbfiles
 from pipeline.logger.examstore import EXAM_DDL, ExamRow, ExamStateRow, ExamTables
+from pipeline.uri import redact
 
 Added = Literal["stored", "duplicate", "conflict"]
 REASON_KEEP_CHARS = 1000
@@ -516,12 +517,7 @@ class PostgresStore(_SqlStore):
 
 def _redact(url: str) -> str:
     """Drop a password from a URL before it reaches a log line."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+    return redact(url)
 
 
 def open_store(db: str | Path, writer: bool = True) -> Store:
