@@ -9,11 +9,13 @@ APT_PACKAGES := gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugin
 	gstreamer1.0-libav gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 \
 	libgirepository1.0-dev libcairo2-dev pkg-config gcc python3-venv python3-dev \
 	mosquitto mosquitto-clients openssl postgresql \
-	gstreamer1.0-plugins-ugly chromium chromium-driver
+	gstreamer1.0-plugins-ugly chromium chromium-driver gir1.2-gst-rtsp-server-1.0
 DEMO_MODEL := models/demo
+SHIPPED_MODEL := models/dmr-lite0-probe
 DEMO_DIR := var/demo
 
-.PHONY: setup apt test test-fast lint format demo model bench evaluate evaluate-cnn clean
+.PHONY: setup apt test test-fast lint format demo model bench evaluate evaluate-cnn clean \
+	exam-screenshot
 
 setup: $(STAMP)
 
@@ -57,9 +59,18 @@ $(DEMO_MODEL)/model.json: | setup
 demo: model
 	$(BIN)/python -m pipeline.devtools.demo --model $(DEMO_MODEL) --workdir $(DEMO_DIR)
 
+# the README's picture of an exam report: a demo exam on the synthetic test:// patient, rendered by
+# headless chromium (docs/img/exam-report.png)
+exam-screenshot: model
+	$(BIN)/python -m pipeline.devtools.exam_screenshot --model $(DEMO_MODEL) \
+		--out docs/img/exam-report.png
+
+# the shipped model first, then the demo ResNet18; every source kind, live 10 min at 30 and 120 fps
 bench: model
-	$(BIN)/thermoscreen bench --model $(DEMO_MODEL) --torch-checkpoint $(DEMO_DIR)/run/best.pt \
-		--out results
+	@test -f $(SHIPPED_MODEL)/model.json || { echo "make bench: $(SHIPPED_MODEL) is missing;" \
+		"build the shipped model first (make evaluate)"; exit 2; }
+	$(BIN)/thermoscreen bench --model $(SHIPPED_MODEL) --model $(DEMO_MODEL) \
+		--torch-checkpoint $(DEMO_DIR)/run/best.pt --data ../shared/data/dmr-ir-frontal --out results
 
 # the frozen-Lite0 study: nested CV over 5 split seeds, checks, export, hold-out (605 s measured
 # on one thread)

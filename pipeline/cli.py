@@ -38,7 +38,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pipeline.convert",
         "a radiometric recording or camera -> a lossless 16-bit PNG recording",
     ),
-    "bench": ("pipeline.devtools.bench", "benchmark bare model vs pipeline vs naive loop"),
+    "bench": (
+        "pipeline.devtools.bench.command",
+        "benchmark the bare model, replays of every source kind, live runs, the naive loop",
+    ),
     "synth": ("training.synth", "generate synthetic thermograms (matrices, PNG16, MP4)"),
     "train": ("training.train", "transfer-learn a torchvision classifier on thermograms"),
     "evaluate": ("training.evaluate", "patient-level metrics with bootstrap intervals"),

@@ -119,6 +119,17 @@ class CaptureConfig(_Strict):
     jetson: bool = Field(
         default=False, description="Use Jetson elements (nvv4l2decoder, nvvidconv) in pipelines."
     )
+    max_frame_width: int = Field(
+        default=4096,
+        ge=1,
+        description="Widest frame accepted (pixels); wider images and streams are refused "
+        "from their header or caps before they are decoded.",
+    )
+    max_frame_height: int = Field(
+        default=4096,
+        ge=1,
+        description="Tallest frame accepted (pixels); see max_frame_width.",
+    )
     loop: bool = Field(default=False, description="Restart a recording at its end (demo kiosks).")
     reconnect_min_s: float = Field(
         default=1.0, gt=0, description="First delay before rebuilding a lost live source."
@@ -136,6 +147,12 @@ class CaptureConfig(_Strict):
         default=0.5,
         gt=0,
         description="How long one read waits for a frame before re-checking stop.",
+    )
+    decode_workers: int | None = Field(
+        default=None,
+        ge=0,
+        description="Folder replays (matrices, PNGs): files decoded ahead at once, in order, on "
+        "their own threads; null: one per core, at most 2; 0: each file on the capture thread.",
     )
 
 

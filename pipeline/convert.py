@@ -17,7 +17,6 @@ it first. A live source runs until --max-frames or Ctrl-C; what was captured is 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import threading
 import time
@@ -45,10 +44,10 @@ from pipeline.data.recording import (
 )
 from pipeline.signals import stop_on_signals
 from pipeline.types import Frame, FrameKind
+from pipeline.uri import redact
 
-DEFAULT_COMPRESSION = 6  # zlib level: smaller files than OpenCV's default, same read speed
+DEFAULT_COMPRESSION = 3  # zlib level: higher levels write far slower for hardly smaller files
 STALL_S = 30.0  # a source that gives no frame for this long is stuck
-_USERINFO = re.compile(r"//[^/@]*@")
 
 
 class ConvertError(Exception):
@@ -61,11 +60,6 @@ class ConvertSummary:
     frames: int
     scale: CountScale
     png_bytes: int  # all frames together
-
-
-def redacted(uri: str) -> str:
-    """The URI without credentials (rtsp://user:pass@host -> rtsp://***@host)."""
-    return _USERINFO.sub("//***@", uri)
 
 
 def frame_counts(frame: Frame, where: str) -> tuple[npt.NDArray[np.uint16], CountScale]:
@@ -189,7 +183,7 @@ def convert(
         finally:
             source.close()
             writer.close()
-        write_recording(partial, scale, origins, redacted(uri))
+        write_recording(partial, scale, origins, redact(uri))
         partial.rename(out)
     except (DataError, OSError) as exc:
         _remove(partial)

@@ -2,6 +2,9 @@
 
 A model directory holds `model.onnx`, `labels.txt` and `model.json` (this manifest). The pipeline
 trusts the manifest, checks the sha256 and labels, and fails with one clear line on disagreement.
+A matching sha256 only says the file is the one the manifest names, not that it is a whole
+model (a manifest rewritten after a truncated copy matches too), so the graph itself is parsed
+and checked before any runtime (ONNX Runtime, TensorRT) reads it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import onnx
+from google.protobuf.message import DecodeError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline import DISCLAIMER
@@ -175,6 +180,7 @@ def load_model_dir(root: str | Path, verify_sha256: bool = True) -> ModelDir:
                 f"{onnx_path}: sha256 {digest[:12]}… does not match model.json "
                 f"({manifest.sha256[:12]}…); the file was changed: re-export or restore it"
             )
+    check_onnx_file(onnx_path)
     labels = tuple(read_labels(root / LABELS_NAME))
     if labels != manifest.labels:
         raise ModelError(
@@ -187,6 +193,34 @@ def load_model_dir(root: str | Path, verify_sha256: bool = True) -> ModelDir:
             f"{mpath}: output has {n_out} classes but {len(labels)} labels; re-export the model"
         )
     return ModelDir(root=root, manifest=manifest, labels=labels)
+
+
+def check_onnx_file(path: Path) -> None:
+    """The file must be one whole, self-contained ONNX model that `onnx.checker` accepts (every
+    initializer as long as its shape says); raise ModelError otherwise. A runtime handed a
+    truncated or inconsistent graph may crash instead of raising."""
+    fix = "re-export the model or restore the file"
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, OSError, ValueError) as exc:
+        raise ModelError(f"{path}: not a complete ONNX model ({_first_line(exc)}); {fix}") from exc
+    external = [
+        t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+    ]
+    if external:
+        raise ModelError(
+            f"{path}: initializer {external[0]!r} points to external data; the model contract is "
+            f"one self-contained file: {fix}"
+        )
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise ModelError(f"{path}: the ONNX graph is invalid ({_first_line(exc)}); {fix}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def write_manifest(root: Path, manifest: ModelManifest) -> Path:

@@ -39,7 +39,9 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import parse_qsl
 
+from pipeline.capture.limits import FrameLimit
 from pipeline.types import Frame
+from pipeline.uri import redact
 
 SCHEMES: dict[str, str] = {
     "file": "recorded video (mp4, mkv, avi...) through GStreamer",
@@ -121,6 +123,7 @@ class SourceOptions:
     stall_timeout_s: float = 10.0  # live: rebuild when no frame arrives for this long (0 = never)
     capture_format: str | None = None  # gray8 | y16 | yuyv; None: from the profile
     settle_s: float | None = None  # test://: one patient whose skin settles over this long
+    frame_limit: FrameLimit = field(default_factory=FrameLimit)  # refused before decoding
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,11 @@ class ParsedUri:
     location: str
     params: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def shown(self) -> str:
+        """The URI as logs, errors, results and records may show it: credentials masked."""
+        return redact(self.text)
+
 
 def _split_query(rest: str, text: str) -> tuple[str, dict[str, str]]:
     if "?" not in rest:
@@ -141,7 +149,7 @@ def _split_query(rest: str, text: str) -> tuple[str, dict[str, str]]:
     unknown = sorted(set(params) - QUERY_KEYS)
     if unknown:
         raise SourceError(
-            f"source '{text}': unknown query parameter(s) {', '.join(unknown)}; "
+            f"source '{redact(text)}': unknown query parameter(s) {', '.join(unknown)}; "
             f"known: {', '.join(sorted(QUERY_KEYS))}"
         )
     return location, params
@@ -168,21 +176,13 @@ def parse_uri(text: str) -> ParsedUri:
         return ParsedUri(text, "rtsp", text)
     if scheme not in SCHEMES:
         listed = ", ".join(f"{s}://" for s in SCHEMES)
-        raise SourceError(f"source '{text}': unknown scheme '{scheme}://'; supported: {listed}")
+        raise SourceError(
+            f"source '{redact(text)}': unknown scheme '{scheme}://'; supported: {listed}"
+        )
     location, params = _split_query(rest, text)
     if scheme == "csi" and not location:
         location = "0"
     return ParsedUri(text, scheme, location, params)
-
-
-def redact_uri(text: str) -> str:
-    """A source URI fit for logs, results and records: credentials (`rtsp://user:pass@host`)
-    become `***`."""
-    scheme, sep, rest = text.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
-        return text
-    host = rest.split("@", 1)[1]
-    return f"{scheme}://***@{host}"
 
 
 def _param(parsed: ParsedUri, key: str, kind: type[int] | type[float]) -> int | float | None:
@@ -193,7 +193,7 @@ def _param(parsed: ParsedUri, key: str, kind: type[int] | type[float]) -> int | 
         return kind(raw)
     except ValueError:
         raise SourceError(
-            f"source '{parsed.text}': query parameter {key}={raw!r} is not a {kind.__name__}"
+            f"source '{parsed.shown}': query parameter {key}={raw!r} is not a {kind.__name__}"
         ) from None
 
 
@@ -224,14 +224,14 @@ def effective_options(parsed: ParsedUri, options: SourceOptions) -> SourceOption
     opts = replace(options, **changes)  # type: ignore[arg-type]
     if opts.reconnect_min_s <= 0 or opts.reconnect_max_s < opts.reconnect_min_s:
         raise SourceError(
-            f"source '{parsed.text}': reconnect backoff must satisfy 0 < min <= max, got "
+            f"source '{parsed.shown}': reconnect backoff must satisfy 0 < min <= max, got "
             f"{opts.reconnect_min_s}..{opts.reconnect_max_s}"
         )
     if opts.fps <= 0:
-        raise SourceError(f"source '{parsed.text}': fps must be > 0, got {opts.fps}")
+        raise SourceError(f"source '{parsed.shown}': fps must be > 0, got {opts.fps}")
     if opts.settle_s is not None and not 0 < opts.settle_s <= 86400:
         raise SourceError(
-            f"source '{parsed.text}': settle_s must be in (0, 86400] seconds, got {opts.settle_s}"
+            f"source '{parsed.shown}': settle_s must be in (0, 86400] seconds, got {opts.settle_s}"
         )
     return opts
 

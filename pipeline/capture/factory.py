@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pipeline.capture.base import Source, SourceOptions, effective_options, is_live, parse_uri
 from pipeline.capture.folder import FolderSource
+from pipeline.capture.launch import build_launch
 from pipeline.capture.synthetic import TestSource
 
 
@@ -37,6 +38,4 @@ def describe_pipeline(uri: str, options: SourceOptions | None = None) -> str:
         return f"(no GStreamer) folder replay of {parsed.location} via pipeline.data.dmr"
     if parsed.scheme == "test":
         return f"(no GStreamer) synthetic stream seed={opts.seed} at {opts.fps:g} fps"
-    from pipeline.capture.gst import build_launch  # optional: gi
-
-    return build_launch(parsed, opts, live=is_live(parsed, opts)).launch
+    return build_launch(parsed, opts, live=is_live(parsed, opts)).launch.shown()

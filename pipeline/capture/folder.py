@@ -35,6 +35,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipeline.capture.base import EndOfStream, ParsedUri, SourceError, SourceOptions, SourceStats
+from pipeline.capture.limits import check_image_files
 from pipeline.data.dmr import DataError, Decoded, decode_file, list_thermograms
 from pipeline.data.recording import RECORDING_FILE, read_scale
 from pipeline.types import Frame
@@ -141,7 +142,7 @@ class FolderSource:
     is_live = False
 
     def __init__(self, parsed: ParsedUri, options: SourceOptions) -> None:
-        self.uri = parsed.text
+        self.uri = parsed.shown
         self.folder = Path(parsed.location).expanduser()
         self._opts = options
         self._files: list[Path] = []
@@ -170,6 +171,9 @@ class FolderSource:
                 f"source '{self.uri}': folder {self.folder} holds no thermograms; add "
                 f".txt/.txt.gz matrices, .jpg/.png images or frame_00000.png 16-bit PNGs"
             )
+        oversized = check_image_files(self._files, self._opts.frame_limit)
+        if oversized is not None:  # before anything is decoded ahead
+            raise SourceError(f"source '{self.uri}': {oversized[0]}: {oversized[1]}")
         workers = decode_workers(self._opts.decode_workers)
         scale, offset = self._png16_scale()
         decode = functools.partial(decode_file, png16_scale=scale, png16_offset=offset)

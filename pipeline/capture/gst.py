@@ -73,14 +73,16 @@ from pipeline.capture.base import (
     SourceOptions,
     SourceStats,
 )
-from pipeline.capture.profiles import CameraProfile, ProfileError, extract_raw, get_profile
+from pipeline.capture.launch import REPLAY_QUEUE_FRAMES, build_launch
+from pipeline.capture.limits import check_image_files
+from pipeline.capture.profiles import ProfileError, extract_raw
 from pipeline.gstreamer import GLib, Gst, GstApp, GstVideo
 from pipeline.types import Frame, FrameKind
 
 log = logging.getLogger(__name__)
 
-GRAY8_CAPS = "video/x-raw,format=GRAY8"
-REPLAY_QUEUE_FRAMES = 2
+ERROR_GRACE_S = 1.0  # how long a failed start waits for the element's ERROR message
+START_POLL_S = 0.1
 ELEMENT_HINTS = {
     "aravissrc": "install the aravis GStreamer plugin (Debian: gstreamer1.0-plugins-bad >= 1.24 "
     "or aravis' gst-aravis)",
@@ -92,101 +94,6 @@ ELEMENT_HINTS = {
     "rtspsrc": "install gstreamer1.0-plugins-good",
     "v4l2src": "install gstreamer1.0-plugins-good",
 }
-
-
-@dataclass(frozen=True)
-class LaunchPlan:
-    """The gst-launch string for a URI and how its samples become frames."""
-
-    launch: str
-    live: bool
-    profile: CameraProfile | None  # None: 8-bit gray frames
-
-
-def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _appsink(live: bool, realtime: bool) -> str:
-    if live:
-        return "appsink name=sink sync=false max-buffers=1 drop=true"
-    sync = "true" if realtime else "false"
-    return f"appsink name=sink sync={sync} max-buffers={REPLAY_QUEUE_FRAMES} drop=false"
-
-
-def _size_caps(opts: SourceOptions) -> str:
-    parts = ["video/x-raw"]
-    if opts.width:
-        parts.append(f"width={opts.width}")
-    if opts.height:
-        parts.append(f"height={opts.height}")
-    return ",".join(parts) if len(parts) > 1 else ""
-
-
-def _radiometric_profile(parsed: ParsedUri, opts: SourceOptions) -> CameraProfile | None:
-    fmt = (opts.capture_format or "").lower()
-    if fmt not in ("", "gray8", "y16", "yuyv", "yuy2"):
-        raise SourceError(f"source '{parsed.text}': format={fmt!r} is not one of gray8, y16, yuyv")
-    try:
-        if opts.profile:
-            return get_profile(opts.profile)
-    except ProfileError as exc:
-        raise SourceError(f"source '{parsed.text}': {exc}") from None
-    if fmt == "y16":
-        log.info(
-            "%s: format=y16 without a profile; assuming lepton (0.01 K per count)", parsed.text
-        )
-        return get_profile("lepton")
-    return None
-
-
-def build_launch(parsed: ParsedUri, opts: SourceOptions, live: bool) -> LaunchPlan:
-    """The pipeline string for a parsed URI (see the module docstring for each scheme)."""
-    sink = _appsink(live, opts.realtime)
-    decode = "parsebin ! nvv4l2decoder ! nvvidconv" if opts.jetson else "decodebin ! videoconvert"
-    scheme = parsed.scheme
-    if scheme == "file":
-        location = _quote(str(Path(parsed.location).expanduser().absolute()))
-        launch = f"filesrc location={location} ! {decode} ! {GRAY8_CAPS} ! {sink}"
-        return LaunchPlan(launch, live, None)
-    if scheme == "rtsp":
-        src = f"rtspsrc location={_quote(parsed.location)} latency={opts.rtsp_latency_ms}"
-        return LaunchPlan(f"{src} ! {decode} ! {GRAY8_CAPS} ! {sink}", live, None)
-    if scheme == "csi":
-        w, h = opts.width or 1280, opts.height or 720
-        fps = max(1, round(opts.fps))
-        sensor = parsed.location or "0"
-        if not sensor.isdigit():
-            raise SourceError(f"source '{parsed.text}': csi:// takes a sensor number, e.g. csi://0")
-        launch = (
-            f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM),width={w},"
-            f"height={h},framerate={fps}/1 ! nvvidconv ! {GRAY8_CAPS} ! {sink}"
-        )
-        return LaunchPlan(launch, live, None)
-    if scheme in ("v4l2", "aravis"):
-        profile = _radiometric_profile(parsed, opts)
-        if scheme == "v4l2":
-            device = parsed.location or "/dev/video0"
-            src = f"v4l2src device={_quote(device)}"
-        else:
-            src = "aravissrc" + (
-                f" camera-name={_quote(parsed.location)}" if parsed.location else ""
-            )
-        if profile is not None:
-            caps = profile.caps(opts.width, opts.height)
-            return LaunchPlan(f"{src} ! {caps} ! {sink}", live, profile)
-        size = _size_caps(opts)
-        head = f"{src} ! {size}" if size else src
-        return LaunchPlan(f"{head} ! videoconvert ! {GRAY8_CAPS} ! {sink}", live, None)
-    if scheme == "gst":
-        if not parsed.location:
-            raise SourceError("source 'gst://': give a pipeline fragment, e.g. gst://videotestsrc")
-        profile = _radiometric_profile(parsed, opts)
-        if profile is not None:
-            caps = profile.caps(opts.width, opts.height)
-            return LaunchPlan(f"{parsed.location} ! {caps} ! {sink}", live, profile)
-        return LaunchPlan(f"{parsed.location} ! videoconvert ! {GRAY8_CAPS} ! {sink}", live, None)
-    raise SourceError(f"source '{parsed.text}': scheme {scheme}:// has no GStreamer pipeline")
 
 
 @dataclass(frozen=True)
@@ -215,6 +122,44 @@ def _one_decoder_thread(_pipeline: Gst.Bin, _bin: Gst.Bin, element: Gst.Element)
         element.set_property("max-threads", 1)
 
 
+# decodebin's autoplug-select answers (GstAutoplugSelectResult; the enum is not introspectable)
+_AUTOPLUG_TRY, _AUTOPLUG_SKIP = 0, 2
+# Parsers that lose frames of a stream a container already delimits: GStreamer 1.22's
+# mpeg4videoparse (gst-plugins-bad) drops the last frame of an MP4 recording.
+_SKIP_AFTER_DEMUXER = frozenset({"mpeg4videoparse"})
+
+
+def _upstream_name(pad: Gst.Pad) -> str:
+    """The factory name of the element feeding one of decodebin's pads (typefind for a bare
+    elementary stream; the multiqueue decodebin puts after a demuxer for a container's)."""
+    target = pad.get_target() if isinstance(pad, Gst.GhostPad) else None
+    element = target.get_parent_element() if target is not None else None
+    factory = element.get_factory() if element is not None else None
+    return factory.get_name() if factory is not None else ""
+
+
+def _no_lossy_parser(
+    _decodebin: Gst.Element, pad: Gst.Pad, _caps: Gst.Caps, factory: Gst.ElementFactory
+) -> int:
+    """decodebin: a demuxed stream goes straight to its decoder when the parser would lose
+    frames (every frame of a replay counts); a bare elementary stream keeps the parser that
+    frames it."""
+    if factory.get_name() in _SKIP_AFTER_DEMUXER and _upstream_name(pad) != "typefind":
+        return _AUTOPLUG_SKIP
+    return _AUTOPLUG_TRY
+
+
+def _skip_lossy_parsers(pipeline: Gst.Pipeline) -> None:
+    elements = pipeline.iterate_recurse()
+    while True:
+        status, element = elements.next()
+        if status != Gst.IteratorResult.OK:
+            return
+        factory = element.get_factory()
+        if factory is not None and factory.get_name() == "decodebin":
+            element.connect("autoplug-select", _no_lossy_parser)
+
+
 def _layout(caps: Gst.Caps) -> _Layout:
     info = GstVideo.VideoInfo.new_from_caps(caps)
     if info is None:
@@ -237,7 +182,7 @@ class GstSource:
     """A GStreamer pipeline ending in an appsink; live or replay (see the module docstring)."""
 
     def __init__(self, parsed: ParsedUri, options: SourceOptions, live: bool) -> None:
-        self.uri = parsed.text
+        self.uri = parsed.shown
         self.is_live = live
         self._parsed = parsed
         self._opts = options
@@ -256,10 +201,12 @@ class GstSource:
         self._layout_cache: _Layout | None = None
         self._ended = False
         self._failure: str | None = None
+        self._refused: str | None = None  # frames over the size limit, seen in caps
 
     @property
     def launch(self) -> str:
-        return self._plan.launch
+        """The pipeline as gst-launch would read it (values written in, secrets masked)."""
+        return self._plan.launch.shown()
 
     @property
     def stats(self) -> SourceStats:
@@ -285,6 +232,8 @@ class GstSource:
 
     def read(self, timeout_s: float = 1.0) -> Frame | None:
         """Next frame (replay) or newest frame (live); None when none came within timeout_s."""
+        if self._refused is not None:
+            raise SourceError(f"source '{self.uri}': {self._refused}")
         if self.is_live:
             frame = self._slot.get(timeout_s)
         else:
@@ -333,6 +282,10 @@ class GstSource:
                 f"source '{self.uri}': file {where} not found; give an existing recording "
                 f"(file://path/to/rec.mp4) or a folder of thermograms"
             )
+        if scheme == "file":  # a still image: its header states the size, decoders may not
+            oversized = check_image_files([Path(where).expanduser()], self._opts.frame_limit)
+            if oversized is not None:
+                raise SourceError(f"source '{self.uri}': {oversized[1]}")
         if scheme == "v4l2" and not Path(where or "/dev/video0").exists():
             raise SourceError(
                 f"source '{self.uri}': no device {where or '/dev/video0'}; plug the camera in "
@@ -341,7 +294,7 @@ class GstSource:
 
     def _build(self) -> Gst.Pipeline:
         try:
-            element = Gst.parse_launch(self._plan.launch)
+            element = Gst.parse_launch(self._plan.launch.template)
         except GLib.Error as exc:
             hint = next((h for name, h in ELEMENT_HINTS.items() if name in exc.message), "")
             raise SourceError(
@@ -351,6 +304,8 @@ class GstSource:
         pipeline = element if isinstance(element, Gst.Pipeline) else None
         if pipeline is None:
             raise SourceError(f"source '{self.uri}': launch string did not make a pipeline")
+        self._plan.launch.apply(pipeline)  # the URI's values, as properties only
+        _skip_lossy_parsers(pipeline)
         sink = pipeline.get_by_name("sink")
         assert isinstance(sink, GstApp.AppSink)
         sink.set_property("emit-signals", True)
@@ -358,7 +313,50 @@ class GstSource:
         sink.connect("new-sample", self._on_new_sample)
         if not self.is_live:
             pipeline.connect("deep-element-added", _one_decoder_thread)
+        pipeline.connect("deep-element-added", self._guard_decoder)
         return pipeline
+
+    def _guard_decoder(self, _pipeline: Gst.Bin, _bin: Gst.Bin, element: Gst.Element) -> None:
+        """Check the frame size a decoder is told (parsed caps) and announces (raw caps): an
+        over-limit size is refused, and the decoder gets no more data to decode."""
+        factory = element.get_factory()
+        klass = (factory.get_metadata("klass") if factory is not None else None) or ""
+        if "Decoder" not in klass:
+            return
+        sink, src = element.get_static_pad("sink"), element.get_static_pad("src")
+        if sink is not None:
+            kinds = Gst.PadProbeType.EVENT_DOWNSTREAM | Gst.PadProbeType.BUFFER
+            sink.add_probe(kinds, self._on_decoder_data)
+        if src is not None:
+            src.add_probe(Gst.PadProbeType.EVENT_DOWNSTREAM, self._on_decoder_data)
+
+    def _on_decoder_data(self, pad: Gst.Pad, info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
+        if self._refused is not None:
+            return Gst.PadProbeReturn.DROP  # refused: nothing more is decoded
+        event = info.get_event() if info.type & Gst.PadProbeType.EVENT_DOWNSTREAM else None
+        if event is None or event.type != Gst.EventType.CAPS:
+            return Gst.PadProbeReturn.OK
+        problem = self._size_problem(event.parse_caps())
+        if problem is None:
+            return Gst.PadProbeReturn.OK
+        self._refused = problem
+        element = pad.get_parent_element()
+        if element is not None:  # end the pipeline now instead of leaving it waiting for data
+            error = GLib.Error.new_literal(
+                Gst.StreamError.quark(), problem, int(Gst.StreamError.FORMAT)
+            )
+            element.post_message(Gst.Message.new_error(element, error, problem))
+        return Gst.PadProbeReturn.DROP
+
+    def _size_problem(self, caps: Gst.Caps | None) -> str | None:
+        if caps is None or caps.get_size() == 0:
+            return None
+        structure = caps.get_structure(0)
+        has_w, width = structure.get_int("width")
+        has_h, height = structure.get_int("height")
+        if not (has_w and has_h):
+            return None
+        return self._opts.frame_limit.problem(int(width), int(height))
 
     def _start(self) -> None:
         """Build and start a pipeline; on failure tear it down and raise SourceError."""
@@ -372,29 +370,48 @@ class GstSource:
             self._last_frame_mono = time.monotonic()
         ret = pipeline.set_state(Gst.State.PLAYING)
         if ret != Gst.StateChangeReturn.FAILURE:
-            timeout_ns = int(self._opts.open_timeout_s * Gst.SECOND)
-            ret, _, _ = pipeline.get_state(timeout_ns)
+            ret = self._wait_started(pipeline)
         if ret in (Gst.StateChangeReturn.SUCCESS, Gst.StateChangeReturn.NO_PREROLL):
             with self._lock:  # close() may have run meanwhile: never leave a pipeline playing
                 if self._closing.is_set() or self._pipeline is not pipeline:
                     pipeline.set_state(Gst.State.NULL)
             return
-        bus = pipeline.get_bus()
-        msg = bus.pop_filtered(Gst.MessageType.ERROR) if bus is not None else None
-        reason = (
-            _error_text(msg)
-            if msg is not None
-            else f"did not start within {self._opts.open_timeout_s:g} s"
-        )
+        reason = self._start_failure(pipeline, ret)
         self._stats.errors += 1
         with self._lock:
             if self._pipeline is pipeline:
                 self._teardown_locked()
+        if self._refused is not None:
+            raise SourceError(f"source '{self.uri}': {self._refused}")
         what = "file" if self._parsed.scheme == "file" else "source"
         raise SourceError(
             f"{what} '{self._parsed.location if what == 'file' else self.uri}' cannot be read: "
             f"{reason}; check that it exists and is a playable recording or a connected camera"
         )
+
+    def _wait_started(self, pipeline: Gst.Pipeline) -> Gst.StateChangeReturn:
+        """Wait for the state change, up to open_timeout_s; a refused frame size ends the wait
+        at once (the pipeline would otherwise sit in ASYNC until the timeout)."""
+        deadline = time.monotonic() + self._opts.open_timeout_s
+        while True:
+            step = min(START_POLL_S, max(deadline - time.monotonic(), 0.0))
+            ret, _, _ = pipeline.get_state(int(step * Gst.SECOND))
+            if ret != Gst.StateChangeReturn.ASYNC or self._refused is not None:
+                return ret
+            if time.monotonic() >= deadline:
+                return ret
+
+    def _start_failure(self, pipeline: Gst.Pipeline, ret: Gst.StateChangeReturn) -> str:
+        """What stopped the pipeline from starting: its bus ERROR (which can be posted just
+        after the state change fails), else whether it timed out or failed without a word."""
+        bus = pipeline.get_bus()
+        wait_ns = 0 if ret == Gst.StateChangeReturn.ASYNC else int(ERROR_GRACE_S * Gst.SECOND)
+        msg = bus.timed_pop_filtered(wait_ns, Gst.MessageType.ERROR) if bus is not None else None
+        if msg is not None:
+            return _error_text(msg)
+        if ret == Gst.StateChangeReturn.ASYNC:
+            return f"did not start within {self._opts.open_timeout_s:g} s"
+        return "GStreamer refused to start it without saying why"
 
     def _teardown_locked(self) -> None:
         pipeline, self._pipeline = self._pipeline, None
@@ -438,7 +455,12 @@ class GstSource:
         # PyGObject hands out a new wrapper per call, so compare the caps themselves: parsing
         # them into a VideoInfo took 0.25 ms a frame, with the GIL held.
         if self._layout_cache is None or not caps.is_equal(self._layout_caps):
-            self._layout_cache = _layout(caps)
+            layout = _layout(caps)
+            problem = self._opts.frame_limit.problem(layout.width, layout.height)
+            if problem is not None:
+                self._refused = problem
+                raise SourceError(problem)
+            self._layout_cache = layout
             self._layout_caps = caps
         lay = self._layout_cache
         buf = sample.get_buffer()
@@ -509,6 +531,9 @@ class GstSource:
                 self._put_replay(_END)
                 return
             where = self._parsed.location if self._parsed.scheme == "file" else self.uri
+            if self._refused is not None:
+                self._put_replay(_Failure(f"source '{self.uri}': {self._refused}"))
+                return
             self._put_replay(
                 _Failure(
                     f"source '{where}' failed during replay: {problem}; the file may be "

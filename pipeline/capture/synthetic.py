@@ -56,7 +56,7 @@ class TestSource:
     is_live = True
 
     def __init__(self, parsed: ParsedUri, options: SourceOptions) -> None:
-        self.uri = parsed.text
+        self.uri = parsed.shown
         self._opts = options
         self.size = (options.height or DEFAULT_SIZE[0], options.width or DEFAULT_SIZE[1])
         self._slot = LatestSlot()

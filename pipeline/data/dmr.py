@@ -21,6 +21,7 @@ import gzip
 import re
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -28,13 +29,14 @@ from typing import cast
 import cv2
 import numpy as np
 import numpy.typing as npt
-from isal import igzip, isal_zlib
+from isal import isal_zlib
 
-from pipeline.data.grid import parse_grid
+from pipeline.data.grid import parse_grid_chunks
 from pipeline.types import Frame, FrameKind
 
 MATRIX_SUFFIXES = (".txt", ".txt.gz")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+CHUNK_BYTES = 1 << 19  # text parsed at a time: below glibc's mmap threshold, even as tuned by run
 PLAUSIBLE_C = (-40.0, 150.0)  # outside this a "temperature" is a unit or parsing mistake
 # .txt files that sit beside thermograms but are documentation, never matrices
 NOT_THERMOGRAMS = frozenset(
@@ -147,23 +149,6 @@ def list_thermograms(folder: str | Path) -> list[Path]:
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, gunzipped for .gz. ISA-L inflates faster than zlib; when it
-    refuses the data, the standard library's gzip reads it again so that the error (or the
-    result) is exactly the one the reference reader gives."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror}); check the path") from exc
-    if not path.name.lower().endswith(".gz"):
-        return data
-    try:
-        inflated: bytes = igzip.decompress(data)  # type: ignore[no-untyped-call]
-    except _INFLATE_ERRORS:
-        return _gunzip(path, data)
-    return inflated
-
-
 def _gunzip(path: Path, data: bytes) -> bytes:
     try:
         return gzip.decompress(data)
@@ -212,16 +197,48 @@ def read_matrix(path: str | Path) -> npt.NDArray[np.float32]:
 
     Both DMR-IR layouts, trailing delimiters and CRLF are accepted. Raises DataError naming the
     file and line for corrupt gzip, ragged rows, non-numbers and implausible temperatures.
-    A fixed-width file is read as a byte grid (`pipeline.data.grid`); anything else, and every
-    file that fails a check there, by `read_matrix_reference`'s parser, so results and errors
-    are the same either way.
+    A fixed-width file is read as a byte grid while it is inflated (`pipeline.data.grid`);
+    anything else, and every file that fails a check there, by `read_matrix_reference`'s
+    parser, so results and errors are the same either way.
     """
     path = Path(path)
-    data = _read_bytes(path)
-    matrix = parse_grid(data, *PLAUSIBLE_C)
+    try:
+        matrix = parse_grid_chunks(_chunks(path), *PLAUSIBLE_C)
+    except _NotPlain:
+        matrix = None
     if matrix is not None:
         return matrix
-    return _parse_text(path, _ascii(path, data))
+    return read_matrix_reference(path)
+
+
+class _NotPlain(Exception):
+    """The file is not one plain gzip member (or plain text) that reads without error: the
+    reference path reads it and words what is wrong."""
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    """The file's text in pieces of CHUNK_BYTES, inflated as they are needed. Small pieces are
+    reused from the heap, where one buffer of the whole text faults in fresh pages every file."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        raise _NotPlain from None
+    if not path.name.lower().endswith(".gz"):
+        yield from (data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES))
+        return
+    inflate = isal_zlib.decompressobj(31)  # one gzip member, header and CRC checked
+    try:
+        while True:
+            piece = inflate.decompress(data, CHUNK_BYTES)
+            data = inflate.unconsumed_tail
+            if piece:
+                yield piece
+            if inflate.eof or not (piece or data):
+                break
+    except _INFLATE_ERRORS:
+        raise _NotPlain from None
+    if not inflate.eof or inflate.unused_data:
+        raise _NotPlain  # truncated, or more members or bytes after this one
 
 
 def read_matrix_reference(path: str | Path) -> npt.NDArray[np.float32]:

@@ -8,6 +8,9 @@ value at once. The digits are checked and combined column by column into an exac
 decimal digits without the point), and one IEEE division by the exact power of ten gives the
 correctly rounded double: the same double that Python's `float()` gives for the same text.
 
+Lines are parsed as their bytes arrive (`parse_grid_chunks`), a block at a time, so the whole
+text never sits in one buffer and the temporaries stay small enough to be reused from the heap.
+
 `parse_grid` answers None for anything that is not such a grid or that a check refuses (a
 non-digit, a ragged line, a second line end, a temperature out of range): the caller then reads
 the file with the line-by-line reference parser, which accepts every layout the format allows and
@@ -17,6 +20,7 @@ words the error. So this module never decides an error message, and never guesse
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,71 +31,108 @@ _LINE_TAIL = (*_SEPARATORS, ord("\r"))  # after the last value: trailing delimit
 _TOKEN = re.compile(rb"[-0-9.]*")
 _MAX_DIGITS = 15  # 10**15 < 2**53: the digits make an exact double
 _INT32_DIGITS = 9  # 999_999_999 < 2**31
+# values worked on at once: the block's temporaries stay in the CPU cache and below glibc's mmap
+# threshold, so they are reused from the heap instead of faulting in fresh pages every frame
+BLOCK_VALUES = 1 << 16
 
 
 @dataclass(frozen=True)
 class GridLayout:
-    """Where the values sit in a fixed-width matrix file (all offsets in bytes)."""
+    """Where the values sit on every line of a fixed-width matrix file (offsets in bytes)."""
 
-    rows: int  # lines holding values
     line_bytes: int  # one line, its line end included
     width: int  # values per line
     value_bytes: int  # characters of one value
     point: int  # offset of the decimal point within a value
 
 
-def grid_layout(data: bytes) -> GridLayout | None:
-    """The layout of the first line, if every line of `data` may share it (checked later)."""
-    newline = data.find(b"\n")
-    if newline <= 0:
+def grid_layout(first: bytes) -> GridLayout | None:
+    """The layout the first line (its LF included) sets for every line, if it has one."""
+    if len(first) < 2 or not first.endswith(b"\n"):
         return None
-    first = data[:newline]
     token = _TOKEN.match(first)
     value_bytes = token.end() if token is not None else 0
     point = first.find(b".", 0, value_bytes)
     if not 3 <= value_bytes <= _MAX_DIGITS + 1 or point < 0:
         return None
-    content = len(first.rstrip(b" ;\t\r"))
+    content = len(first[:-1].rstrip(b" ;\t\r"))
     stride = value_bytes + 1
     if (content + 1) % stride:
         return None
-    line_bytes = newline + 1
-    rows = len(data) // line_bytes
-    if data[rows * line_bytes :].strip(b" ;\t\r\n"):
-        return None  # a last line of a different length (or one without its line end)
-    return GridLayout(rows, line_bytes, (content + 1) // stride, value_bytes, point)
+    return GridLayout(len(first), (content + 1) // stride, value_bytes, point)
 
 
 def parse_grid(data: bytes, low_c: float, high_c: float) -> npt.NDArray[np.float32] | None:
     """A fixed-width matrix -> float32 rows x width, or None when `data` is not one, or holds
     anything the reference parser would refuse or read differently, or a value outside
     [low_c, high_c]."""
-    if data and not data.endswith(b"\n"):
-        data = data + _line_end(data)
-    layout = grid_layout(data)
-    if layout is None:
-        return None
-    grid = np.frombuffer(data, np.uint8, count=layout.rows * layout.line_bytes)
-    grid = grid.reshape(layout.rows, layout.line_bytes)
-    stride = layout.value_bytes + 1
-    values = grid[:, : layout.width * stride].reshape(layout.rows, layout.width, stride)
-    if not _frame_ok(grid, values, layout):
-        return None
-    number = _digits(values, layout)
-    if number is None:
-        return None
-    if not (float(number.min()) >= low_c and float(number.max()) <= high_c):
-        return None
-    return number.astype(np.float32)
+    return parse_grid_chunks([data], low_c, high_c)
 
 
-def _line_end(data: bytes) -> bytes:
-    """The first line's end (CRs and the LF), to complete a last line written without one."""
-    newline = data.find(b"\n")
-    if newline < 0:
-        return b"\n"
-    first = data[:newline]
-    return first[len(first.rstrip(b"\r")) :] + b"\n"
+def parse_grid_chunks(
+    chunks: Iterable[bytes], low_c: float, high_c: float
+) -> npt.NDArray[np.float32] | None:
+    """`parse_grid` over the file's bytes in pieces of any size (as they are inflated), so no
+    buffer of the whole text is ever needed."""
+    reader = _GridReader(low_c, high_c)
+    for chunk in chunks:
+        if not reader.feed(chunk):
+            return None
+    return reader.finish()
+
+
+class _GridReader:
+    """Whole lines are parsed as they arrive; the bytes of a line not yet complete wait."""
+
+    def __init__(self, low_c: float, high_c: float) -> None:
+        self.low_c, self.high_c = low_c, high_c
+        self.layout: GridLayout | None = None
+        self.line_end = b"\n"  # the first line's end: completes a last line without one
+        self.pending = b""
+        self.blocks: list[npt.NDArray[np.float32]] = []
+
+    def feed(self, chunk: bytes) -> bool:
+        buf = self.pending + chunk if self.pending else chunk
+        if self.layout is None:
+            newline = buf.find(b"\n")
+            if newline < 0:
+                self.pending = buf
+                return True
+            first = buf[: newline + 1]
+            self.layout = grid_layout(first)
+            self.line_end = first[len(first[:-1].rstrip(b"\r")) :]
+            if self.layout is None:
+                return False
+        lines = len(buf) // self.layout.line_bytes
+        self.pending = buf[lines * self.layout.line_bytes :]
+        return lines == 0 or self._lines(buf, lines, self.layout)
+
+    def finish(self) -> npt.NDArray[np.float32] | None:
+        """The matrix, once the rest is only blank lines (a last line without its line end
+        is completed first, as the reference parser reads it)."""
+        incomplete = self.pending and not self.pending.endswith(b"\n")
+        if incomplete and not self.feed(self.line_end):
+            return None
+        if self.pending.strip(b" ;\t\r\n") or not self.blocks:
+            return None
+        return self.blocks[0] if len(self.blocks) == 1 else np.concatenate(self.blocks)
+
+    def _lines(self, buf: bytes, lines: int, layout: GridLayout) -> bool:
+        grid = np.frombuffer(buf, np.uint8, count=lines * layout.line_bytes)
+        grid = grid.reshape(lines, layout.line_bytes)
+        stride = layout.value_bytes + 1
+        values = grid[:, : layout.width * stride].reshape(lines, layout.width, stride)
+        if not _frame_ok(grid, values, layout):
+            return False
+        step = max(1, BLOCK_VALUES // layout.width)
+        for top in range(0, lines, step):
+            number = _digits(values[top : top + step], layout)
+            if number is None:
+                return False
+            if not (float(number.min()) >= self.low_c and float(number.max()) <= self.high_c):
+                return False
+            self.blocks.append(number.astype(np.float32))
+        return True
 
 
 def _is_any(column: npt.NDArray[np.uint8], allowed: tuple[int, ...]) -> bool:

@@ -159,27 +159,28 @@ def _ellipse_radius(xx: F32, yy: F32, center: tuple[float, float], rx: float, ry
     return np.sqrt(((xx - center[0]) / rx) ** 2 + ((yy - center[1]) / ry) ** 2).astype(np.float32)
 
 
-def render_patient(seed: int, label: str, size: tuple[int, int] = (480, 640)) -> SyntheticPatient:
-    """Draw one SYNTHETIC patient; the same seed gives the same anatomy for both labels.
+@dataclass(frozen=True)
+class _Breasts:
+    centers: tuple[tuple[float, float], tuple[float, float]]
+    rx: float
+    ry: float
+    masks: tuple[F32, F32]
 
-    The anatomy and the sensor noise depend only on the seed; "sick" adds a localized hot region
-    (+0.8..2.5 C) in one breast, extra vessels on that side and a warmer affected breast.
-    """
-    _check(seed, label, size)
-    h, w = int(size[0]), int(size[1])
-    unit = min(h / 480.0, w / 640.0)
-    anat = _rng(seed, _ANATOMY)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
 
-    # background: a cool room with a gentle gradient
+def _background(anat: np.random.Generator, yy: F32, h: int, w: int) -> F32:
+    """A cool room with a gentle gradient."""
     t_bg = anat.uniform(20.5, 23.5)
-    background = (
+    return (
         np.float32(t_bg)
         + np.float32(anat.uniform(-0.6, 0.6)) * (yy / np.float32(h) - 0.5)
         + np.float32(0.25) * _smooth_field(anat, h, w, (4, 5))
     )
 
-    # silhouette and skin
+
+def _skin(
+    anat: np.random.Generator, xx: F32, h: int, w: int, unit: float
+) -> tuple[F32, npt.NDArray[np.uint8], float]:
+    """The torso silhouette and its skin: cooler towards the outline, warm on the sternum."""
     cx = w * (0.5 + anat.uniform(-0.04, 0.04))
     half_w = w * anat.uniform(0.36, 0.42)
     mask = _torso_mask(anat, h, w, cx, half_w)
@@ -191,53 +192,86 @@ def render_patient(seed: int, label: str, size: tuple[int, int] = (480, 640)) ->
         + np.float32(0.5) * np.exp(-(((xx - np.float32(cx)) / np.float32(0.12 * w)) ** 2))
         + np.float32(0.35) * _smooth_field(anat, h, w, (6, 8))
     )
+    return skin, mask, float(cx)
 
-    # breasts: cooler lower-outer surface, warm inframammary fold
+
+def _breasts(
+    anat: np.random.Generator, skin: F32, xx: F32, yy: F32, cx: float, unit: float
+) -> _Breasts:
+    """Breasts drawn into `skin`: cooler lower-outer surface, warm inframammary fold."""
+    h, w = skin.shape
     dx = w * anat.uniform(0.16, 0.2)
     by = h * anat.uniform(0.6, 0.72)
     rx = w * anat.uniform(0.12, 0.155)
     ry = rx * anat.uniform(0.8, 0.98)
     centers = ((cx - dx, by + anat.normal(0, 2) * unit), (cx + dx, by + anat.normal(0, 2) * unit))
-    breast_masks: list[F32] = []
+    masks: list[F32] = []
     for center in centers:
         r = _ellipse_radius(xx, yy, center, rx, ry)
         inside = _blur((r < 1.0).astype(np.float32), 6.0 * unit)
         below = np.clip((yy - np.float32(center[1])) / np.float32(ry), 0.0, 1.0)
         skin -= np.float32(anat.uniform(0.4, 0.9)) * inside * r**2 * (0.4 + 0.6 * below)
         skin += np.float32(anat.uniform(0.6, 1.1)) * np.exp(-(((r - 1.0) / 0.1) ** 2)) * below
-        breast_masks.append(inside)
+        masks.append(inside)
     natural = anat.uniform(-0.15, 0.15)  # healthy people are not perfectly symmetric either
-    skin += np.float32(natural) * (breast_masks[0] - breast_masks[1])
+    skin += np.float32(natural) * (masks[0] - masks[1])
+    return _Breasts(centers, float(rx), float(ry), (masks[0], masks[1]))
+
+
+def _lesion(
+    seed: int, breasts: _Breasts, xx: F32, yy: F32, vessels: F32, thickness: int
+) -> tuple[F32, tuple[float, float], str]:
+    """A localized hot region in one breast, that breast warmer, extra vessels drawn into
+    `vessels` on that side: the lesion's temperature field, its centre and its side."""
+    w = xx.shape[1]
+    path = _rng(seed, _PATHOLOGY)
+    side = int(path.integers(0, 2))
+    center = breasts.centers[side]
+    angle = path.uniform(0.0, 2.0 * math.pi)
+    reach = path.uniform(0.0, 0.6)
+    lesion_xy = (
+        center[0] + reach * breasts.rx * math.cos(angle),
+        center[1] + reach * breasts.ry * math.sin(angle),
+    )
+    sigma = w * path.uniform(0.025, 0.045)
+    spot = np.exp(
+        -((xx - np.float32(lesion_xy[0])) ** 2 + (yy - np.float32(lesion_xy[1])) ** 2)
+        / np.float32(2.0 * sigma * sigma)
+    )
+    lesion = np.zeros(xx.shape, dtype=np.float32)
+    lesion += np.float32(path.uniform(0.8, 2.5)) * spot
+    lesion += np.float32(path.uniform(0.3, 0.7)) * breasts.masks[side]
+    _draw(vessels, _vessels(path, center, breasts.rx, int(path.integers(2, 5))), thickness)
+    return lesion, lesion_xy, ("left", "right")[side]
+
+
+def render_patient(seed: int, label: str, size: tuple[int, int] = (480, 640)) -> SyntheticPatient:
+    """Draw one SYNTHETIC patient; the same seed gives the same anatomy for both labels.
+
+    The anatomy and the sensor noise depend only on the seed; "sick" adds a localized hot region
+    (+0.8..2.5 C) in one breast, extra vessels on that side and a warmer affected breast.
+    """
+    _check(seed, label, size)
+    h, w = int(size[0]), int(size[1])
+    unit = min(h / 480.0, w / 640.0)
+    anat = _rng(seed, _ANATOMY)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    background = _background(anat, yy, h, w)
+    skin, mask, cx = _skin(anat, xx, h, w, unit)
+    breasts = _breasts(anat, skin, xx, yy, cx, unit)
 
     # vessels: roughly mirrored on both sides
     vessels = np.zeros((h, w), dtype=np.float32)
     thickness = max(1, round(3 * unit))
-    left = _vessels(anat, centers[0], rx, int(anat.integers(2, 5)))
-    _draw(vessels, left + _mirrored(anat, left, cx, rx * 0.03), thickness)
+    left = _vessels(anat, breasts.centers[0], breasts.rx, int(anat.integers(2, 5)))
+    _draw(vessels, left + _mirrored(anat, left, cx, breasts.rx * 0.03), thickness)
     vessel_amp = np.float32(anat.uniform(0.4, 0.8))
 
     lesion_xy: tuple[float, float] | None = None
     lesion_side: str | None = None
     lesion = np.zeros((h, w), dtype=np.float32)
     if label == "sick":
-        path = _rng(seed, _PATHOLOGY)
-        side = int(path.integers(0, 2))
-        lesion_side = ("left", "right")[side]
-        center = centers[side]
-        angle = path.uniform(0.0, 2.0 * math.pi)
-        reach = path.uniform(0.0, 0.6)
-        lesion_xy = (
-            center[0] + reach * rx * math.cos(angle),
-            center[1] + reach * ry * math.sin(angle),
-        )
-        sigma = w * path.uniform(0.025, 0.045)
-        spot = np.exp(
-            -((xx - np.float32(lesion_xy[0])) ** 2 + (yy - np.float32(lesion_xy[1])) ** 2)
-            / np.float32(2.0 * sigma * sigma)
-        )
-        lesion += np.float32(path.uniform(0.8, 2.5)) * spot
-        lesion += np.float32(path.uniform(0.3, 0.7)) * breast_masks[side]
-        _draw(vessels, _vessels(path, center, rx, int(path.integers(2, 5))), thickness)
+        lesion, lesion_xy, lesion_side = _lesion(seed, breasts, xx, yy, vessels, thickness)
 
     vessels = _blur(vessels, 1.5 * unit) * vessel_amp
     skin += vessels + lesion
@@ -252,8 +286,8 @@ def render_patient(seed: int, label: str, size: tuple[int, int] = (480, 640)) ->
         seed=seed,
         midline_x=float(cx),
         breast_centers_xy=(
-            (float(centers[0][0]), float(centers[0][1])),
-            (float(centers[1][0]), float(centers[1][1])),
+            (float(breasts.centers[0][0]), float(breasts.centers[0][1])),
+            (float(breasts.centers[1][0]), float(breasts.centers[1][1])),
         ),
         lesion_xy=lesion_xy,
         lesion_side=lesion_side,

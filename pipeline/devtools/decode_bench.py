@@ -25,6 +25,7 @@ import functools
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -40,7 +41,7 @@ from pipeline.capture.base import EndOfStream, SourceOptions
 from pipeline.capture.factory import open_source
 from pipeline.convert import convert
 from pipeline.data.dmr import is_matrix, list_thermograms, read_matrix, read_matrix_reference
-from pipeline.devtools.bench import measure_bare
+from pipeline.devtools.bench.bare import measure_bare
 from pipeline.devtools.broker import LocalBroker
 from pipeline.manifest import load_model_dir
 from pipeline.preprocess import model_input, render
@@ -55,13 +56,14 @@ workers = json.loads(sys.argv[2])
 opts = SourceOptions(**({} if workers == "baseline" else {"decode_workers": workers}))
 source = open_source(sys.argv[1], opts)
 source.open()
-n, start = 0, time.perf_counter()
+n, start, cpu = 0, time.perf_counter(), time.process_time()
 try:
     while True:
         n += source.read(5.0) is not None
 except EndOfStream:
     pass
-print(json.dumps({"frames": n, "s": time.perf_counter() - start}))
+wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+print(json.dumps({"frames": n, "s": wall, "cpu_s": cpu}))
 source.close()
 """
 _FPS = re.compile(r"results from (\d+) frames in [\d.]+ s \(([\d.]+) fps\)")
@@ -72,59 +74,78 @@ def median_of(values: list[float]) -> float:
 
 
 def measure_parse(files: list[Path], rounds: int) -> dict[str, Any]:
-    """Reference vs fast parser, alternating per file (which goes first alternates too)."""
-    old: list[float] = []
-    new: list[float] = []
-    ratios: list[float] = []
+    """Reference vs fast parser, alternating per file (which goes first alternates too): wall
+    and CPU milliseconds per file, and the paired ratios."""
+    wall: dict[str, list[float]] = {"reference": [], "fast": []}
+    cpu: dict[str, list[float]] = {"reference": [], "fast": []}
+    ratios: dict[str, list[float]] = {"wall": [], "cpu": []}
+    readers = [("reference", read_matrix_reference), ("fast", read_matrix)]
     for r in range(rounds):
         for i, path in enumerate(files):
-            pair = [(read_matrix_reference, old), (read_matrix, new)]
-            times = {}
-            for read, into in pair if (i + r) % 2 == 0 else pair[::-1]:
-                start = time.perf_counter()
+            for name, read in readers if (i + r) % 2 == 0 else readers[::-1]:
+                start, start_cpu = time.perf_counter(), time.process_time()
                 read(path)
-                times[id(into)] = time.perf_counter() - start
-                into.append(1000 * times[id(into)])
-            ratios.append(times[id(old)] / times[id(new)])
+                wall[name].append(1000 * (time.perf_counter() - start))
+                cpu[name].append(1000 * (time.process_time() - start_cpu))
+            ratios["wall"].append(wall["reference"][-1] / wall["fast"][-1])
+            ratios["cpu"].append(cpu["reference"][-1] / max(cpu["fast"][-1], 1e-3))
     return {
         "files": len(files),
         "rounds": rounds,
-        "reference_ms_median": median_of(old),
-        "fast_ms_median": median_of(new),
-        "fast_ms_p95": sorted(new)[int(0.95 * (len(new) - 1))],
-        "speedup_paired_median": median_of(ratios),
+        "reference_ms_median": median_of(wall["reference"]),
+        "fast_ms_median": median_of(wall["fast"]),
+        "fast_ms_p95": sorted(wall["fast"])[int(0.95 * (len(wall["fast"]) - 1))],
+        "reference_cpu_ms_median": median_of(cpu["reference"]),
+        "fast_cpu_ms_median": median_of(cpu["fast"]),
+        "speedup_paired_median": median_of(ratios["wall"]),
+        "cpu_speedup_paired_median": median_of(ratios["cpu"]),
     }
 
 
 def _child_env(tree: Path) -> dict[str, str]:
+    """The child imports `pipeline` from `tree` (run it with cwd=tree too: `-c` and `-m` put the
+    working directory first on sys.path)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("THERMOSCREEN_")}
     env["PYTHONPATH"] = str(tree)
     return env
 
 
-def _source_once(tree: Path, folder: Path, workers: object) -> float:
+def _source_once(tree: Path, folder: Path, workers: object) -> dict[str, float]:
     cmd = [sys.executable, "-c", SOURCE_LOOP, str(folder), json.dumps(workers)]
-    done = subprocess.run(cmd, env=_child_env(tree), capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        cmd, cwd=tree, env=_child_env(tree), capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         raise RuntimeError(f"source loop in {tree} failed: {done.stderr.strip()[-300:]}")
     got = json.loads(done.stdout.strip().splitlines()[-1])
-    return float(got["frames"]) / float(got["s"])
+    frames = float(got["frames"])
+    return {
+        "fps": frames / float(got["s"]),
+        "cpu_ms_per_frame": 1000 * float(got["cpu_s"]) / frames,
+    }
 
 
-def alternate(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, Any]:
-    """Each variant once per round, in a rotating order; fps per round and their median."""
+def alternate(variants: dict[str, Callable[[], dict[str, float]]], rounds: int) -> dict[str, Any]:
+    """Each variant once per round, in a rotating order; every figure per round and its median."""
     names = list(variants)
-    per: dict[str, list[float]] = {n: [] for n in names}
+    per: dict[str, dict[str, list[float]]] = {n: {} for n in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            per[name].append(variants[name]())
-    return {n: {"fps_median": median_of(v), "fps_rounds": v} for n, v in per.items()}
+            for key, value in variants[name]().items():
+                per[name].setdefault(key, []).append(value)
+    return {
+        n: {
+            **{f"{k}_median": median_of(v) for k, v in figures.items()},
+            **{f"{k}_rounds": v for k, v in figures.items()},
+        }
+        for n, figures in per.items()
+    }
 
 
 def measure_sources(folders: dict[str, Path], baseline: Path | None, rounds: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kind, folder in folders.items():
-        variants: dict[str, Callable[[], float]] = {
+        variants: dict[str, Callable[[], dict[str, float]]] = {
             "inline": functools.partial(_source_once, REPO, folder, 0),
             "ahead": functools.partial(_source_once, REPO, folder, None),
         }
@@ -137,7 +158,11 @@ def measure_sources(folders: dict[str, Path], baseline: Path | None, rounds: int
     return out
 
 
-def _run_once(tree: Path, source: Path, model: Path, broker: LocalBroker, frames: int) -> float:
+def _run_once(
+    tree: Path, source: Path, model: Path, broker: LocalBroker, frames: int
+) -> dict[str, float]:
+    """One `thermoscreen run` child: its fps, and its CPU per frame (start-up included)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryDirectory(prefix="decode-bench-") as tmp:
         cfg = Path(tmp) / "run.yaml"
         tree_cfg = {
@@ -151,15 +176,17 @@ def _run_once(tree: Path, source: Path, model: Path, broker: LocalBroker, frames
         cmd = [sys.executable, "-m", "pipeline.cli", "run", str(source), "--model", str(model)]
         cmd += ["--config", str(cfg), "--max-frames", str(frames)]
         done = subprocess.run(
-            cmd, env=_child_env(tree), capture_output=True, text=True, check=False
+            cmd, cwd=tree, env=_child_env(tree), capture_output=True, text=True, check=False
         )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     found = _FPS.search(done.stdout)
     if done.returncode != 0 or found is None:
         raise RuntimeError(f"thermoscreen run in {tree} failed: {done.stderr.strip()[-300:]}")
-    return float(found.group(2))
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"fps": float(found.group(2)), "cpu_ms_per_frame": 1000 * cpu_s / int(found.group(1))}
 
 
-def bare_fps(model: Path, folder: Path, frames: int) -> float:
+def bare_fps(model: Path, folder: Path, frames: int) -> dict[str, float]:
     """ONNX Runtime alone on the folder's first frames, made ready as model input."""
     manifest = load_model_dir(model).manifest
     size = (int(manifest.input.shape[2]), int(manifest.input.shape[3]))
@@ -176,7 +203,7 @@ def bare_fps(model: Path, folder: Path, frames: int) -> float:
         pass
     finally:
         source.close()
-    return float(measure_bare(model, tensors, frames, None)["fps"])
+    return {"fps": float(measure_bare(model, tensors, frames, None)["fps"])}
 
 
 def measure_replay(
@@ -187,7 +214,7 @@ def measure_replay(
     out: dict[str, Any] = {}
     try:
         for kind, folder in folders.items():
-            variants: dict[str, Callable[[], float]] = {
+            variants: dict[str, Callable[[], dict[str, float]]] = {
                 "bare": functools.partial(bare_fps, model, folder, frames),
                 "replay": functools.partial(_run_once, REPO, folder, model, broker, frames),
             }

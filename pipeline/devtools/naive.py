@@ -34,6 +34,46 @@ def _connect(host: str, port: int) -> Any:
     return client
 
 
+def _torch_model(arch: str, num_classes: int, weights: str, threads: int | None) -> Any:
+    """A torchvision model in eval mode, with a training checkpoint's weights when given."""
+    import torch
+    import torchvision
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    if weights != "none":  # a training checkpoint: its state dict, as `thermoscreen train` saves it
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    return model.eval()
+
+
+def _transform() -> Any:
+    from torchvision import transforms
+
+    return transforms.Compose(
+        [
+            transforms.Resize((224, 224)),
+            transforms.ToTensor(),
+            transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+        ]
+    )
+
+
+def _classify(model: Any, transform: Any, bgr: Any) -> list[float]:
+    """The notebook's steps for one frame: gray, equalize, PIL RGB, transforms, eager forward."""
+    import cv2
+    import torch
+    from PIL import Image
+
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    image = Image.fromarray(cv2.cvtColor(cv2.equalizeHist(gray), cv2.COLOR_GRAY2RGB))
+    x = transform(image).unsqueeze(0)
+    with torch.no_grad():
+        probs: list[float] = torch.softmax(model(x), dim=1)[0].tolist()
+    return probs
+
+
 def run_naive(
     video: Path,
     host: str,
@@ -49,24 +89,8 @@ def run_naive(
     t_start = time.perf_counter()
     import cv2
     import torch
-    import torchvision
-    from PIL import Image
-    from torchvision import transforms
 
-    if threads is not None:
-        torch.set_num_threads(threads)
-    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
-    if weights != "none":  # a training checkpoint: its state dict, as `thermoscreen train` saves it
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
-    model.eval()
-    transform = transforms.Compose(
-        [
-            transforms.Resize((224, 224)),
-            transforms.ToTensor(),
-            transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-        ]
-    )
+    model, transform = _torch_model(arch, num_classes, weights, threads), _transform()
     client = _connect(host, port)
     cap = cv2.VideoCapture(str(video))
     if not cap.isOpened():
@@ -78,13 +102,8 @@ def run_naive(
         if not ok:
             break
         capture_ts = time.time()
-        gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-        eq = cv2.equalizeHist(gray)
-        image = Image.fromarray(cv2.cvtColor(eq, cv2.COLOR_GRAY2RGB))
         t0 = time.perf_counter()
-        x = transform(image).unsqueeze(0)
-        with torch.no_grad():
-            probs = torch.softmax(model(x), dim=1)[0].tolist()
+        probs = _classify(model, transform, bgr)
         infer_ms.append((time.perf_counter() - t0) * 1000)
         best = max(range(len(probs)), key=lambda i: probs[i])
         payload = json.dumps(

@@ -13,13 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
-from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
 from pipeline.types import Frame, Prediction, ThermalStats
+from pipeline.uri import has_control, parse_network_uri, redact
 
 U8 = npt.NDArray[np.uint8]
 OutputScheme = Literal["file", "rtp", "display"]
@@ -109,10 +109,15 @@ class OutputUri:
 
 
 def parse_output_uri(uri: str) -> OutputUri:
-    """Check an output URI; OutputError names the URI and the fix. A plain path is a file."""
+    """Check an output URI; OutputError names the URI and the fix. A plain path is a file.
+    Every part is checked here (the values later reach GStreamer as element properties)."""
     text = uri.strip()
     scheme, where = _split(uri, text)
     if scheme == "file":
+        if not where or has_control(where):
+            raise OutputError(
+                f"output '{redact(uri)}': the file path is empty or holds control characters"
+            )
         suffix = Path(where).suffix.lower()
         muxer = MUXERS.get(suffix)
         if muxer is None:
@@ -121,8 +126,10 @@ def parse_output_uri(uri: str) -> OutputUri:
             )
         return OutputUri(uri, "file", path=Path(where), muxer=muxer)
     if scheme == "rtp":
-        host, port = _host_port(uri, where)
+        host, port = _host_port(uri, text)
         return OutputUri(uri, "rtp", host=host, port=port)
+    if where not in ("", "0", ":0") and not where.isdigit():
+        raise OutputError(f"output '{redact(uri)}': give the display as display://0")
     return OutputUri(uri, "display")
 
 
@@ -150,15 +157,19 @@ def _split(uri: str, text: str) -> tuple[OutputScheme, str]:
         if scheme.lower() == known:
             return known, rest
     listed = ", ".join(f"{s}://" for s in OUTPUT_SCHEMES)
-    raise OutputError(f"output '{uri}': unknown scheme '{scheme.lower()}://'; supported: {listed}")
+    raise OutputError(
+        f"output '{redact(uri)}': unknown scheme '{scheme.lower()}://'; supported: {listed}"
+    )
 
 
-def _host_port(uri: str, where: str) -> tuple[str, int]:
-    parts = urlsplit(f"rtp://{where}")
+def _host_port(uri: str, text: str) -> tuple[str, int]:
+    """rtp://HOST:PORT and nothing else: no credentials, path, query or spaces."""
+    example = "give host and port as rtp://HOST:PORT, e.g. rtp://192.168.1.20:5000"
     try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if not parts.hostname or port is None:
-        raise OutputError(f"output '{uri}': give host and port, e.g. rtp://192.168.1.20:5000")
-    return parts.hostname, port
+        parsed = parse_network_uri(text, ("rtp",))
+    except ValueError as exc:
+        raise OutputError(f"output '{redact(uri)}': {exc}; {example}") from None
+    extra = parsed.username is not None or parsed.path not in ("", "/")
+    if extra or parsed.port is None:
+        raise OutputError(f"output '{redact(uri)}': {example}")
+    return parsed.host, parsed.port

@@ -47,6 +47,7 @@ import threading
 import numpy as np
 
 from pipeline.gstreamer import GLib, Gst
+from pipeline.launch import Launch, Prop
 from pipeline.output.base import (
     DEFAULT_OPTIONS,
     U8,
@@ -59,6 +60,7 @@ from pipeline.output.base import (
 )
 from pipeline.output.overlay import annotate
 from pipeline.types import Frame, Prediction, ThermalStats
+from pipeline.uri import redact
 
 log = logging.getLogger(__name__)
 
@@ -91,43 +93,50 @@ def _file_encoder(uri: str, fps: float, options: OutputOptions) -> str:
     if options.jetson:
         return (
             "video/x-raw,format=I420 ! nvvidconv ! video/x-raw(memory:NVMM),format=NV12 "
-            f"! nvv4l2h264enc bitrate={options.bitrate} ! h264parse"
+            f"! nvv4l2h264enc bitrate={int(options.bitrate)} ! h264parse"
         )
     if uses_h264(uri, options):
         key = max(1, round(2 * fps))  # a key frame every 2 s: a browser can seek
         return (
-            f"video/x-raw,format=I420 ! x264enc bitrate={max(1, options.bitrate // 1000)} "
+            f"video/x-raw,format=I420 ! x264enc bitrate={max(1, int(options.bitrate) // 1000)} "
             f"speed-preset=veryfast bframes=0 key-int-max={key} ! video/x-h264,profile=main"
         )
-    return f"avenc_mpeg4 name={RESTAMP} max-bframes=0 bitrate={options.bitrate}"
+    return f"avenc_mpeg4 name={RESTAMP} max-bframes=0 bitrate={int(options.bitrate)}"
 
 
-def describe_output(
+def output_launch(
     uri: str, width: int, height: int, fps: float, options: OutputOptions = DEFAULT_OPTIONS
-) -> str:
-    """The gst-launch string an output URI runs."""
+) -> Launch:
+    """The pipeline an output URI runs: the template holds our elements only; the path or the
+    host and port are properties of the element named `out` (never pasted into the string)."""
     parsed = parse_output_uri(uri)
     head = f"{_appsrc(width, height, fps)} ! videoconvert"
     if parsed.scheme == "file":
         assert parsed.path is not None
         enc = _file_encoder(uri, fps, options)
         mux = f"{parsed.muxer} faststart=true" if parsed.muxer == "mp4mux" else parsed.muxer
-        location = str(parsed.path.expanduser().absolute()).replace('"', '\\"')
-        return f'{head} ! {enc} ! {mux} ! filesink location="{location}"'
+        location = Prop("out", "location", str(parsed.path.expanduser().absolute()))
+        return Launch(f"{head} ! {enc} ! {mux} ! filesink name=out", (location,))
     if parsed.scheme == "rtp":
         if options.jetson:
             enc = (
                 "video/x-raw,format=I420 ! nvvidconv ! video/x-raw(memory:NVMM),format=NV12 "
-                f"! nvv4l2h264enc bitrate={options.bitrate} insert-sps-pps=true ! h264parse "
-                "! rtph264pay pt=96"
+                f"! nvv4l2h264enc bitrate={int(options.bitrate)} insert-sps-pps=true "
+                "! h264parse ! rtph264pay pt=96"
             )
         else:
             enc = "video/x-raw,format=I420 ! jpegenc quality=85 ! rtpjpegpay pt=26"
-        return (
-            f"{head} ! {enc} ! udpsink host={parsed.host} port={parsed.port} sync=false async=false"
-        )
+        where = (Prop("out", "host", parsed.host, quote=False), Prop("out", "port", parsed.port))
+        return Launch(f"{head} ! {enc} ! udpsink name=out sync=false async=false", where)
     sink = "nvvidconv ! nv3dsink sync=false" if options.jetson else "autovideosink sync=false"
-    return f"{head} ! {sink}"
+    return Launch(f"{head} ! {sink}")
+
+
+def describe_output(
+    uri: str, width: int, height: int, fps: float, options: OutputOptions = DEFAULT_OPTIONS
+) -> str:
+    """The gst-launch string an output URI runs, with its values written in."""
+    return output_launch(uri, width, height, fps, options).shown()
 
 
 RESTAMP = "restamp"  # the element whose output buffers get timestamps again
@@ -161,18 +170,22 @@ class GstOutput:
     def __init__(
         self, uri: str, width: int, height: int, fps: float, options: OutputOptions
     ) -> None:
-        self.uri = uri
+        self.uri = redact(uri)
         self.width, self.height, self.fps = width, height, fps
         self.options = options
         self.frames_written = 0
-        self.launch = describe_output(uri, width, height, fps, options)
+        plan = output_launch(uri, width, height, fps, options)
+        self.launch = plan.shown()
         self._lock = threading.Lock()
         self._closed = False
         try:
-            pipeline = Gst.parse_launch(self.launch)
+            pipeline = Gst.parse_launch(plan.template)
         except GLib.Error as exc:
-            raise OutputError(f"output '{uri}': cannot build pipeline: {exc.message}") from None
+            raise OutputError(
+                f"output '{self.uri}': cannot build pipeline: {exc.message}"
+            ) from None
         assert isinstance(pipeline, Gst.Pipeline)
+        plan.apply(pipeline)
         self._pipeline = pipeline
         src = pipeline.get_by_name("src")
         assert src is not None
@@ -184,7 +197,7 @@ class GstOutput:
         if pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
             reason = self._bus_error() or "state change failed"
             pipeline.set_state(Gst.State.NULL)
-            raise OutputError(f"output '{uri}' cannot start: {reason}; check the path/host")
+            raise OutputError(f"output '{self.uri}' cannot start: {reason}; check the path/host")
 
     def _bus_error(self) -> str | None:
         bus = self._pipeline.get_bus()
@@ -254,7 +267,7 @@ def open_output(
 ) -> Output:
     """Start an output pipeline for annotated frames of width x height at fps."""
     if width <= 0 or height <= 0:
-        raise OutputError(f"output '{uri}': size must be positive, got {width}x{height}")
+        raise OutputError(f"output '{redact(uri)}': size must be positive, got {width}x{height}")
     if uses_h264(uri, options or DEFAULT_OPTIONS):  # 4:2:0 needs even sides
         width, height = width + width % 2, height + height % 2
     out: Output = GstOutput(uri, width, height, fps, options or OutputOptions())

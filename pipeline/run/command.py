@@ -162,6 +162,15 @@ def exam_plan(args: argparse.Namespace) -> ExamPlan | None:
     return ExamPlan(exam_id=args.exam, view=args.view or "frontal")
 
 
+def check_max_frames(value: int | None) -> None:
+    """`--max-frames` counts frames to capture: zero or fewer would be a run that means nothing."""
+    if value is not None and value < 1:
+        raise ConfigError(
+            f"--max-frames {value}: give a number of frames of at least 1, or leave the flag out "
+            "to run until the source ends"
+        )
+
+
 def config_path(args: argparse.Namespace) -> Path | None:
     if args.config is not None:
         return Path(args.config)
@@ -204,6 +213,7 @@ def print_summary(summary: RunSummary, cfg: AppConfig) -> None:
 def main(args: argparse.Namespace) -> int:
     tune_malloc()
     try:
+        check_max_frames(args.max_frames)
         cfg = load_config(config_path(args), overrides_from_args(args))
     except ConfigError as exc:
         print(f"thermoscreen run: {exc}", file=sys.stderr)

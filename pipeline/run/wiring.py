@@ -16,8 +16,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.capture.base import Source, SourceError, SourceOptions, redact_uri
+from pipeline.capture.base import Source, SourceError, SourceOptions
 from pipeline.capture.factory import open_source
+from pipeline.capture.limits import FrameLimit
 from pipeline.classify.base import Classifier
 from pipeline.classify.factory import (
     choose_backend,
@@ -53,6 +54,7 @@ from pipeline.run.pipeline import Pipeline
 from pipeline.run.session import Session, VerdictPolicy
 from pipeline.run.stages import OutputFactory
 from pipeline.run.stats import RunSummary
+from pipeline.uri import redact
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,8 @@ def source_options(cfg: AppConfig) -> SourceOptions:
         reconnect_min_s=c.reconnect_min_s,
         reconnect_max_s=c.reconnect_max_s,
         loop=c.loop,
+        frame_limit=FrameLimit(c.max_frame_width, c.max_frame_height),
+        decode_workers=c.decode_workers,
     )
 
 
@@ -191,7 +195,7 @@ def check_synthetic(cfg: AppConfig, classifier: Classifier, source: Source, live
     if camera and not cfg.model.allow_synthetic:
         raise RunError(
             SYNTHETIC_REFUSED.format(
-                root=classifier.model.root, name=manifest.name, uri=redact_uri(source.uri)
+                root=classifier.model.root, name=manifest.name, uri=redact(source.uri)
             )
         )
     log.warning(
@@ -243,7 +247,7 @@ def make_exam_tracker(
     context = ExamContext(
         device_id=cfg.device_id,
         camera_id=cfg.camera_id,
-        source=redact_uri(parts.source.uri),
+        source=redact(parts.source.uri),
         profile=cfg.capture.profile,
     )
     exams_dir = cfg.exam.exams_dir
@@ -366,7 +370,7 @@ def _session_and_exams(
 ) -> tuple[Session, ExamTracker | None]:
     """The session and the exam tracker; the publisher is stopped when either cannot start."""
     try:
-        session = new_session(cfg, parts.classifier, redact_uri(parts.source.uri), parts.live)
+        session = new_session(cfg, parts.classifier, redact(parts.source.uri), parts.live)
         return session, make_exam_tracker(cfg, parts, sink, inbox, plan)
     except ValueError as exc:  # e.g. an operating threshold without a positive label
         sink.stop(0.0)

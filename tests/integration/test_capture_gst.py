@@ -37,6 +37,27 @@ def record(
     return path
 
 
+def test_elementary_and_container_mpeg4_replay_every_frame(tmp_path: Path) -> None:
+    """MPEG-4 Part 2 in an MP4 skips gst-plugins-bad's mpeg4videoparse (it drops the last frame
+    behind a demuxer); a bare elementary stream still needs a parser and keeps it."""
+    elementary = tmp_path / "rec.m4v"
+    launch = (
+        "videotestsrc num-buffers=12 ! video/x-raw,width=66,height=50,framerate=30/1 ! "
+        f'videoconvert ! avenc_mpeg4 ! filesink location="{elementary}"'
+    )
+    pipeline = Gst.parse_launch(launch)
+    pipeline.set_state(Gst.State.PLAYING)
+    pipeline.get_bus().timed_pop_filtered(30 * Gst.SECOND, Gst.MessageType.EOS)
+    pipeline.set_state(Gst.State.NULL)
+    for rec in (elementary, record(tmp_path / "rec.mp4", 12)):
+        source = open_source(f"file://{rec}", FAST)
+        source.open()
+        try:
+            assert [f.index for f in read_all(source)] == list(range(12)), rec.name
+        finally:
+            source.close()
+
+
 def read_all(source: Source, limit: int = 1000) -> list[Frame]:
     frames: list[Frame] = []
     with pytest.raises(EndOfStream):

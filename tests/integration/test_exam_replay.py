@@ -123,7 +123,7 @@ def test_an_exam_id_is_never_reused_by_a_replay(tiny_model: Path, tmp_path: Path
 # --- the synthetic-model guard ------------------------------------------------------------------
 
 
-def thermoscreen(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def thermoscreen(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
         [sys.executable, "-m", "pipeline.cli", *args],
@@ -178,7 +178,7 @@ def test_a_crash_mid_exam_leaves_an_aborted_record_and_loses_no_result(
             idle = lambda: any(s["state"] == "idle" for s in watcher.bodies("exam"))  # noqa: E731
             assert watcher.wait(idle, 60)
             exchange = Exchange(cfg, {"action": "start", "exam_id": "ACC-CRASH"})
-            exchange.run(10)
+            exchange.run(30)
             assert exchange.answer is not None and exchange.answer["state"] == "acclimatizing"
             assert watcher.wait(lambda: watcher.count("result") >= 20, 30)
         finally:

@@ -82,7 +82,7 @@ class LiveRun:
     def command(self, **command: Any) -> dict[str, Any]:
         """Send one exam/set command the way the CLI does; return the run's answer."""
         exchange = Exchange(self.cfg, command)
-        exchange.run(10.0)
+        exchange.run(30.0)  # returns as soon as the answer is in
         assert exchange.failure is None and exchange.answer is not None, "no answer"
         assert schema_errors(exchange.answer, "exam") == []
         return exchange.answer
@@ -250,15 +250,16 @@ def test_the_cli_prints_one_line_and_exits_non_zero_on_refusal(
     from pipeline.cli import main as cli
 
     port, base = live_run.cfg.mqtt.port, ["--device-id", DEVICE, "--broker"]
-    where = [*base, f"127.0.0.1:{port}", "--timeout", "10"]
+    where = [*base, f"127.0.0.1:{port}", "--timeout", "30"]
     assert cli(["exam", "start", "--id", "ACC-7", "--ambient-c", "22", *where]) == 0
     out, err = capsys.readouterr()
     assert out.startswith("exam ACC-7: acclimatizing (rest ") and out.count("\n") == 1
-    assert "SYNTHETIC MODEL" in out and err == ""
+    assert "SYNTHETIC MODEL" in out and "thermoscreen exam:" not in err
     assert cli(["exam", "view", "frontal", *where]) == 1
     out, err = capsys.readouterr()
-    assert out == "" and err.count("\n") == 1
-    assert err.startswith("thermoscreen exam: refused: view: refused while acclimatizing")
+    said = [line for line in err.splitlines() if line.startswith("thermoscreen exam:")]
+    assert out == "" and len(said) == 1  # (the run in this process may log to stderr too)
+    assert said[0].startswith("thermoscreen exam: refused: view: refused while acclimatizing")
     assert cli(["exam", "ready", "--reason", "patient could not wait", *where]) == 0
     assert (
         capsys.readouterr().out
@@ -283,5 +284,6 @@ def test_no_answer_without_a_run(broker: Broker, capsys: pytest.CaptureFixture[s
 
     code = cli(["exam", "close", "--broker", f"127.0.0.1:{broker.port}", "--timeout", "1"])
     out, err = capsys.readouterr()
-    assert code == 3 and out == "" and err.count("\n") == 1
-    assert "no answer on thermoscreen/edge-01/cam0/exam within 1 s" in err
+    said = [line for line in err.splitlines() if line.startswith("thermoscreen exam:")]
+    assert code == 3 and out == "" and len(said) == 1
+    assert "no answer on thermoscreen/edge-01/cam0/exam within 1 s" in said[0]

@@ -250,16 +250,16 @@ def test_logger_writes_to_postgresql(broker: Broker, tmp_path: Path) -> None:
             store.close()
 
 
+CONTRACT = ["t/+/+/result", "t/+/+/state", "t/+/+/session", "t/+/+/exam", "t/+/+/exam/summary"]
+
+
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        ((), ["t/+/+/result", "t/+/+/state", "t/+/+/session", "t/+/status"]),
+        ((), [*CONTRACT, "t/+/status"]),
         (("t/#",), ["t/#"]),  # overlapping filters would deliver each message twice
-        (("t/+/+/+",), ["t/+/status", "t/+/+/+"]),
-        (
-            ("other/#", "other/#"),
-            ["t/+/+/result", "t/+/+/state", "t/+/+/session", "t/+/status", "other/#"],
-        ),
+        (("t/+/+/+",), ["t/+/+/exam/summary", "t/+/status", "t/+/+/+"]),
+        (("other/#", "other/#"), [*CONTRACT, "t/+/status", "other/#"]),
     ],
 )
 def test_subscriptions_never_overlap(extra: tuple[str, ...], expected: list[str]) -> None:

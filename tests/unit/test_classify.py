@@ -240,7 +240,7 @@ def test_unloadable_onnx_file_is_one_line_model_error(tiny_model: Path) -> None:
     onnx_path = tiny_model / "model.onnx"
     onnx_path.write_bytes(b"not a protobuf")
     _rewrite_manifest(tiny_model, sha256=sha256_file(onnx_path))
-    with pytest.raises(ModelError, match="onnxruntime cannot load it") as err:
+    with pytest.raises(ModelError, match=r"model\.onnx: not a complete ONNX model") as err:
         load_classifier(tiny_model)
     assert "\n" not in str(err.value)
 

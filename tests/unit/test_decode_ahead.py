@@ -12,7 +12,9 @@ import pytest
 from pipeline.capture.base import EndOfStream, SourceError, SourceOptions
 from pipeline.capture.factory import open_source
 from pipeline.capture.folder import DecodeAhead, decode_workers
+from pipeline.config import ConfigError, load_config
 from pipeline.data.dmr import Decoded, decode_file
+from pipeline.run.wiring import source_options
 from pipeline.types import FrameKind
 
 
@@ -156,3 +158,14 @@ def test_auto_workers() -> None:
     assert decode_workers(0) == 0
     assert decode_workers(5) == 5
     assert 1 <= decode_workers(None) <= 2
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, None), (0, 0), (3, 3)])
+def test_config_sets_the_decoders(value: int | None, expected: int | None) -> None:
+    cfg = load_config(None, {"capture.decode_workers": value}, env={})
+    assert source_options(cfg).decode_workers == expected
+
+
+def test_config_refuses_negative_decoders() -> None:
+    with pytest.raises(ConfigError, match="decode_workers"):
+        load_config(None, {"capture.decode_workers": -1}, env={})

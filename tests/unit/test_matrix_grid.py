@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from isal import igzip
 
 from pipeline.data.dmr import PLAUSIBLE_C, DataError, read_matrix, read_matrix_reference
-from pipeline.data.grid import parse_grid
+from pipeline.data.grid import parse_grid, parse_grid_chunks
 
 
 def outcome(read, path: Path) -> tuple[object, ...]:
@@ -145,6 +145,20 @@ def test_crafted_files_read_exactly_as_the_reference(
         assert parse_grid(data, *PLAUSIBLE_C) is None, "the grid should leave this to the reference"
     if fast[0] == "error":
         assert str(path) in str(fast[1]) and "\n" not in str(fast[1])
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 64, 1000])
+@pytest.mark.parametrize("name", sorted(GOOD_GRIDS) + sorted(NOT_GRIDS))
+def test_any_chunking_reads_as_the_whole(name: str, size: int) -> None:
+    """Lines cut anywhere between pieces (as inflated) give the whole text's answer."""
+    data = GOOD_GRIDS.get(name, NOT_GRIDS.get(name, b""))
+    whole = parse_grid(data, *PLAUSIBLE_C)
+    pieces = parse_grid_chunks(
+        (data[i : i + size] for i in range(0, len(data), size)), *PLAUSIBLE_C
+    )
+    assert (whole is None) == (pieces is None)
+    if whole is not None and pieces is not None:
+        assert whole.tobytes() == pieces.tobytes() and whole.shape == pieces.shape
 
 
 def test_crafted_gzip_faults_give_the_reference_error(tmp_path: Path) -> None:

@@ -1,0 +1,226 @@
+"""The bench's arithmetic: rates, latency trend, per-thread CPU breakdown, ratios and targets.
+
+Built from hand-made inputs with known answers; the end-to-end run of the bench is in
+tests/integration/test_bench_smoke.py.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from pipeline.devtools.bench.collector import Received, capture_to_delivery_fps, steady_fps
+from pipeline.devtools.bench.cpu import (
+    GSTREAMER,
+    MAIN,
+    MODEL,
+    NATIVE,
+    Snapshot,
+    SteadyWindow,
+    ThreadCpu,
+    breakdown,
+)
+from pipeline.devtools.bench.live import latency_trend
+from pipeline.devtools.bench.summary import summarize
+
+MS = 1_000_000  # ns
+
+
+def _rx(t: float) -> Received:
+    return Received("thermoscreen/d/cam0/result", t, t, b"{}")
+
+
+@pytest.mark.parametrize("slow_down", [False, True])
+def test_latency_trend_tells_growing_latency_from_flat(slow_down: bool) -> None:
+    times = [5.0 + i * 0.1 for i in range(600)]
+    lat = [20.0 + (i * 0.2 if slow_down else (i % 7) * 0.5) for i in range(600)]
+    trend = latency_trend(times, lat, inference_ms=[10.0] * 600)
+    assert trend["flat"] is (not slow_down)
+    assert len(trend["windows"]) == 6
+    assert all(w["inference_p50_ms"] == 10.0 for w in trend["windows"])
+    assert (trend["slope_ms_per_min"] > 60) is slow_down
+
+
+def test_steady_fps_counts_intervals_between_first_and_last_result() -> None:
+    assert steady_fps([_rx(10.0 + i * 0.05) for i in range(21)]) == pytest.approx(20.0)
+    assert math.isnan(steady_fps([_rx(1.0)]))
+
+
+def test_replay_rate_runs_from_first_capture_so_an_outbox_burst_cannot_inflate_it() -> None:
+    # 20 frames captured over 1 s, all delivered in one burst at t = 1.5 s (connect was late)
+    burst = [_rx(1.5 + i * 1e-4) for i in range(20)]
+    captured = [0.5 + i * 0.05 for i in range(20)]
+    assert capture_to_delivery_fps(burst, captured) == pytest.approx(20.0, rel=0.01)
+    assert steady_fps(burst) > 1000  # first-to-last arrival would report nonsense
+
+
+def _window(first: dict[int, tuple[str, int]], last: dict[int, tuple[str, int]]) -> SteadyWindow:
+    def snap(at_ms: int, threads: dict[int, tuple[str, int]], broker_ms: int) -> Snapshot:
+        cpu = {tid: ThreadCpu(name, ms * MS) for tid, (name, ms) in threads.items()}
+        return Snapshot(at_ms * MS, 0, cpu, {"broker": broker_ms * MS})
+
+    w = SteadyWindow(start=lambda t, n: True, end=lambda t, n: True, results=lambda: 0)
+    w.pid, w.first, w.last = 100, snap(1000, first, 50), snap(2000, last, 60)
+    return w
+
+
+def test_cpu_breakdown_takes_the_inferences_out_of_the_classify_threads() -> None:
+    first = {100: ("python", 500), 101: ("python", 0), 102: ("classify-0", 1000)}
+    first |= {103: ("publish", 10), 104: ("multiqueue0:src", 40)}
+    last = {100: ("python", 510), 101: ("python", 0), 102: ("classify-0", 1120)}
+    last |= {103: ("publish", 15), 104: ("multiqueue0:src", 50), 105: ("decode_0", 20)}
+    # 10 inferences of 10 ms CPU inside the window, one that straddles its start (half inside),
+    # one that ended before it: 10.5 frames, 105 ms of model CPU
+    calls = [[(1100 + 80 * i) * MS, (1150 + 80 * i) * MS, 10 * MS] for i in range(10)]
+    calls += [[950 * MS, 1050 * MS, 10 * MS], [500 * MS, 600 * MS, 10 * MS]]
+    cpu = breakdown(_window(first, last), calls)
+    assert cpu is not None
+    assert cpu["frames"] == 10.5 and cpu["window_s"] == 1.0
+    per = cpu["cpu_ms_per_frame"]
+    assert per[MODEL] == pytest.approx(10.0)
+    assert per["classify"] == pytest.approx((120 - 105) / 10.5, abs=1e-3)
+    assert per[MAIN] == pytest.approx(10 / 10.5, abs=1e-3)
+    assert per[GSTREAMER] == pytest.approx(10 / 10.5, abs=1e-3)
+    assert per["folder decode"] == pytest.approx(20 / 10.5, abs=1e-3)  # a thread that started
+    assert per[NATIVE] == 0.0  # unnamed threads: the executable's name, like the main thread
+    assert cpu["total_ms_per_frame"] == pytest.approx((10 + 120 + 5 + 10 + 20) / 10.5, abs=1e-3)
+    assert cpu["non_model_ms_per_frame"] == pytest.approx((10 + 15 + 5 + 10 + 20) / 10.5, abs=1e-3)
+    assert cpu["others_ms_per_frame"]["broker"] == pytest.approx(10 / 10.5, abs=1e-3)
+    assert cpu["cores_busy"] == pytest.approx(0.165)
+
+
+def test_cpu_breakdown_counts_native_pools_as_the_model() -> None:
+    # live: one frame on every core, ONNX Runtime's pool thread does half the model's work
+    first = {100: ("python", 0), 101: ("python", 0), 102: ("classify-0", 0)}
+    last = {100: ("python", 0), 101: ("python", 100), 102: ("classify-0", 110)}
+    calls = [[(1000 + 100 * i) * MS, (1090 + 100 * i) * MS, 10 * MS] for i in range(10)]
+    cpu = breakdown(_window(first, last), calls)
+    assert cpu is not None
+    assert cpu["cpu_ms_per_frame"][NATIVE] == pytest.approx(10.0)
+    assert cpu["non_model_ms_per_frame"] == pytest.approx(1.0)
+    assert breakdown(_window(first, last), []) is None  # no inference inside: nothing to divide
+
+
+def _model_rep(bare: float, replays: dict[str, float], rss: float = 200.0) -> dict[str, Any]:
+    return {
+        "bare": {
+            "fps": bare,
+            "cpu_ms_per_frame": 2000 / bare,
+            "inference_ms_p50": 1000 / bare,
+            "one_at_a_time": {"fps": bare},
+            "side_by_side": {"fps": 0.9 * bare},
+        },
+        "replay": {
+            src: {
+                "fps": fps,
+                "max_rss_mb": rss,
+                "first_result_s": 1.0,
+                "cpu": {"non_model_ms_per_frame": 0.5 if src == "mp4" else 2.0},
+            }
+            for src, fps in replays.items()
+        },
+    }
+
+
+def _report() -> dict[str, Any]:
+    models = [
+        {"key": "lite0", "role": "shipped", "architecture": "efficientnet_lite0/last"},
+        {"key": "r18", "role": "demo", "architecture": "resnet18"},
+    ]
+    for m, gflop in zip(models, (1.0, 4.0), strict=True):
+        m.update(gflop=gflop, sha256=m["key"], quantization=None)
+    repeats = [
+        {
+            "models": {
+                "lite0": _model_rep(100, {"mp4": 95, "dmr": 80}),
+                "r18": _model_rep(50, {"mp4": 48, "dmr": 45}),
+            },
+            "naive": {"fps": 20, "model": "r18"},
+        },
+        {
+            "models": {
+                "lite0": _model_rep(80, {"mp4": 60, "dmr": 72}),
+                "r18": _model_rep(40, {"mp4": 30, "dmr": 36}),
+            },
+            "naive": {"fps": 10, "model": "r18"},
+        },
+    ]
+    live = {
+        "model": "lite0",
+        "source_fps": 30,
+        "dropped": 0,
+        "latency_ms": {"p99": 20.0},
+        "trend": {"flat": True, "slope_ms_per_min": 0.1},
+        "max_rss_mb": 260.0,
+        "cpu": {"non_model_ms_per_frame": 0.8},
+    }
+    return {
+        "repeats": repeats,
+        "live": [live],
+        "models": models,
+        "settings": {"sources": ["mp4", "dmr"]},
+        "parse": {"read_matrix_ms_median": 12.0},
+        "machine": {"sgemm_gflops_per_core": 100.0, "cores_usable": 2},
+    }
+
+
+def test_summary_keeps_each_ratio_per_source_and_model_with_its_spread() -> None:
+    s = summarize(_report())
+    assert s["models"] == ["lite0", "r18"]
+    assert s["replay_vs_bare"]["mp4"]["lite0"]["min"] == pytest.approx(0.75)
+    assert s["replay_vs_bare"]["mp4"]["lite0"]["max"] == pytest.approx(0.95)
+    assert s["replay_vs_bare"]["dmr"]["lite0"]["median"] == pytest.approx(0.85)
+    assert s["replay_vs_bare"]["mp4"]["r18"]["median"] == pytest.approx((0.96 + 0.75) / 2)
+    assert s["non_model_cpu_ms"]["dmr"]["lite0"]["median"] == 2.0
+    assert s["replay_vs_naive"]["median"] == pytest.approx((2.4 + 3.0) / 2)
+    assert s["bare_vs_naive"]["median"] == pytest.approx((2.5 + 4.0) / 2)  # the ceiling
+    # 4 GFLOP x 50 frames/s over 2 cores = 100 GFLOP/s a core: all of a core's sgemm rate
+    assert s["bare_vs_sgemm"]["r18"]["max"] == pytest.approx(1.0)
+    assert s["bare_vs_sgemm"]["r18"]["min"] == pytest.approx(0.8)
+    assert s["int8_speedup_bare"] == {}
+
+
+def test_targets_are_about_the_shipped_model_and_resnet18_on_mp4() -> None:
+    report = _report()
+    met = {t["target"]: t["met"] for t in summarize(report)["targets"]}
+    assert met["lite0 mp4 replay / bare"] is False  # median 0.85 < 0.90
+    assert met["lite0 dmr replay / bare"] is False  # median 0.85
+    assert met["r18 mp4 replay / bare"] is False  # median 0.855 < 0.95
+    assert "r18 dmr replay / bare" not in met  # no goal for the demo model on folders
+    assert met["lite0 mp4 non-model CPU (ms/frame)"] is True
+    assert met["lite0 dmr non-model CPU (ms/frame)"] is False
+    assert met["pipeline peak RSS (MB)"] is False  # the live process peaked at 260 MB
+    assert met["DMR-IR matrix parse (ms)"] is True
+    # single inference: median of 10 and 12.5 ms; bound 1.5 x 11.25 + 5 = 21.9 ms
+    assert met["lite0 live 30 fps p99 latency (ms)"] is True
+    assert met["lite0 live 30 fps frames dropped"] is True
+    report["live"][0]["latency_ms"] = {"p99": 22.0}
+    report["live"][0]["dropped"] = 1
+    met = {t["target"]: t["met"] for t in summarize(report)["targets"]}
+    assert met["lite0 live 30 fps p99 latency (ms)"] is False
+    assert met["lite0 live 30 fps frames dropped"] is False
+
+
+def test_an_int8_model_is_compared_with_the_model_it_was_made_from() -> None:
+    report = _report()
+    report["models"].append(
+        {
+            "key": "lite0-int8",
+            "role": "int8",
+            "architecture": "efficientnet_lite0/last",
+            "gflop": None,
+            "sha256": "q",
+            "quantization": {"from_sha256": "lite0"},
+        }
+    )
+    for rep, bare in zip(report["repeats"], (150, 160), strict=True):
+        rep["models"]["lite0-int8"] = _model_rep(bare, {"mp4": bare - 10, "dmr": bare - 20})
+    s = summarize(report)
+    assert s["int8_speedup_bare"]["lite0-int8"]["min"] == pytest.approx(1.5)
+    assert s["int8_speedup_bare"]["lite0-int8"]["max"] == pytest.approx(2.0)
+    assert s["int8_speedup_replay"]["lite0-int8"]["mp4"]["median"] == pytest.approx(
+        (140 / 95 + 150 / 60) / 2
+    )
+    assert not any("lite0-int8" in t["target"] for t in s["targets"])
