@@ -43,6 +43,14 @@ class ConsoleConfig(BaseModel):
         description="At most this many annotated frames per second are JPEG-encoded for the "
         "live view (only while someone watches); a slower camera is shown at its own rate.",
     )
+    stream_cpu_share: float = Field(
+        default=0.03,
+        gt=0,
+        le=1,
+        description="At most this share of the machine's CPU (all cores together) goes to "
+        "drawing and encoding the live view; a small machine then shows it below the camera's "
+        "rate, and the pipeline keeps its own.",
+    )
     jpeg_quality: int = Field(
         default=80, ge=10, le=100, description="JPEG quality of the live view (10-100)."
     )

@@ -177,6 +177,11 @@ class HealthCollector(Collector):
         yield CounterMetricFamily(
             f"{NS}_console_frames_encoded", "Live-view frames JPEG-encoded.", s.encoded
         )
+        yield GaugeMetricFamily(
+            f"{NS}_console_encode_cpu_seconds",
+            "Smoothed CPU time the console spends on one live-view frame (overlay and JPEG).",
+            s.encode_cpu_ms / 1000.0,
+        )
         yield CounterMetricFamily(
             f"{NS}_console_auth_failures",
             "Requests with a wrong or missing password.",

@@ -66,7 +66,9 @@ class Console:
     ) -> None:
         self.plan = plan
         self.counters = ConsoleCounters()
-        self.stream = JpegStream(window, cfg.stream_max_fps, cfg.jpeg_quality, cfg.max_viewers)
+        self.stream = JpegStream(
+            window, cfg.stream_max_fps, cfg.jpeg_quality, cfg.max_viewers, cfg.stream_cpu_share
+        )
         self.health = CachedHealth(window.health)
         self.registry, self.result_metrics = build_registry(
             self.health, window.exam_state, self.stream.counters, self.counters

@@ -1,7 +1,8 @@
 """The live view's frames: JPEG-encoded in the console's own thread, only while someone
-watches, at most `stream_max_fps`, and handed to every viewer as the newest one.
+watches, at most `stream_max_fps` and within a CPU budget, and handed to every viewer as the
+newest one.
 
-    stream = JpegStream(window, max_fps=15, quality=80)
+    stream = JpegStream(window, max_fps=15, quality=80, max_viewers=8, cpu_share=0.03)
     stream.start(loop)                        # the encoder thread; frames arrive on `loop`
     async for jpeg in viewer(stream): ...     # each viewer: the newest frame, skips counted
 
@@ -9,12 +10,18 @@ Nothing here waits on a stage: the encoder reads the run's newest annotated fram
 never waits for it), a viewer that cannot keep up gets the newest frame when it can take one,
 and every frame not shown is counted, by reason: `encoder` (a result the encoder never took:
 the rate cap, or it was busy) and `client` (an encoded frame a slow viewer skipped).
+
+The budget: drawing the overlay and encoding one frame costs the encoder thread some CPU time
+(measured, smoothed); the encoder waits long enough between frames that this stays under
+`cpu_share` of the machine (all its cores). A small or busy machine therefore shows the live
+view below the camera's rate; the pipeline's stages keep theirs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -27,6 +34,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.01  # how often the encoder looks for a newer frame while someone watches
 IDLE_WAIT_S = 0.5
+COST_SMOOTHING = 0.2  # weight of the newest frame in the encoder's smoothed CPU cost
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,7 @@ class StreamCounters:
     """Each field has one writer: the encoder thread (encoded, skipped) or the event loop."""
 
     encoded: int = 0
+    encode_cpu_ms: float = 0.0  # smoothed thread CPU per frame: overlay + JPEG
     skipped_by_encoder: int = 0
     skipped_by_clients: int = 0
     viewers: int = 0
@@ -60,9 +69,17 @@ class JpegStream:
     """See the module docstring. Viewer methods run on the event loop; the encoder in its
     own thread."""
 
-    def __init__(self, window: LiveWindow, max_fps: float, quality: int, max_viewers: int) -> None:
+    def __init__(
+        self,
+        window: LiveWindow,
+        max_fps: float,
+        quality: int,
+        max_viewers: int,
+        cpu_share: float = 1.0,
+    ) -> None:
         self.window = window
         self.period_s = 1.0 / max_fps
+        self.cpu_budget = cpu_share * len(os.sched_getaffinity(0))  # CPU seconds per second
         self.quality = quality
         self.max_viewers = max_viewers
         self.counters = StreamCounters()
@@ -102,7 +119,8 @@ class JpegStream:
             if now < due:
                 self._stop.wait(due - now)
                 continue
-            got = self.window.annotated()
+            cpu_start = time.thread_time()
+            got = self.window.annotated()  # drawn here, in this thread, once per new frame
             if got is None or got[0] == last_seq:
                 self._stop.wait(POLL_S)
                 continue
@@ -118,7 +136,19 @@ class JpegStream:
             ordinal += 1
             self.counters.encoded += 1
             self._hand_over(Encoded(ordinal, seq, jpeg))
-            last_seq, due = seq, now + self.period_s
+            last_seq, due = seq, now + self._pause_s(cpu_start)
+
+    def _pause_s(self, cpu_start: float) -> float:
+        """Seconds until the next frame: the rate cap, or longer when the smoothed cost of a
+        frame would take more than the CPU budget at that rate."""
+        cost_ms = (time.thread_time() - cpu_start) * 1000.0
+        c = self.counters
+        c.encode_cpu_ms = (
+            cost_ms
+            if c.encoded <= 1
+            else (COST_SMOOTHING * cost_ms + (1.0 - COST_SMOOTHING) * c.encode_cpu_ms)
+        )
+        return max(self.period_s, c.encode_cpu_ms / 1000.0 / self.cpu_budget)
 
     def _hand_over(self, encoded: Encoded) -> None:
         loop = self._loop

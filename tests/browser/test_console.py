@@ -7,55 +7,31 @@ Screenshots are kept as test artefacts in var/test-artifacts/console/ (gitignore
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pipeline.devtools.browser import browser_paths, chromium
 from tests.conftest import REPO, Broker
 from tests.helpers.console import ConsoleRun, console_run
 from tests.helpers.wait import wait_until
 
-webdriver = pytest.importorskip("selenium.webdriver")
+pytest.importorskip("selenium.webdriver")
 By = pytest.importorskip("selenium.webdriver.common.by").By
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
 pytestmark = [
     pytest.mark.skipif(
-        CHROMIUM is None or DRIVER is None, reason="Debian's chromium and chromium-driver needed"
+        browser_paths() is None, reason="Debian's chromium and chromium-driver are needed"
     ),
     pytest.mark.timeout(300),
 ]
 ARTEFACTS = REPO / "var" / "test-artifacts" / "console"
-CHROMIUM_FLAGS = (
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--window-size=1280,1000",
-)
-
-
-def chromium(profile: Path) -> Any:
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = webdriver.ChromeService(executable_path=str(DRIVER))
-    driver = webdriver.Chrome(options=options, service=service)
-    driver.set_page_load_timeout(30)
-    return driver
 
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
-    driver = chromium(tmp_path / "chromium-profile")
+    driver = chromium(tmp_path / "chromium-profile", 1280, 1000)  # a fresh profile
     try:
         yield driver
     finally:

@@ -18,6 +18,7 @@ from typing import Any
 
 from pipeline.config import AppConfig, load_config
 from pipeline.console.server import Console, open_console
+from pipeline.devtools.bench.console import read_part
 from pipeline.devtools.demo import ResultWatcher
 from pipeline.run.live import LiveView
 from pipeline.run.stats import RunSummary
@@ -143,10 +144,9 @@ class ConsoleRun:
 
 
 def mjpeg_frames(url: str, count: int, timeout_s: float = 30.0) -> list[tuple[int, bytes]]:
-    """Read `count` parts of an MJPEG stream: (the result's seq, the JPEG bytes)."""
+    """Read `count` parts of the console's MJPEG stream: (the result's seq, the JPEG bytes)."""
     parts: list[tuple[int, bytes]] = []
-    host_port = url.split("//", 1)[1].split("/", 1)[0]
-    host, port = host_port.rsplit(":", 1)
+    host, port = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=timeout_s)
     try:
         conn.request("GET", "/stream.mjpg")
@@ -154,16 +154,9 @@ def mjpeg_frames(url: str, count: int, timeout_s: float = 30.0) -> list[tuple[in
         assert answer.status == 200, answer.status
         assert answer.getheader("Content-Type", "").startswith("multipart/x-mixed-replace")
         while len(parts) < count:
-            headers: dict[str, str] = {}
-            line = answer.readline()
-            while line.strip() == b"" or line.startswith(b"--"):
-                line = answer.readline()
-            while line.strip():
-                name, _, value = line.decode("ascii").partition(":")
-                headers[name.strip().lower()] = value.strip()
-                line = answer.readline()
-            jpeg = answer.read(int(headers["content-length"]))
-            parts.append((int(headers["x-seq"]), jpeg))
+            part = read_part(answer)
+            assert part is not None, "the stream ended"
+            parts.append(part)
     finally:
         conn.close()
     return parts

@@ -103,15 +103,16 @@ class LiveClock:
 
 
 def measure_live(
-    rig: Rig, model_dir: Path, fps: int, seconds: float, device: str
+    rig: Rig, model_dir: Path, fps: int, seconds: float, device: str, extra: Sequence[str] = ()
 ) -> dict[str, Any]:
-    """A live source at `fps` for `seconds`: latency to delivery, drops, trend, CPU per frame."""
+    """A live source at `fps` for `seconds` (`thermoscreen run ... [extra]`): latency to
+    delivery, drops, trend, CPU per frame."""
     cfg = runner_config(rig, device, model_dir, "live")
     record = rig.workdir / f"{device}.probe.json"
     rig.collector.take()
     clock = LiveClock(seconds, lambda: rig.collector.results)
     window = SteadyWindow(clock.warm, clock.measured, clock.results, rig.others())
-    cmd = [*probed_cmd(record), "run", live_source(fps), "--config", str(cfg)]
+    cmd = [*probed_cmd(record), "run", live_source(fps), "--config", str(cfg), *extra]
     run = checked(
         run_child(cmd, seconds + STARTUP_LIMIT_S, until=clock.stop_due, on_poll=window),
         f"thermoscreen run (live {fps} fps)",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,8 @@ def runner_config(rig: Rig, device: str, model_dir: Path, mode: str, loop: bool 
         "device_id": device,
         "camera_id": "cam0",
         "mode": mode,
-        "model": {"dir": str(model_dir), "backend": "onnxruntime"},
+        # a benchmark, not a clinic: a synthetic demo model may run on the live test source
+        "model": {"dir": str(model_dir), "backend": "onnxruntime", "allow_synthetic": True},
         "mqtt": {"host": "127.0.0.1", "port": rig.broker.port},
         "outbox": {"enabled": True, "path": str(outbox)},
         "log_level": "WARNING",
@@ -72,10 +74,15 @@ def inference_calls(record: Path) -> list[list[int]]:
 
 
 def measure_replay(
-    rig: Rig, model_dir: Path, recording: Recording, frames: int, device: str
+    rig: Rig,
+    model_dir: Path,
+    recording: Recording,
+    frames: int,
+    device: str,
+    extra: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """`thermoscreen run SOURCE --max-frames N` to completion; throughput where the results
-    arrive; CPU per result over the steady part (10% to 90% of the results)."""
+    """`thermoscreen run SOURCE --max-frames N [extra]` to completion; throughput where the
+    results arrive; CPU per result over the steady part (10% to 90% of the results)."""
     cfg = runner_config(rig, device, model_dir, "replay", loop=recording.loop)
     record = rig.workdir / f"{device}.probe.json"
     rig.collector.take()
@@ -87,7 +94,7 @@ def measure_replay(
         others=rig.others(),
     )
     cmd = [*probed_cmd(record), "run", recording.uri, "--config", str(cfg)]
-    cmd += ["--max-frames", str(frames)]
+    cmd += ["--max-frames", str(frames), *extra]
     what = f"thermoscreen run ({recording.kind} replay)"
     run = checked(run_child(cmd, timeout_s=60 + frames, on_poll=window), what)
     time.sleep(SETTLE_S)
