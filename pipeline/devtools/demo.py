@@ -16,6 +16,7 @@ Thermography is an adjunct to mammography only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
@@ -324,7 +325,8 @@ def live_camera(opts: DemoOptions, broker_port: int, console_port: int) -> None:
     try:
         if timer is not None:
             timer.start()
-        with stop_on_signals(stop, "ending the demo"):
+        main = threading.current_thread() is threading.main_thread()  # signals reach it only
+        with stop_on_signals(stop, "ending the demo") if main else contextlib.nullcontext():
             run(cfg, stop, consumers=console.consumers, live=live)
     except RunError as exc:
         print(f"demo: live camera: {exc}", file=sys.stderr)

@@ -52,6 +52,7 @@ class MjpegViewer:
         self.frames = 0
         self.bytes = 0
         self.connected_mono: float | None = None
+        self.first_frame_mono: float | None = None
         self.last_frame_mono: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="bench-viewer", daemon=True)
@@ -90,15 +91,17 @@ class MjpegViewer:
             self.frames += 1
             self.bytes += len(part[1])
             self.last_frame_mono = time.monotonic()
+            self.first_frame_mono = self.first_frame_mono or self.last_frame_mono
 
     def figures(self) -> dict[str, Any]:
         if self.frames == 0:
             raise BenchError("the console's live view sent no frame to the bench's viewer")
-        watched = (self.last_frame_mono or 0.0) - (self.connected_mono or 0.0)
+        flowing = (self.last_frame_mono or 0.0) - (self.first_frame_mono or 0.0)
         return {
             "frames_streamed": self.frames,
             "kib_per_frame": round(self.bytes / self.frames / 1024, 1),
-            "stream_fps": round(self.frames / watched, 2) if watched > 0 else None,
+            # from the first frame to the last (the viewer waited through the start-up)
+            "stream_fps": round((self.frames - 1) / flowing, 2) if flowing > 0 else None,
         }
 
 
