@@ -321,7 +321,10 @@ def render(store: Store, args: argparse.Namespace, q: Query) -> str:
     if args.format == "csv":
         return examreport.to_csv(exams, csv_cell) if args.exams else to_csv(_sessions(store, q))
     text = examreport.to_table(exams, _printable)
-    return text if args.exams else f"{to_table(_sessions(store, q))}\n{text}"
+    if args.exams:
+        return text
+    sessions = to_table(_sessions(store, q))
+    return f"{sessions}\n{text}" if exams else sessions  # no exams: the sessions alone
 
 
 def main(args: argparse.Namespace) -> int:
