@@ -109,10 +109,12 @@ def measure_live(
     seconds: float,
     device: str,
     env: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A live source at `fps` for `seconds`: latency to delivery, drops, trend, CPU per frame.
-    `env` runs another checkout of the code (its PYTHONPATH) for A/B comparisons."""
-    cfg = runner_config(rig, device, model_dir, "live")
+    `env` runs another checkout of the code (its PYTHONPATH), `overrides` other settings, for
+    A/B comparisons."""
+    cfg = runner_config(rig, device, model_dir, "live", overrides=overrides)
     record = rig.workdir / f"{device}.probe.json"
     rig.collector.take()
     clock = LiveClock(seconds, lambda: rig.collector.results)

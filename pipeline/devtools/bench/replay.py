@@ -42,9 +42,17 @@ class Rig:
         return {"broker": proc.pid} if proc is not None else {}
 
 
-def runner_config(rig: Rig, device: str, model_dir: Path, mode: str, loop: bool = False) -> Path:
-    """The YAML the child `thermoscreen run` reads: our broker, a private outbox, this model.
-    Written as `<workdir>/<device>.yaml`, with the outbox beside it."""
+def runner_config(
+    rig: Rig,
+    device: str,
+    model_dir: Path,
+    mode: str,
+    loop: bool = False,
+    overrides: dict[str, Any] | None = None,
+) -> Path:
+    """The YAML the child `thermoscreen run` reads: our broker, a private outbox, this model,
+    and `overrides` (dotted keys, e.g. {"session.state_every_frames": 10}). Written as
+    `<workdir>/<device>.yaml`, with the outbox beside it."""
     rig.workdir.mkdir(parents=True, exist_ok=True)
     path, outbox = rig.workdir / f"{device}.yaml", rig.workdir / f"{device}.sqlite"
     tree: dict[str, Any] = {
@@ -58,6 +66,12 @@ def runner_config(rig: Rig, device: str, model_dir: Path, mode: str, loop: bool 
     }
     if loop:
         tree["capture"] = {"loop": True}
+    for dotted, value in (overrides or {}).items():
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
     path.write_text(yaml.safe_dump(tree, sort_keys=False), encoding="utf-8")
     return path
 
@@ -80,11 +94,13 @@ def measure_replay(
     frames: int,
     device: str,
     env: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`thermoscreen run SOURCE --max-frames N` to completion; throughput where the results
     arrive; CPU per result over the steady part (10% to 90% of the results). `env` runs
-    another checkout of the code (its PYTHONPATH) for A/B comparisons."""
-    cfg = runner_config(rig, device, model_dir, "replay", loop=recording.loop)
+    another checkout of the code (its PYTHONPATH), `overrides` other settings, for A/B
+    comparisons."""
+    cfg = runner_config(rig, device, model_dir, "replay", recording.loop, overrides)
     record = rig.workdir / f"{device}.probe.json"
     rig.collector.take()
     margin = max(2, frames // 10)
