@@ -38,7 +38,8 @@ log = logging.getLogger("pipeline.mqtt.publisher")
 
 INFLIGHT_WINDOW = 100  # new outbox rows handed to paho and not yet acked
 TICK_S = 0.2  # the client thread wakes at least this often (stop, flush deadlines)
-RESEND_EVERY_S = 1.0  # how often the re-send and retention checks run
+RESEND_EVERY_S = 1.0  # how often the re-send check runs
+EXPIRE_EVERY_S = 60.0  # how often the retention check runs (a scan of the outbox)
 STOPPED_ACK_GRACE_S = 2.0  # wait for the `stopped` status ack even after a full flush timeout
 LOGGER_SEEN = "logger_seen"  # outbox meta: a logger has confirmed deliveries (auto mode)
 _JSON = "application/json"
@@ -155,6 +156,7 @@ class Sender:
         self._props: dict[int | None, Properties] = {}
         self._logged_error: str | None = None
         self._next_resend = 0.0
+        self._next_expiry = 0.0
 
     @property
     def inflight(self) -> int:
@@ -192,10 +194,11 @@ class Sender:
         if self._online:
             self._send_states()
             self._send_rows()
-        if now >= self._next_resend:
+        if now >= self._next_resend and self._online and self.by_logger:
             self._next_resend = now + RESEND_EVERY_S
-            if self._online and self.by_logger:
-                self._resend_due(now)
+            self._resend_due(now)
+        if now >= self._next_expiry:
+            self._next_expiry = now + EXPIRE_EVERY_S
             self._expire()
 
     # -- events ----------------------------------------------------------------------------
