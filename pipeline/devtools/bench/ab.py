@@ -43,10 +43,15 @@ Measure = Callable[[str, "Variant"], dict[str, Any]]
 
 @dataclass(frozen=True)
 class Variant:
-    """One side of the comparison: a checkout and settings for its runs."""
+    """One side of the comparison: a checkout (run from its folder, with it on PYTHONPATH:
+    `python -m` imports from the working directory first) and settings for its runs."""
 
-    env: dict[str, str]
+    tree: Path
     overrides: dict[str, Any]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return tree_env(self.tree)
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
@@ -114,11 +119,11 @@ def measures_for(args: argparse.Namespace, rig: Rig, tmp: Path) -> dict[str, Mea
     out: dict[str, Measure] = {}
     for kind, rec in recordings.items():
         out[kind] = lambda device, v, rec=rec: measure_replay(  # type: ignore[misc]
-            rig, args.model, rec, args.frames, device, v.env, v.overrides
+            rig, args.model, rec, args.frames, device, v.env, v.overrides, v.tree
         )
     for fps in args.live_fps:
         out[f"live{fps}"] = lambda device, v, fps=fps: measure_live(  # type: ignore[misc]
-            rig, args.model, fps, args.live_seconds, device, v.env, v.overrides
+            rig, args.model, fps, args.live_seconds, device, v.env, v.overrides, v.tree
         )
     return out
 
@@ -140,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidate-set", nargs="*", default=[], help="KEY.PATH=VALUE settings")
     args = parser.parse_args(argv)
     variants = {
-        "baseline": Variant(tree_env(args.baseline), parse_sets(args.baseline_set)),
-        "candidate": Variant(tree_env(args.candidate), parse_sets(args.candidate_set)),
+        "baseline": Variant(args.baseline.resolve(), parse_sets(args.baseline_set)),
+        "candidate": Variant(args.candidate.resolve(), parse_sets(args.candidate_set)),
     }
     with tempfile.TemporaryDirectory(prefix="thermoscreen-ab-") as name:
         tmp = Path(name)

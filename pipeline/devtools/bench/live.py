@@ -113,10 +113,11 @@ def measure_live(
     device: str,
     env: dict[str, str] | None = None,
     overrides: dict[str, Any] | None = None,
+    cwd: Path | None = None,
 ) -> dict[str, Any]:
     """A live source at `fps` for `seconds`: latency to delivery, drops, trend, CPU per frame.
-    `env` runs another checkout of the code (its PYTHONPATH), `overrides` other settings, for
-    A/B comparisons."""
+    `env` and `cwd` run another checkout of the code, `overrides` other settings, for A/B
+    comparisons."""
     cfg = runner_config(rig, device, model_dir, "live", overrides=overrides)
     record = rig.workdir / f"{device}.probe.json"
     rig.collector.take()

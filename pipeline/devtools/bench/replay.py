@@ -59,7 +59,7 @@ def runner_config(
         "device_id": device,
         "camera_id": "cam0",
         "mode": mode,
-        "model": {"dir": str(model_dir), "backend": "onnxruntime"},
+        "model": {"dir": str(model_dir.resolve()), "backend": "onnxruntime"},
         "mqtt": {"host": "127.0.0.1", "port": rig.broker.port},
         "outbox": {"enabled": True, "path": str(outbox)},
         "log_level": "WARNING",
@@ -95,11 +95,12 @@ def measure_replay(
     device: str,
     env: dict[str, str] | None = None,
     overrides: dict[str, Any] | None = None,
+    cwd: Path | None = None,
 ) -> dict[str, Any]:
     """`thermoscreen run SOURCE --max-frames N` to completion; throughput where the results
-    arrive; CPU per result over the steady part (10% to 90% of the results). `env` runs
-    another checkout of the code (its PYTHONPATH), `overrides` other settings, for A/B
-    comparisons."""
+    arrive; CPU per result over the steady part (10% to 90% of the results). `env` and `cwd`
+    run another checkout of the code (its PYTHONPATH and folder), `overrides` other settings,
+    for A/B comparisons."""
     cfg = runner_config(rig, device, model_dir, "replay", recording.loop, overrides)
     record = rig.workdir / f"{device}.probe.json"
     rig.collector.take()
@@ -113,7 +114,7 @@ def measure_replay(
     cmd = [*probed_cmd(record), "run", recording.uri, "--config", str(cfg)]
     cmd += ["--max-frames", str(frames)]
     what = f"thermoscreen run ({recording.kind} replay)"
-    run = checked(run_child(cmd, timeout_s=60 + frames, env=env, on_poll=window), what)
+    run = checked(run_child(cmd, 60 + frames, env=env, on_poll=window, cwd=cwd), what)
     time.sleep(SETTLE_S)
     results = results_of(rig.collector.take(), device)
     if not results:
