@@ -235,6 +235,12 @@ def settings_dict(settings: Settings, recordings: dict[str, Recording]) -> dict[
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_input_arguments(parser)
+    add_run_arguments(parser)
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """What is measured: models, recordings, data."""
     parser.add_argument(
         "--model",
         type=Path,
@@ -267,6 +273,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data-files", type=int, default=None, help="only the first N matrices of --data"
     )
     parser.add_argument("--out", type=Path, default=Path("results"), help="bench.json/.md here")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """How long and how often: frames, repeats, live runs, the optional measurements."""
     parser.add_argument("--frames", type=int, default=300, help="frames per replay and bare run")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of bare and replays")
     parser.add_argument(
