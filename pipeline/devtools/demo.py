@@ -2,9 +2,11 @@
 
     python -m pipeline.devtools.demo --model models/demo --workdir var/demo
 
-Generates a recording if missing, starts a private mosquitto on a free loopback port, subscribes
-and prints every result as it arrives, runs `thermoscreen run` in replay, and ends with a short
-summary. Exit 0 only when every frame's result arrived. The demo model is trained on synthetic
+Generates a recording if missing, starts a private mosquitto on a free loopback port and a
+logger (`thermoscreen log`, in a thread) that stores each result and confirms it, subscribes and
+prints every result as it arrives, runs `thermoscreen run` in replay with `outbox.confirm:
+logger`, and ends with a short summary. Exit 0 only when every frame's result arrived and the
+logger confirmed storing each one. The demo model is trained on synthetic
 data: a pipeline demo, not a medical model. Thermography is an adjunct to mammography only.
 
 `ResultWatcher` (a small paho subscriber) is also what the integration tests listen with.
@@ -21,7 +23,8 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,10 @@ from pipeline import DISCLAIMER
 from pipeline.cli import setup_logging
 from pipeline.config import MqttConfig, load_config
 from pipeline.devtools.broker import LocalBroker
+from pipeline.logger.store import open_store
+from pipeline.logger.subscriber import Logger, LoggerOptions
 from pipeline.mqtt.client import make_client
+from pipeline.run.stats import RunSummary
 from pipeline.run.wiring import RunError, run
 
 log = logging.getLogger(__name__)
@@ -184,11 +190,46 @@ def _printer(msg: Message) -> None:
         print(result_line(msg), flush=True)
 
 
+@contextmanager
+def demo_logger(port: int, workdir: Path) -> Iterator[Logger]:
+    """`thermoscreen log` in a thread: it stores each result once and confirms it (`stored`),
+    so the demo shows delivery confirmed end to end (`outbox.confirm: logger`)."""
+    db = workdir / "results.sqlite"
+    db.unlink(missing_ok=True)
+    for extra in ("-wal", "-shm"):
+        Path(f"{db}{extra}").unlink(missing_ok=True)
+    stop = threading.Event()
+    cfg = MqttConfig(host="127.0.0.1", port=port)
+    made: list[Logger] = []
+
+    def serve() -> None:  # SQLite wants the thread that opened the store to use it
+        made.append(Logger(cfg, LoggerOptions(db=str(db), client_id="demo-logger"),
+                           open_store(db), stop))  # fmt: skip
+        made[0].run()
+
+    thread = threading.Thread(target=serve, name="demo-logger", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10.0
+    while not (made and made[0].subscribed) and time.monotonic() < deadline:
+        if not thread.is_alive():
+            break
+        time.sleep(0.05)
+    if not (made and made[0].subscribed):
+        stop.set()
+        raise RuntimeError(f"the demo logger did not subscribe on 127.0.0.1:{port}")
+    logger = made[0]
+    try:
+        yield logger
+    finally:
+        stop.set()
+        thread.join(10.0)
+
+
 def run_demo(model: Path, workdir: Path, frames: int, fps: float, seed: int) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     recording = ensure_recording(workdir, frames, fps, seed)
     started = time.monotonic()
-    with demo_broker(workdir) as broker:
+    with demo_broker(workdir) as broker, demo_logger(broker.port, workdir) as logger:
         port = broker.port
         cfg = load_config(
             REPO / "config" / "replay.yaml",
@@ -199,11 +240,13 @@ def run_demo(model: Path, workdir: Path, frames: int, fps: float, seed: int) -> 
                 "mqtt.host": "127.0.0.1",
                 "mqtt.port": port,
                 "outbox.path": str(workdir / "outbox.sqlite"),
+                "outbox.confirm": "logger",
                 "log_level": "WARNING",
             },
         )
         setup_logging(cfg.log_level)
         print(f"mosquitto on 127.0.0.1:{port}; replaying {recording} with model {model}")
+        print(f"a logger stores every result in {workdir / 'results.sqlite'} and confirms it")
         with ResultWatcher("127.0.0.1", port, DEMO_DEVICE, on_message=_printer) as watcher:
             try:
                 summary = run(cfg)
@@ -212,9 +255,24 @@ def run_demo(model: Path, workdir: Path, frames: int, fps: float, seed: int) -> 
                 return 2
             watcher.wait(lambda: watcher.count("session") >= 1, 10.0)
             results = watcher.bodies("result")
+        stored = logger.counters.stored
     wall = time.monotonic() - started
     seqs = [r["seq"] for r in results if r["session_id"] == summary.session_id]
     complete = seqs == list(range(summary.frames_captured)) and summary.results == len(seqs)
+    _print_summary(summary, seqs, complete, results, recording, stored, wall)
+    delivered = summary.outbox_pending == 0 and stored == summary.results
+    return 0 if complete and delivered else 1
+
+
+def _print_summary(
+    summary: RunSummary,
+    seqs: list[int],
+    complete: bool,
+    results: list[Any],
+    recording: Path,
+    stored: int,
+    wall: float,
+) -> None:
     verdict = summary.verdict
     lat = summary.latency_ms
     print()
@@ -229,12 +287,12 @@ def run_demo(model: Path, workdir: Path, frames: int, fps: float, seed: int) -> 
         agree = sum(1 for r in results if truth.get(r["frame_index"]) == r["result"]["label"])
         print(f"generator's labels  {agree}/{len(results)} frames agree (synthetic truth)")
     pending = summary.outbox_pending
+    print(f"stored by logger    {stored} (each confirmed back to the pipeline)")
     print(f"outbox              {'empty' if pending == 0 else f'{pending} messages waiting'}")
     print(f"demo wall time      {wall:.1f} s")
     print()
     print(f"Note: {NOT_MEDICAL}.")
     print(DISCLAIMER)
-    return 0 if complete and summary.outbox_pending == 0 else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
