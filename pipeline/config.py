@@ -97,6 +97,25 @@ class OutboxConfig(_Strict):
         description="SQLite synchronous mode: normal survives a crash of the process (WAL); "
         "full also survives a power cut, at one fsync per result.",
     )
+    confirm: Literal["auto", "broker", "logger"] = Field(
+        default="auto",
+        description="When a result leaves the outbox. logger: when a logger's `stored` message "
+        "confirms it (survives a broker crash; set it where `thermoscreen log` runs). broker: "
+        "at the broker's PUBACK (no logger deployed). auto: broker until a logger has confirmed "
+        "a result to this outbox once, logger from then on.",
+    )
+    confirm_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Re-send a result the broker acknowledged when no logger confirmation has "
+        "arrived for this long (doubling per re-send, up to 300 s).",
+    )
+    retention_s: float = Field(
+        default=7 * 86400.0,
+        gt=0,
+        description="An acknowledged result no logger confirms within this long leaves the "
+        "outbox, counted as unconfirmed.",
+    )
 
 
 # --- the runner's settings -------------------------------------------------------------------

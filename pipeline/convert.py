@@ -112,10 +112,6 @@ class PngWriter:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _source_files(source: Source) -> list[Path]:
-    return source.files if isinstance(source, FolderSource) else []
-
-
 def _next_frame(source: Source, stop: threading.Event) -> Frame | None:
     """The next frame; None at the end of a replay or when stopped. ConvertError when stuck."""
     since = time.monotonic()
@@ -136,21 +132,26 @@ def _next_frame(source: Source, stop: threading.Event) -> Frame | None:
 def _copy_frames(
     source: Source, writer: PngWriter, max_frames: int | None, stop: threading.Event
 ) -> tuple[list[FrameOrigin], CountScale]:
-    files = _source_files(source)
     origins: list[FrameOrigin] = []
     scale: CountScale | None = None
     while max_frames is None or len(origins) < max_frames:
         frame = _next_frame(source, stop)
         if frame is None:
             break
-        name = files[frame.index % len(files)].name if files else ""
-        where = f"source '{source.uri}' frame {len(origins)}" + (f" ({name})" if name else "")
+        index = len(origins)
+        if isinstance(source, FolderSource):  # a converted recording keeps its first origin
+            read_from = source.origin_of(frame.index)
+            origin = FrameOrigin.of(index, frame_file(index), read_from.source_file)
+            where = f"source '{source.uri}' frame {index} ({read_from.file})"
+        else:
+            origin = FrameOrigin.of(index, frame_file(index), "")
+            where = f"source '{source.uri}' frame {index}"
         counts, frame_scale = frame_counts(frame, where)
         if scale is not None and frame_scale != scale:
             raise ConvertError(f"{where}: scale {frame_scale} differs from the first {scale}")
         scale = frame_scale
-        writer.put(len(origins), counts)
-        origins.append(FrameOrigin.of(len(origins), name))
+        writer.put(index, counts)
+        origins.append(origin)
     if scale is None:
         raise ConvertError(f"source '{source.uri}': no frame to convert")
     return origins, scale

@@ -56,13 +56,38 @@ class PreprocessConfig(BaseModel):
 
 
 def scale_to_u8(values: npt.NDArray[np.floating], low: float, high: float) -> U8:
-    """Map [low, high] linearly onto 0-255 with clipping and round-half-up."""
+    """Map [low, high] linearly onto 0-255 with clipping and round-half-up.
+
+    The float32 steps run in one scratch buffer (the same operations in the same order as
+    `floor(clip((v - low) / span, 0, 1) * 255 + 0.5)`, so the same bits): one allocation per
+    frame instead of six."""
     span = np.float32(high - low)
     if span <= 0:
         return np.zeros(values.shape, dtype=np.uint8)
-    unit = np.clip((values.astype(np.float32) - np.float32(low)) / span, 0.0, 1.0)
-    out: U8 = np.floor(unit * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
+    buf = np.subtract(values, np.float32(low), dtype=np.float32)
+    np.divide(buf, span, out=buf)
+    np.clip(buf, 0.0, 1.0, out=buf)
+    np.multiply(buf, np.float32(255.0), out=buf)
+    np.add(buf, np.float32(0.5), out=buf)
+    np.floor(buf, out=buf)
+    out: U8 = buf.astype(np.uint8)
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def raw16_table(scale: float, offset: float, window_c: tuple[float, float]) -> U8:
+    """uint8 rendering of every 16-bit count: entry n is what `render` makes of a pixel n.
+
+    A radiometric frame's counts are 16-bit, so the whole thermal window is a 65,536-entry
+    table computed once with the frame's own float32 steps (`Frame.celsius`, then
+    `scale_to_u8`): the same bits for a quarter of the work, and no float frame."""
+    counts = np.arange(1 << 16, dtype=np.uint16)
+    frame = Frame(counts, FrameKind.RAW16, 0, "", 0.0, 0, scale=scale, offset=offset)
+    celsius = frame.celsius()
+    assert celsius is not None
+    table = scale_to_u8(celsius, window_c[0], window_c[1])
+    table.setflags(write=False)
+    return table
 
 
 def render_celsius(celsius: npt.NDArray[np.floating], window_c: tuple[float, float] | None) -> U8:
@@ -91,6 +116,9 @@ def render(frame: Frame, cfg: PreprocessConfig) -> U8:
     """A frame -> equalized uint8 gray image, the picture the model and the operator see."""
     if frame.kind is FrameKind.GRAY8:
         gray = np.asarray(frame.pixels, dtype=np.uint8)
+    elif frame.kind is FrameKind.RAW16 and cfg.window_c is not None:
+        table = raw16_table(float(frame.scale), float(frame.offset), tuple(cfg.window_c))
+        gray = np.take(table, np.asarray(frame.pixels, dtype=np.uint16))
     else:
         celsius = frame.celsius()
         assert celsius is not None

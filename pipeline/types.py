@@ -52,6 +52,11 @@ class Frame:
             return kelvin - np.float32(KELVIN_OFFSET)
         return None
 
+    def celsius_of_count(self, count: int) -> float:
+        """One raw16 count in Celsius, with the float32 steps of `celsius()`."""
+        kelvin = np.float32(count) * np.float32(self.scale) + np.float32(self.offset)
+        return float(kelvin - np.float32(KELVIN_OFFSET))
+
 
 @dataclass(frozen=True)
 class TopK:
@@ -88,6 +93,21 @@ class ThermalStats:
             t_max_c=round(float(celsius.max()), 2),
             t_mean_c=round(float(celsius.mean()), 2),
         )
+
+    @staticmethod
+    def of_frame(frame: Frame) -> ThermalStats | None:
+        """A frame's statistics. A 16-bit frame's come from its counts, with no float frame:
+        the conversion is increasing, so the extremes are the counts' extremes converted with
+        `Frame.celsius`'s own float32 steps (the same numbers), and the mean is the counts'
+        exact mean converted in float64."""
+        if frame.kind is not FrameKind.RAW16 or frame.scale <= 0 or frame.pixels.size == 0:
+            return ThermalStats.of(frame.celsius())
+        counts = frame.pixels
+        lo = frame.celsius_of_count(int(counts.min()))
+        hi = frame.celsius_of_count(int(counts.max()))
+        mean = float(counts.sum(dtype=np.uint64)) / counts.size
+        mean_c = mean * frame.scale + frame.offset - KELVIN_OFFSET
+        return ThermalStats(round(lo, 2), round(hi, 2), round(mean_c, 2))
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from pathlib import Path
 from pipeline.capture.base import EndOfStream, ParsedUri, SourceError, SourceOptions, SourceStats
 from pipeline.capture.limits import check_image_files
 from pipeline.data.dmr import DataError, Decoded, decode_file, list_thermograms
-from pipeline.data.recording import RECORDING_FILE, read_scale
+from pipeline.data.recording import RECORDING_FILE, FrameOrigin, read_origins, read_scale
 from pipeline.types import Frame
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,7 @@ class FolderSource:
         self.folder = Path(parsed.location).expanduser()
         self._opts = options
         self._files: list[Path] = []
+        self._converted: dict[str, FrameOrigin] = {}  # frames.csv of a converted recording
         self._ahead: DecodeAhead | None = None
         self._index = 0  # frame index, counting on across loops
         self._stats = SourceStats()
@@ -159,6 +160,15 @@ class FolderSource:
     @property
     def files(self) -> list[Path]:
         return list(self._files)
+
+    def origin_of(self, index: int) -> FrameOrigin:
+        """Where frame `index` comes from: its file and, for a `thermoscreen convert`
+        recording, the file it was converted from (else the file itself) and that file's
+        DMR-IR patient, so results and exams can name the patient and file of every frame."""
+        name = self._files[index % len(self._files)].name
+        converted = self._converted.get(name)
+        source_file = converted.source_file if converted is not None else name
+        return FrameOrigin.of(index, name, source_file)
 
     def open(self) -> None:
         """List the folder; SourceError when it is missing or holds no thermograms."""
@@ -176,6 +186,10 @@ class FolderSource:
             raise SourceError(f"source '{self.uri}': {oversized[0]}: {oversized[1]}")
         workers = decode_workers(self._opts.decode_workers)
         scale, offset = self._png16_scale()
+        try:
+            self._converted = {o.file: o for o in read_origins(self.folder)}
+        except DataError as exc:
+            raise SourceError(f"source '{self.uri}': {exc}") from None
         decode = functools.partial(decode_file, png16_scale=scale, png16_offset=offset)
         self._ahead = DecodeAhead(self._files, decode, workers, 2 * workers, self._opts.loop)
         self._started_mono = time.monotonic()

@@ -56,14 +56,15 @@ class FrameOrigin:
 
     frame: int  # position in the recording, from 0
     file: str  # its PNG, e.g. frame_00000.png
-    source_file: str  # the file it was converted from; "" for a camera or a video
+    source_file: str  # the file it was recorded in first; "" for a camera or a video
     patient_id: str  # DMR-IR patient of that file, e.g. "0002"; "" when its name does not say
 
     @staticmethod
-    def of(frame: int, source_file: str) -> FrameOrigin:
+    def of(frame: int, file: str, source_file: str) -> FrameOrigin:
+        """The origin, with the patient read from the source file's DMR-IR name."""
         name = parse_dmr_name(source_file) if source_file else None
         patient = name.patient_id if name is not None else ""
-        return FrameOrigin(frame, frame_file(frame), source_file, patient)
+        return FrameOrigin(frame, file, source_file, patient)
 
 
 def frame_file(index: int) -> str:
@@ -158,9 +159,10 @@ def read_scale(folder: Path) -> CountScale | None:
 
 
 def read_origins(folder: Path) -> list[FrameOrigin]:
-    """Each frame's origin from `frames.csv` (empty when the folder has none)."""
+    """Each frame's origin from the `frames.csv` of a recording `thermoscreen convert` wrote;
+    empty for any other folder (`thermoscreen synth` writes a frames.csv of its own)."""
     path = folder / FRAMES_FILE
-    if not path.is_file():
+    if not path.is_file() or not (folder / RECORDING_FILE).is_file():
         return []
     try:
         with path.open(newline="", encoding="utf-8") as fh:

@@ -2,13 +2,15 @@
 
     python -m pipeline.devtools.demo --model models/demo --workdir var/demo
 
-Generates a recording if missing, starts a private mosquitto on a free loopback port, subscribes
-and prints every result as it arrives, runs `thermoscreen run` in replay, and ends with a short
-summary. Exit 0 only when every frame's result arrived. The operator console is open on
-loopback all along (its address is printed first); run from a terminal, the demo then keeps it
-open on a live synthetic camera until Ctrl-C, so a person can run an exam from the page and read
-its report. The demo model is trained on synthetic data: a pipeline demo, not a medical model.
-Thermography is an adjunct to mammography only.
+Generates a recording if missing, starts a private mosquitto on a free loopback port and a
+logger (`thermoscreen log`, in a thread) that stores each result and confirms it, subscribes and
+prints every result as it arrives, runs `thermoscreen run` in replay with `outbox.confirm:
+logger`, and ends with a short summary. Exit 0 only when every frame's result arrived and the
+logger confirmed storing each one. The operator console is open on loopback all along (its
+address is printed first); run from a terminal, the demo then keeps it open on a live synthetic
+camera until Ctrl-C, so a person can run an exam from the page and read its report. The demo
+model is trained on synthetic data: a pipeline demo, not a medical model. Thermography is an
+adjunct to mammography only.
 
 `ResultWatcher` (a small paho subscriber) is also what the integration tests listen with.
 """
@@ -25,7 +27,8 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,8 @@ from pipeline.config import AppConfig, MqttConfig, load_config
 from pipeline.console.config import ConsoleError
 from pipeline.console.server import Console, open_console
 from pipeline.devtools.broker import LocalBroker
+from pipeline.logger.store import open_store
+from pipeline.logger.subscriber import Logger, LoggerOptions
 from pipeline.mqtt.client import make_client
 from pipeline.run.live import LiveView
 from pipeline.run.stats import RunSummary
@@ -194,6 +199,41 @@ def _printer(msg: Message) -> None:
         print(result_line(msg), flush=True)
 
 
+@contextmanager
+def demo_logger(port: int, workdir: Path) -> Iterator[Logger]:
+    """`thermoscreen log` in a thread: it stores each result once and confirms it (`stored`),
+    so the demo shows delivery confirmed end to end (`outbox.confirm: logger`)."""
+    db = workdir / "results.sqlite"
+    db.unlink(missing_ok=True)
+    for extra in ("-wal", "-shm"):
+        Path(f"{db}{extra}").unlink(missing_ok=True)
+    stop = threading.Event()
+    cfg = MqttConfig(host="127.0.0.1", port=port)
+    made: list[Logger] = []
+
+    def serve() -> None:  # SQLite wants the thread that opened the store to use it
+        made.append(Logger(cfg, LoggerOptions(db=str(db), client_id="demo-logger"),
+                           open_store(db), stop))  # fmt: skip
+        made[0].run()
+
+    thread = threading.Thread(target=serve, name="demo-logger", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10.0
+    while not (made and made[0].subscribed) and time.monotonic() < deadline:
+        if not thread.is_alive():
+            break
+        time.sleep(0.05)
+    if not (made and made[0].subscribed):
+        stop.set()
+        raise RuntimeError(f"the demo logger did not subscribe on 127.0.0.1:{port}")
+    logger = made[0]
+    try:
+        yield logger
+    finally:
+        stop.set()
+        thread.join(10.0)
+
+
 @dataclass(frozen=True)
 class DemoOptions:
     """What `make demo` does: the replay (always checked), then optionally a live camera."""
@@ -217,6 +257,7 @@ def replay_config(opts: DemoOptions, recording: Path, port: int) -> AppConfig:
             "mqtt.host": "127.0.0.1",
             "mqtt.port": port,
             "outbox.path": str(opts.workdir / "outbox.sqlite"),
+            "outbox.confirm": "logger",
             "exam.exams_dir": str(opts.workdir / "exams"),
             "console.listen": opts.console,
             "log_level": "WARNING",
@@ -237,14 +278,14 @@ def run_demo(opts: DemoOptions) -> int:
     opts.workdir.mkdir(parents=True, exist_ok=True)
     recording = ensure_recording(opts.workdir, opts.frames, opts.fps, opts.seed)
     started = time.monotonic()
-    with demo_broker(opts.workdir) as broker:
-        cfg = replay_config(opts, recording, broker.port)
+    with demo_broker(opts.workdir) as broker, demo_logger(broker.port, opts.workdir) as logger:
+        port = broker.port
+        cfg = replay_config(opts, recording, port)
         setup_logging(cfg.log_level)
-        print(
-            f"mosquitto on 127.0.0.1:{broker.port}; replaying {recording} with model {opts.model}"
-        )
+        print(f"mosquitto on 127.0.0.1:{port}; replaying {recording} with model {opts.model}")
+        print(f"a logger stores every result in {opts.workdir / 'results.sqlite'} and confirms it")
         console, live = start_console(cfg)
-        with ResultWatcher("127.0.0.1", broker.port, DEMO_DEVICE, on_message=_printer) as watcher:
+        with ResultWatcher("127.0.0.1", port, DEMO_DEVICE, on_message=_printer) as watcher:
             try:
                 summary = run(cfg, consumers=console.consumers, live=live)
             except RunError as exc:
@@ -254,36 +295,15 @@ def run_demo(opts: DemoOptions) -> int:
                 console.stop()
             watcher.wait(lambda: watcher.count("session") >= 1, 10.0)
             results = watcher.bodies("result")
-        code = report_replay(summary, results, recording, time.monotonic() - started)
+        stored = logger.counters.stored
+        wall = time.monotonic() - started
+        seqs = [r["seq"] for r in results if r["session_id"] == summary.session_id]
+        complete = seqs == list(range(summary.frames_captured)) and summary.results == len(seqs)
+        _print_summary(summary, seqs, complete, results, recording, stored, wall)
         if opts.live_s is None or opts.live_s > 0:
-            live_camera(opts, broker.port, console.port or 0)
-    return code
-
-
-def report_replay(summary: RunSummary, results: list[Any], recording: Path, wall: float) -> int:
-    """The replay's summary lines; 0 when every frame's result arrived and nothing waits."""
-    seqs = [r["seq"] for r in results if r["session_id"] == summary.session_id]
-    complete = seqs == list(range(summary.frames_captured)) and summary.results == len(seqs)
-    verdict = summary.verdict
-    lat = summary.latency_ms
-    print()
-    print(f"frames replayed     {summary.frames_captured}")
-    print(f"results received    {len(seqs)} (seq 0..{len(seqs) - 1}, none missing: {complete})")
-    if verdict:
-        print(f"rolling verdict     {verdict['label']} (score {verdict['score']:.3f})")
-    print(f"pipeline rate       {summary.fps:.1f} fps; capture->result p50 {lat.p50:.1f} ms, "
-          f"p95 {lat.p95:.1f} ms")  # fmt: skip
-    truth = synthetic_labels(recording.parent / "frames.csv")
-    if truth:
-        agree = sum(1 for r in results if truth.get(r["frame_index"]) == r["result"]["label"])
-        print(f"generator's labels  {agree}/{len(results)} frames agree (synthetic truth)")
-    pending = summary.outbox_pending
-    print(f"outbox              {'empty' if pending == 0 else f'{pending} messages waiting'}")
-    print(f"demo wall time      {wall:.1f} s")
-    print()
-    print(f"Note: {NOT_MEDICAL}.")
-    print(DISCLAIMER)
-    return 0 if complete and summary.outbox_pending == 0 else 1
+            live_camera(opts, port, console.port or 0)
+    delivered = summary.outbox_pending == 0 and stored == summary.results
+    return 0 if complete and delivered else 1
 
 
 def live_config(opts: DemoOptions, broker_port: int, console_port: int) -> AppConfig:
@@ -335,6 +355,37 @@ def live_camera(opts: DemoOptions, broker_port: int, console_port: int) -> None:
             timer.cancel()
         console.stop()
     print(f"exam records and reports: {cfg.exam.exams_dir}")
+
+
+def _print_summary(
+    summary: RunSummary,
+    seqs: list[int],
+    complete: bool,
+    results: list[Any],
+    recording: Path,
+    stored: int,
+    wall: float,
+) -> None:
+    verdict = summary.verdict
+    lat = summary.latency_ms
+    print()
+    print(f"frames replayed     {summary.frames_captured}")
+    print(f"results received    {len(seqs)} (seq 0..{len(seqs) - 1}, none missing: {complete})")
+    if verdict:
+        print(f"rolling verdict     {verdict['label']} (score {verdict['score']:.3f})")
+    print(f"pipeline rate       {summary.fps:.1f} fps; capture->result p50 {lat.p50:.1f} ms, "
+          f"p95 {lat.p95:.1f} ms")  # fmt: skip
+    truth = synthetic_labels(recording.parent / "frames.csv")
+    if truth:
+        agree = sum(1 for r in results if truth.get(r["frame_index"]) == r["result"]["label"])
+        print(f"generator's labels  {agree}/{len(results)} frames agree (synthetic truth)")
+    pending = summary.outbox_pending
+    print(f"stored by logger    {stored} (each confirmed back to the pipeline)")
+    print(f"outbox              {'empty' if pending == 0 else f'{pending} messages waiting'}")
+    print(f"demo wall time      {wall:.1f} s")
+    print()
+    print(f"Note: {NOT_MEDICAL}.")
+    print(DISCLAIMER)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

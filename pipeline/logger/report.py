@@ -4,8 +4,9 @@ exam's HTML report (`--exam ID`; the listing and the page are in `pipeline.logge
 For each (device, session): how many results arrived, the rolling verdict (the last N frames of
 the session summary the device published when present, else the most frequent per-frame label),
 the top-1 score (the winning label's probability per frame) statistics, the mean positive-class
-probability over the whole session (from its summary),
-first and last capture time, missing `seq` numbers (lost results show up as gaps), how many
+probability over the whole session (from its summary), first and last capture time, missing
+`seq` numbers (lost results show up as gaps; those the device itself dropped at a full outbox
+and named in its summary are listed apart), how many
 re-deliveries the logger dropped as duplicates, and how the session ended: the summary's reason,
 or `aborted` when no summary ever came and the device went offline or started a later session
 (a killed run), or `incomplete` while neither is known. Screening support only, never a
@@ -31,6 +32,7 @@ from typing import Any
 from pipeline import DISCLAIMER
 from pipeline.logger import examreport
 from pipeline.logger.store import ResultRow, SessionRow, Store, StoreError, open_store
+from pipeline.mqtt.delivery import format_ranges, range_count, subtract_ranges, to_ranges
 
 
 @dataclass(frozen=True)
@@ -53,10 +55,16 @@ class SessionReport:
     end_reason: str = "incomplete"  # eos/stopped/error from the summary, aborted, incomplete
     positive_label: str | None = None  # the class the next column is the probability of
     positive_score_mean: float | None = None  # its mean over every frame (session summary)
+    # results the device dropped at its full outbox (named in its summary), never sent
+    dropped_seq: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def missing_count(self) -> int:
-        return sum(hi - lo + 1 for lo, hi in self.missing_seq)
+        return range_count(self.missing_seq)
+
+    @property
+    def dropped_count(self) -> int:
+        return range_count(self.dropped_seq)
 
 
 def seq_gaps(seqs: Iterable[int], expected_count: int | None = None) -> list[tuple[int, int]]:
@@ -73,8 +81,13 @@ def seq_gaps(seqs: Iterable[int], expected_count: int | None = None) -> list[tup
     return gaps
 
 
-def format_ranges(ranges: Sequence[tuple[int, int]]) -> str:
-    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges)
+def _dropped_seq(summary: SessionRow | None, stored: list[int]) -> list[tuple[int, int]]:
+    """The summary's `dropped_seq` (schema 2) less anything stored after all."""
+    named = summary.payload.get("dropped_seq") if summary else None
+    if not isinstance(named, list):
+        return []
+    ranges = [(int(r[0]), int(r[1])) for r in named if isinstance(r, list) and len(r) == 2]
+    return subtract_ranges(ranges, to_ranges(stored))
 
 
 def _summary_verdict(payload: dict[str, Any]) -> str | None:
@@ -136,6 +149,8 @@ def _one(
     captures = sorted(r.capture_ts for r in rows)  # RFC 3339 UTC with ms sorts as text
     reported = summary.payload.get("frames") if summary else None
     reported = reported if isinstance(reported, int) else None
+    seqs = [r.seq for r in rows]
+    dropped = _dropped_seq(summary, seqs)
     end = "incomplete"
     if summary is not None:
         verdict, source = _summary_verdict(summary.payload), "session"
@@ -158,11 +173,12 @@ def _one(
         top1_score_max=max(scores) if scores else None,
         first_capture=captures[0] if captures else None,
         last_capture=captures[-1] if captures else None,
-        missing_seq=seq_gaps((r.seq for r in rows), reported),
+        missing_seq=subtract_ranges(seq_gaps(seqs, reported), dropped),
         duplicates=duplicates,
         end_reason=end,
         positive_label=_summary_score(summary, "label"),
         positive_score_mean=_summary_score(summary, "mean"),
+        dropped_seq=dropped,
     )
 
 
@@ -182,7 +198,7 @@ COLUMNS = (
     "device", "camera", "session", "frames", "reported_frames", "verdict", "verdict_source",
     "labels", "top1_score_mean", "top1_score_min", "top1_score_max", "positive_label",
     "positive_score_mean", "first_capture", "last_capture", "missing_seq", "missing_count",
-    "duplicates", "end_reason",
+    "duplicates", "end_reason", "dropped_seq", "dropped_count",
 )  # fmt: skip
 # A spreadsheet runs a cell that starts with one of these as a formula (=HYPERLINK(...)).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
@@ -208,6 +224,8 @@ def _flat(r: SessionReport) -> dict[str, Any]:
     row["labels"] = ";".join(f"{k}={v}" for k, v in r.labels.items())
     row["missing_seq"] = format_ranges(r.missing_seq)
     row["missing_count"] = r.missing_count
+    row["dropped_seq"] = format_ranges(r.dropped_seq)
+    row["dropped_count"] = r.dropped_count
     return {c: row[c] for c in COLUMNS}
 
 
@@ -217,6 +235,8 @@ def to_json(reports: Sequence[SessionReport]) -> str:
         row = asdict(r)
         row["missing_seq"] = [list(x) for x in r.missing_seq]
         row["missing_count"] = r.missing_count
+        row["dropped_seq"] = [list(x) for x in r.dropped_seq]
+        row["dropped_count"] = r.dropped_count
         rows.append(row)
     return json.dumps({"disclaimer": DISCLAIMER, "sessions": rows}, indent=2) + "\n"
 
@@ -233,7 +253,7 @@ def to_csv(reports: Sequence[SessionReport]) -> str:
 def to_table(reports: Sequence[SessionReport]) -> str:
     heads = ("device", "session", "frames", "rolling verdict", "labels",
              "top-1 score mean/min/max", "P(positive) mean", "first capture", "last capture",
-             "missing seq", "dups", "end")  # fmt: skip
+             "missing seq", "dropped seq", "dups", "end")  # fmt: skip
     rows = []
     for r in reports:
         f = _flat(r)
@@ -246,7 +266,7 @@ def to_table(reports: Sequence[SessionReport]) -> str:
         verdict = f"{r.verdict or '-'} ({r.verdict_source})"
         row = (r.device, r.session, str(r.frames), verdict, f["labels"] or "-", scores, positive,
                r.first_capture or "-", r.last_capture or "-", f["missing_seq"] or "-",
-               str(r.duplicates), r.end_reason)  # fmt: skip
+               f["dropped_seq"] or "-", str(r.duplicates), r.end_reason)  # fmt: skip
         rows.append(tuple(_printable(c) for c in row))
     widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(heads)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True))]
@@ -321,7 +341,10 @@ def render(store: Store, args: argparse.Namespace, q: Query) -> str:
     if args.format == "csv":
         return examreport.to_csv(exams, csv_cell) if args.exams else to_csv(_sessions(store, q))
     text = examreport.to_table(exams, _printable)
-    return text if args.exams else f"{to_table(_sessions(store, q))}\n{text}"
+    if args.exams:
+        return text
+    sessions = to_table(_sessions(store, q))
+    return f"{sessions}\n{text}" if exams else sessions  # no exams: the sessions alone
 
 
 def main(args: argparse.Namespace) -> int:

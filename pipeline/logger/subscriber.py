@@ -49,6 +49,8 @@ from pipeline.mqtt.client import (
     describe_connect_error,
     make_client,
 )
+from pipeline.mqtt.delivery import Kept, stored_messages, stored_topic
+from pipeline.mqtt.payload import encode
 from pipeline.signals import stop_on_signals
 
 log = logging.getLogger("thermoscreen.logger")
@@ -122,6 +124,7 @@ class _Link:
     subscribed: bool = False
     session_present: bool = False
     fatal: str | None = None
+    confirm_refused: bool = False  # warned once that the ACL refuses `stored` messages
 
 
 def _make_client(cfg: MqttConfig, opts: LoggerOptions, link: _Link) -> Client:
@@ -162,6 +165,16 @@ def _make_client(cfg: MqttConfig, opts: LoggerOptions, link: _Link) -> Client:
         link.subscribed = True
         log.info("logger: subscribed, %d filters granted", len(codes))
 
+    def on_publish(_c: mqtt.Client, _u: Any, _mid: int, rc: ReasonCode, _p: Properties) -> None:
+        if rc.is_failure and not link.confirm_refused:
+            link.confirm_refused = True
+            log.warning(
+                "logger: the broker refused a `stored` confirmation (%s %s): devices that confirm "
+                "through a logger keep and re-send their results; let this account publish "
+                "%s/+/+/stored (config/mosquitto/acl)",
+                rc.value, rc, cfg.topic_prefix,
+            )  # fmt: skip
+
     def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         link.inbox.append(
             Incoming(msg.topic, bytes(msg.payload), msg.mid, msg.qos, link.generation, time.time())
@@ -171,6 +184,7 @@ def _make_client(cfg: MqttConfig, opts: LoggerOptions, link: _Link) -> Client:
     client.on_disconnect = on_disconnect
     client.on_subscribe = on_subscribe
     client.on_message = on_message
+    client.on_publish = on_publish
     return client
 
 
@@ -204,6 +218,11 @@ class Logger:
         self._filters = subscriptions(cfg.topic_prefix, opts.extra_filters)
         self._limits = Limits(cfg.topic_prefix, opts.max_payload_bytes, opts.reject_keep_bytes)
         self._closed_early = 0  # connections in a row closed before their CONNACK
+
+    @property
+    def subscribed(self) -> bool:
+        """The broker has granted the subscriptions of the current connection."""
+        return self._link.subscribed
 
     def run(self) -> Counters:
         """Until stopped, idle, or max messages; raises LoggerError on a fatal condition."""
@@ -317,9 +336,10 @@ class Logger:
 
     def _write_batch(self) -> None:
         batch, self._link.inbox = self._link.inbox, []
+        kept: list[Kept] = []
         try:
             self.store.check()  # before SQLite touches files someone made unwritable (SIGBUS)
-            counters = store_batch(self.store, batch, self._limits, self.counters)
+            counters = store_batch(self.store, batch, self._limits, self.counters, kept)
             self.store.check()  # the commit went to the file at the path: acknowledge it
         except StoreError as exc:
             raise LoggerError(
@@ -331,6 +351,15 @@ class Logger:
         for msg in batch:
             if msg.qos > 0 and msg.generation == self._link.generation and self._link.connected:
                 self._client.ack(msg.mid, msg.qos)
+        self._confirm(kept)
+
+    def _confirm(self, kept: list[Kept]) -> None:
+        """Tell each sender what is now stored (`stored` topic): its outbox lets go of it."""
+        if not self._link.connected:
+            return  # the senders re-send what stays unconfirmed; the next batch confirms it
+        for device, camera, payload in stored_messages(kept, self.opts.client_id):
+            topic = stored_topic(self.cfg.topic_prefix, device, camera)
+            self._client.publish(topic, encode(payload), qos=1)
 
 
 # --- command line ----------------------------------------------------------------------------

@@ -29,15 +29,24 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _TOKENS = re.compile(rb'[\[\]{}"\\]')
 
 Kind = Literal[
-    "result", "state", "session", "status", "stats", "exam", "exam-summary", "exam-command"
+    "result",
+    "state",
+    "session",
+    "status",
+    "stats",
+    "stored",
+    "exam",
+    "exam-summary",
+    "exam-command",
 ]
 _KINDS: dict[int, tuple[Kind, ...]] = {
     3: ("status", "stats"),
-    4: ("result", "state", "session", "exam"),
+    4: ("result", "state", "session", "stored", "exam"),
     5: ("exam-summary", "exam-command"),  # <camera>/exam/summary, <camera>/exam/set
 }
 _LEVEL = {"exam-summary": "exam/summary", "exam-command": "exam/set"}  # kind -> topic levels
-NOT_STORED: tuple[Kind, ...] = ("stats", "exam-command")  # live telemetry, requests to a run
+# not stored: telemetry, loggers' own delivery confirmations, requests to a run
+NOT_STORED: tuple[Kind, ...] = ("stats", "stored", "exam-command")
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,7 @@ class Accepted:
 
     kind: Kind
     ids: list[str]  # [device] or [device, camera]
-    payload: Any  # dict for result/state/session, str for status, None for stats
+    payload: Any  # dict for result/state/session, str for status, None for stats/stored
 
 
 def classify(topic: str, raw: bytes, prefix: str, max_payload_bytes: int) -> Accepted | Reject:

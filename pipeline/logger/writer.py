@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from typing import Any
 
 from pipeline.logger.store import Store, StoreRefused
 from pipeline.logger.validate import Accepted, Reject, classify
+from pipeline.mqtt.delivery import Kept
 
 log = logging.getLogger("thermoscreen.logger")
 
@@ -67,12 +69,15 @@ def store_message(
     limits: Limits,
     counters: Counters,
     refused: str | None = None,
+    kept: list[Kept] | None = None,
 ) -> None:
     """Write one message (or its reject) into the open transaction and count it.
 
     `refused` is the reason the database gave for this message's values on an earlier try of
-    its batch: the message then goes to `rejects` with it. Raises StoreRefused when the engine
-    refuses the values now, StoreError when the database itself fails.
+    its batch: the message then goes to `rejects` with it. Results and session summaries that
+    are now stored (or were before) are appended to `kept`: their senders wait for that
+    confirmation. Raises StoreRefused when the engine refuses the values now, StoreError when
+    the database itself fails.
     """
     outcome = (
         Reject(refused)
@@ -86,11 +91,13 @@ def store_message(
                 f"conflict: message_id {outcome.payload['message_id']} was stored before "
                 "with different content"
             )
-        elif added == "stored":
-            counters.stored += 1
-            return
         else:
-            counters.duplicates += 1
+            if added == "stored":
+                counters.stored += 1
+            else:
+                counters.duplicates += 1
+            if kept is not None:
+                kept.append(_kept(outcome.payload, outcome.payload["seq"]))
             return
     if isinstance(outcome, Reject):
         raw = msg.payload[: limits.reject_keep_bytes]
@@ -100,6 +107,12 @@ def store_message(
         log.warning("reject %s (%d bytes): %s", msg.topic, len(msg.payload), outcome.reason)
         return
     _store_other(store, outcome, msg.received_ts, counters)
+    if kept is not None and outcome.kind == "session":
+        kept.append(_kept(outcome.payload, None))
+
+
+def _kept(payload: dict[str, Any], seq: int | None) -> Kept:
+    return Kept(payload["device_id"], payload["camera_id"], payload["session_id"], seq)
 
 
 def _store_other(store: Store, message: Accepted, received_ts: float, counters: Counters) -> None:
@@ -119,13 +132,18 @@ def _store_other(store: Store, message: Accepted, received_ts: float, counters: 
     elif message.kind == "exam" and store.add_exam_state(ids[0], ids[1], payload, received_ts):
         counters.exams += 1
     else:
-        counters.ignored += 1  # stats, exam commands, an exam state that did not change
+        counters.ignored += 1  # stats, confirmations, exam commands, a repeated exam state
 
 
 def store_batch(
-    store: Store, batch: list[Incoming], limits: Limits, counters: Counters
+    store: Store,
+    batch: list[Incoming],
+    limits: Limits,
+    counters: Counters,
+    kept: list[Kept] | None = None,
 ) -> Counters:
-    """Store a batch in one transaction and commit it; returns the counters after it.
+    """Store a batch in one transaction and commit it; returns the counters after it (and
+    fills `kept` with what the committed batch holds for its senders' confirmation).
 
     When the engine refuses one message's values (PostgreSQL aborts the whole transaction),
     the batch is rolled back and written again with that message as a reject, so one hostile
@@ -135,9 +153,11 @@ def store_batch(
     while True:
         after = replace(counters)
         index = 0
+        if kept is not None:
+            kept.clear()  # a retried batch collects again
         try:
             for index, msg in enumerate(batch):
-                store_message(store, msg, limits, after, refused.get(index))
+                store_message(store, msg, limits, after, refused.get(index), kept)
             store.commit()
             return after
         except StoreRefused as exc:

@@ -3,10 +3,13 @@
 The model (sha256, labels, graph) and its preprocessing are checked before the first frame.
 SIGINT/SIGTERM stop capture; a replay still classifies and publishes what was captured, then the
 session summary and the `stopped` status go out and the outbox is flushed (bounded). Results
-that the broker has not acknowledged stay in the durable outbox and go out on the next start.
+not yet delivered (acknowledged by the broker, or confirmed by a logger: `outbox.confirm`) stay
+in the durable outbox and go out on the next start.
 
 Exit codes: 0 done; 2 bad input (config, model, source, output: one line on stderr); 1 failure
-while running; 3 finished but results still wait in the outbox (broker unreachable).
+while running; 3 finished but results still wait in the outbox (broker unreachable, or no
+logger confirmation yet); 4 results lost: dropped at a full outbox, refused by the broker, or
+never confirmed within outbox.retention_s (each counted and named in the summary).
 
 Screening support only: thermography is an adjunct to mammography, never a diagnosis.
 """
@@ -26,6 +29,7 @@ from pipeline.console.config import ConsoleError
 from pipeline.console.server import Console, open_console
 from pipeline.exam.commands import VIEWS
 from pipeline.mqtt.client import add_broker_arguments, broker_overrides
+from pipeline.mqtt.delivery import format_ranges
 from pipeline.run.exam import ExamPlan
 from pipeline.run.live import LiveView
 from pipeline.run.malloc import tune_malloc
@@ -36,7 +40,9 @@ from pipeline.signals import stop_on_signals
 DEFAULT_CONFIG = Path("config/default.yaml")
 EPILOG = (
     "exit codes: 0 done; 1 failed while running; 2 bad input (config, model, source); "
-    "3 finished but results still wait in the outbox (they go out on the next start)"
+    "3 finished but results still wait in the outbox (they go out on the next start); "
+    "4 results lost: dropped at a full outbox, refused by the broker or never confirmed "
+    "(counted and named by seq range)"
 )
 
 
@@ -90,10 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _add_exam_arguments(parser)
     parser.add_argument("--max-frames", type=int, help="stop after N captured frames")
-    parser.add_argument("--outbox", type=Path, help="durable outbox file (SQLite)")
-    parser.add_argument(
-        "--flush-timeout", type=float, help="seconds to wait for the outbox to empty at exit"
-    )
+    _add_outbox_arguments(parser)
     parser.add_argument(
         "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level"
     )
@@ -131,6 +134,19 @@ def _add_exam_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_outbox_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--outbox", type=Path, help="durable outbox file (SQLite)")
+    parser.add_argument(
+        "--confirm",
+        choices=["auto", "broker", "logger"],
+        help="a result leaves the outbox at the broker's PUBACK (broker) or when a logger "
+        "confirms it stored (logger); auto: broker until a logger has confirmed once",
+    )
+    parser.add_argument(
+        "--flush-timeout", type=float, help="seconds to wait for the outbox to empty at exit"
+    )
+
+
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """CLI flags -> dotted config overrides (only the flags given)."""
     flat: dict[str, Any] = {
@@ -147,6 +163,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "model.allow_synthetic": args.allow_synthetic_model,
         "exam.exams_dir": args.exams_dir,
         "outbox.path": args.outbox,
+        "outbox.confirm": args.confirm,
         "flush_timeout_s": args.flush_timeout,
         "log_level": args.log_level,
         "console.listen": args.console,
@@ -190,16 +207,8 @@ def print_summary(summary: RunSummary, cfg: AppConfig) -> None:
         f"session {summary.session_id} ({summary.mode}): ended by {summary.end_reason}; "
         f"rolling verdict {said}; drops {summary.drops.total} {summary.drops.as_dict()}"
     )
-    if summary.outbox_pending:
-        why = f": {summary.broker_error}" if summary.broker_error else ""
-        print(
-            f"{summary.outbox_pending} messages are still waiting in the outbox {cfg.outbox.path} "
-            f"(results and session summaries not acknowledged by {cfg.mqtt.host}:{cfg.mqtt.port}"
-            f"{why}); nothing is lost: they are sent on the next start with this outbox",
-            file=sys.stderr,
-        )
-    else:
-        print("outbox: empty (every result acknowledged by the broker)")
+    for line in delivery_lines(summary, cfg):
+        print(line, file=sys.stderr if line.startswith(_ATTENTION) else sys.stdout)
     if summary.exams is not None and (summary.exams["closed"] or summary.exams["aborted"]):
         print(
             f"exams: {summary.exams['closed']} closed, {summary.exams['aborted']} aborted; "
@@ -208,6 +217,54 @@ def print_summary(summary: RunSummary, cfg: AppConfig) -> None:
     if summary.synthetic_model:
         print("SYNTHETIC MODEL: trained on generated thermograms; a demo, not a medical model")
     print(f"Note: {DISCLAIMER}")
+
+
+_ATTENTION = "outbox:"  # delivery lines a user must act on go to stderr
+
+
+def delivery_lines(summary: RunSummary, cfg: AppConfig) -> list[str]:
+    """Where this run's results are: delivered, waiting in the outbox, or lost (counted and
+    named by seq range, with the fix)."""
+    d, lines = summary.delivery, []
+    if d.dropped:
+        lines.append(
+            f"outbox: {d.dropped} results dropped at the full outbox (outbox.max_messages "
+            f"{cfg.outbox.max_messages}) and never sent: seq {format_ranges(d.dropped_seq)}; "
+            "raise outbox.max_messages or restore the broker link sooner"
+        )
+    if d.refused:
+        lines.append(
+            f"outbox: {d.refused} messages undeliverable: {d.refusal}; they are kept in the "
+            f"`refused` table of {cfg.outbox.path} and not sent again"
+        )
+    if d.expired:
+        lines.append(
+            f"outbox: {d.expired} results were never confirmed by a logger within outbox."
+            f"retention_s and left the outbox unconfirmed: seq {format_ranges(d.expired_seq)}"
+        )
+    if summary.outbox_pending:
+        unsent = summary.outbox_pending - d.unconfirmed
+        why = f": {summary.broker_error}" if summary.broker_error and unsent else ""
+        hint = (
+            "; is `thermoscreen log` running (and may it publish `stored`)? Without a logger, "
+            "set outbox.confirm: broker"
+            if d.unconfirmed
+            else ""
+        )
+        lines.append(
+            f"outbox: {summary.outbox_pending} messages are still waiting in the outbox "
+            f"{cfg.outbox.path}: {unsent} not acknowledged by {cfg.mqtt.host}:{cfg.mqtt.port}"
+            f"{why}, {d.unconfirmed} acknowledged but not confirmed stored by a logger{hint}; "
+            "they are sent again at the next start with this outbox"
+        )
+    elif d.confirm == "logger":
+        lines.append("delivery: every result confirmed stored by a logger; the outbox is empty")
+    else:
+        lines.append(
+            "delivery: every result acknowledged by the broker; the outbox is empty "
+            f"(no logger confirmation: outbox.confirm {cfg.outbox.confirm})"
+        )
+    return lines
 
 
 def main(args: argparse.Namespace) -> int:

@@ -19,6 +19,8 @@ from typing import Protocol
 from pipeline.capture.base import Source
 from pipeline.classify.base import Classifier
 from pipeline.classify.factory import model_info
+from pipeline.mqtt.outbox import OutboxError
+from pipeline.mqtt.publisher import PublisherStopped
 from pipeline.run.base import ExamHook, FrameConsumer, ResultSink
 from pipeline.run.inbox import CommandInbox
 from pipeline.run.options import StageOptions
@@ -138,7 +140,10 @@ class Pipeline:
         return threading.Thread(target=guarded, name=f"thermoscreen-{name}", daemon=True)
 
     def _crashed(self, name: str, exc: Exception) -> None:
-        log.exception("%s stage failed", name)
+        if isinstance(exc, OutboxError | PublisherStopped):
+            log.error("%s stage: %s", name, exc)  # one line: the cause and the fix
+        else:
+            log.exception("%s stage failed", name)
         self.control.fail(f"{name}: {exc}", "stage")
 
     def _progress(self) -> int:

@@ -18,14 +18,15 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pipeline.mqtt.payload import rfc3339_ms
 from pipeline.types import NO_EXAM, ExamTag, Frame, FrameResult, ModelInfo, Prediction, ThermalStats
 
-SCHEMA_VERSION = 2  # 2: `verdict` became `rolling_verdict` (with its scope); exams, synthetic
+SCHEMA_VERSION = 2  # the state message (2: `verdict` became `rolling_verdict`, with its scope)
+SUMMARY_SCHEMA_VERSION = 3  # the session summary (2: `dropped_seq`; 3: `rolling_verdict`, exams)
 ROLLING_SCOPE = "rolling: the last {n} frames; live display only, never an exam's result"
 SCORE_IS = "probability of the positive class ({label}), over every frame of the session"
 EndReason = Literal["eos", "stopped", "error"]
@@ -242,13 +243,19 @@ class Session:
             }
         return payload
 
-    def summary_payload(self, drops: Mapping[str, int] | None = None) -> dict[str, Any]:
-        """The `session` message sent once when the session ends."""
+    def summary_payload(
+        self,
+        drops: Mapping[str, int] | None = None,
+        dropped_seq: Sequence[tuple[int, int]] = (),
+    ) -> dict[str, Any]:
+        """The `session` message sent once when the session ends; `dropped_seq` names the seq
+        ranges of results that never left this device (dropped at a full outbox)."""
         if self.ended_ts is None or self.end_reason is None:
             raise RuntimeError("call end(reason) before summary_payload()")
         verdict = self.verdict()
         return {
             **self._header(),
+            "schema": SUMMARY_SCHEMA_VERSION,
             "ended": rfc3339_ms(self.ended_ts),
             "end_reason": self.end_reason,
             "source": self.source,
@@ -263,6 +270,7 @@ class Session:
                 "max": round(self._score_max, 6) if self.frames else None,
             },
             "drops": {k: int(v) for k, v in sorted((drops or {}).items())},
+            "dropped_seq": [[int(lo), int(hi)] for lo, hi in dropped_seq],
             "model": _model_dict(self.model),
             "synthetic_model": bool(self.model and self.model.synthetic),
             "exams": list(self.exams),

@@ -17,6 +17,7 @@ from dataclasses import replace
 
 from pipeline.capture.base import EndOfStream, Source, SourceError
 from pipeline.classify.base import Classifier
+from pipeline.mqtt.publisher import PublisherStopped
 from pipeline.output.base import Output, OutputError, OverlayInfo, VerdictLine
 from pipeline.preprocess import render
 from pipeline.run.base import Classified, ExamHook, FrameConsumer, ResultSink
@@ -127,7 +128,7 @@ class ClassifyWorker:
     def classify(self, frame: Frame) -> Classified:
         gray = render(frame, self.options.preprocess)
         prediction = self.classifier.classify(gray)
-        thermal = ThermalStats.of(frame.celsius())
+        thermal = ThermalStats.of_frame(frame)
         latency_ms = (time.monotonic_ns() - frame.capture_mono_ns) / 1e6
         self.counters.record_classified(latency_ms, prediction.inference_ms)
         return Classified(frame, gray, prediction, thermal, latency_ms)
@@ -227,11 +228,17 @@ class PublishStage:
         self.session.end(self.control.end_reason)
         for consumer in self.consumers:
             consumer.on_end(self.control.end_reason)
-        self.publisher.publish_state(self.options.camera_id, self.session.state_payload())
-        self.publisher.publish_session(
-            self.options.camera_id, self.session.summary_payload(self.reporter.drops().as_dict())
-        )
-        self.publisher.publish_stats(self.reporter.payload())
+        dropped = self.publisher.stats().dropped_seq.get(self.session.session_id, [])
+        summary = self.session.summary_payload(self.reporter.drops().as_dict(), dropped)
+        try:
+            self.publisher.publish_state(self.options.camera_id, self.session.state_payload())
+            self.publisher.publish_session(self.options.camera_id, summary)
+            self.publisher.publish_stats(self.reporter.payload())
+        except PublisherStopped:
+            log.warning(
+                "session %s: the publisher stopped before its summary could be stored",
+                self.session.session_id,
+            )
 
     def _maybe_stats(self) -> None:
         if not self.reporter.due():

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.capture.base import Source
+from pipeline.mqtt.delivery import SeqRange
+from pipeline.mqtt.publisher import PublisherStats
 from pipeline.run.base import ResultSink
 from pipeline.run.options import PublishOptions
 from pipeline.run.queues import Queues
@@ -22,6 +24,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_PENDING = 3
+EXIT_LOST = 4
 STATS_SCHEMA = 1
 LATENCY_WINDOW = 10_000  # the newest latencies kept for percentiles
 
@@ -53,10 +56,11 @@ class Drops:
     source: int = 0  # newest-wins inside a live source
     handoff: int = 0  # newest-wins between capture and classify (live)
     output: int = 0  # annotated frames dropped so a live publisher never waits
+    outbox: int = 0  # results dropped at a full outbox (live `drop_oldest`): never sent
 
     @property
     def total(self) -> int:
-        return self.source + self.handoff + self.output
+        return self.source + self.handoff + self.output + self.outbox
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -116,6 +120,7 @@ class RunSummary:
     error: str | None = None
     error_kind: str = ""  # "source" (bad input: exit 2) or "stage" (exit 1)
     broker_error: str | None = None  # the publisher's last connection error
+    delivery: Delivery = field(default_factory=lambda: Delivery())
     exams: dict[str, int] | None = None  # the exam tracker's counters; None: exams off
     synthetic_model: bool = False  # the model is a synthetic demo
 
@@ -123,7 +128,41 @@ class RunSummary:
     def exit_code(self) -> int:
         if self.error is not None:
             return EXIT_BAD_INPUT if self.error_kind == "source" else EXIT_FAILED
+        if self.delivery.lost:
+            return EXIT_LOST
         return EXIT_PENDING if self.outbox_pending > 0 else EXIT_OK
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """How this run's results left the device: confirmed, still waiting, or lost (counted)."""
+
+    confirm: str = "broker"  # what took results out of the outbox: "broker" or "logger"
+    unconfirmed: int = 0  # acknowledged by the broker, not yet confirmed by a logger (waiting)
+    dropped: int = 0  # dropped at a full outbox: never sent
+    dropped_seq: tuple[SeqRange, ...] = ()  # this session's seq ranges of those
+    refused: int = 0  # refused by the broker for good (its ACL): undeliverable as they are
+    refusal: str | None = None  # the broker's reason and the fix
+    expired: int = 0  # acknowledged, never confirmed within outbox.retention_s
+    expired_seq: tuple[SeqRange, ...] = ()
+
+    @property
+    def lost(self) -> int:
+        """Results that will not reach a logger unless someone acts."""
+        return self.dropped + self.refused + self.expired
+
+    @staticmethod
+    def of(stats: PublisherStats, session_id: str) -> Delivery:
+        return Delivery(
+            confirm=stats.confirm,
+            unconfirmed=stats.unconfirmed,
+            dropped=stats.dropped_full,
+            dropped_seq=tuple(stats.dropped_seq.get(session_id, ())),
+            refused=stats.refused,
+            refusal=stats.refusal,
+            expired=stats.expired,
+            expired_seq=tuple(stats.expired_seq.get(session_id, ())),
+        )
 
 
 class StatsReporter:
@@ -160,6 +199,7 @@ class StatsReporter:
             source=int(self.source.stats.dropped),
             handoff=self.counters.handoff_dropped,
             output=self.counters.output_dropped,
+            outbox=self.publisher.stats().dropped_full,
         )
 
     def payload(self) -> dict[str, Any]:

@@ -53,7 +53,7 @@ from pipeline.run.options import (
 from pipeline.run.pipeline import Pipeline
 from pipeline.run.session import Session, VerdictPolicy
 from pipeline.run.stages import OutputFactory
-from pipeline.run.stats import RunSummary
+from pipeline.run.stats import Delivery, RunSummary
 from pipeline.uri import redact
 
 log = logging.getLogger(__name__)
@@ -435,4 +435,5 @@ def _run_session(pipeline: Pipeline, sink: ResultSink, flush_timeout_s: float) -
     stats = sink.stats()
     summary.outbox_pending = stats.pending
     summary.broker_error = stats.last_error
+    summary.delivery = Delivery.of(stats, summary.session_id)
     return summary

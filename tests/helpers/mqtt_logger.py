@@ -193,7 +193,7 @@ def make_png16_recording(folder: Path, frames: int) -> Path:
 
 
 def run_pipeline(
-    recording: Path,
+    recording: Path | str,
     model: Path,
     broker_port: int,
     outbox: Path,

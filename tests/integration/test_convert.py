@@ -17,6 +17,7 @@ import pytest
 
 from pipeline.capture.base import EndOfStream, SourceError, SourceOptions
 from pipeline.capture.factory import open_source
+from pipeline.capture.folder import FolderSource
 from pipeline.config import load_config
 from pipeline.convert import ConvertError, convert
 from pipeline.data.dmr import read_matrix
@@ -78,6 +79,14 @@ def test_dmr_folder_converts_and_replays_within_the_quantization(tmp_path: Path)
         ("frame_00002.png", "T0311.txt.gz", "0311"),
     ]
     assert read_scale(out) == CountScale(0.01, 0.0)
+    for folder, file in ((tmp_path / "dmr", "T0310.txt.gz"), (out, "frame_00001.png")):
+        source = open_source(str(folder), SourceOptions(jetson=False))
+        source.open()
+        assert isinstance(source, FolderSource)
+        got = source.origin_of(1)  # the patient and file behind frame 1, either way
+        assert (got.file, got.source_file, got.patient_id) == (file, "T0310.txt.gz", "0310")
+        assert source.origin_of(4).source_file == "T0310.txt.gz"  # looping: file 4 % 3
+        source.close()
     replayed = frames_of(str(out))
     for frame, origin in zip(replayed, origins, strict=True):
         assert frame.kind is FrameKind.RAW16 and (frame.scale, frame.offset) == (0.01, 0.0)
@@ -212,6 +221,8 @@ def test_run_replays_the_conversion_as_the_original(
     _dmr_folder(tmp_path / "dmr")
     convert(str(tmp_path / "dmr"), tmp_path / "rec")
     convert(str(tmp_path / "rec"), tmp_path / "rec2")  # a PNG16 recording converted again
+    first = [o.source_file for o in read_origins(tmp_path / "rec")]
+    assert [o.source_file for o in read_origins(tmp_path / "rec2")] == first  # origins carried
     matrices = _results(broker, tiny_model, str(tmp_path / "dmr"), tmp_path)
     pngs = _results(broker, tiny_model, str(tmp_path / "rec"), tmp_path)
     pngs2 = _results(broker, tiny_model, str(tmp_path / "rec2"), tmp_path)

@@ -22,6 +22,7 @@ from pipeline.devtools.demo import ResultWatcher
 from pipeline.exam.commands import ExamState
 from pipeline.mqtt.payload import schema_errors
 from pipeline.run.examctl import Exchange
+from pipeline.run.live import LiveView
 from pipeline.run.stats import RunSummary
 from pipeline.run.wiring import run
 from tests.conftest import Broker
@@ -287,3 +288,54 @@ def test_no_answer_without_a_run(broker: Broker, capsys: pytest.CaptureFixture[s
     said = [line for line in err.splitlines() if line.startswith("thermoscreen exam:")]
     assert code == 3 and out == "" and len(said) == 1
     assert "no answer on thermoscreen/edge-01/cam0/exam within 1 s" in said[0]
+
+
+# --- the console's window onto a run -------------------------------------------------------------
+
+
+def test_the_live_view_shows_frames_exam_state_health_and_takes_commands(
+    broker: Broker, tiny_model: Path, tmp_path: Path
+) -> None:
+    """What the operator console uses: the same validated command path as MQTT, and reads that
+    never touch the stages."""
+    cfg = exam_config(broker, tiny_model, tmp_path)
+    live, stop, done = LiveView(), threading.Event(), []
+    thread = threading.Thread(target=lambda: done.append(run(cfg, stop, live=live)))
+    thread.start()
+    try:
+        assert wait_for(lambda: live.latest() is not None, 30), "no frame reached the view"
+        state = live.exam_state()
+        assert state is not None and state["state"] == "idle" and live.exams_enabled
+        drawn = live.annotated()
+        assert drawn is not None and drawn[1].shape == (120, 160, 3)
+        assert live.annotated() is drawn or live.annotated()[0] > drawn[0]  # type: ignore[index]
+        assert live.latest().overlay.exam_state is None  # type: ignore[union-attr]
+        answer = live.submit_exam_command({"action": "start", "exam_id": "CON-1"})
+        assert answer.ok and answer.error is None and answer.state is not None
+        assert answer.state["exam_id"] == "CON-1" and answer.state["state"] == "acclimatizing"
+        refused = live.submit_exam_command({"action": "view", "view": "sideways"})
+        assert not refused.ok and "view: 'sideways' is not a view" in (refused.error or "")
+        assert refused.state is not None and refused.state["last_error"] == refused.error
+        assert wait_for(lambda: live.latest().exam.exam_id == "CON-1", 10)  # type: ignore[union-attr]
+        shown = live.latest()
+        assert shown is not None and shown.overlay.exam_state == "acclimatizing"
+        assert shown.overlay.synthetic_model is True
+        health = live.health()
+        assert health["capture"]["frames"] > 0 and health["mqtt"]["connected"] is True
+        assert health["exam"]["commands"] == 2 and health["exam"]["refused"] == 1
+        assert health["last_result_age_s"] is not None and health["ended"] is None
+    finally:
+        stop.set()
+        thread.join(60)
+    assert done and live.ended == "stopped"
+    late = live.submit_exam_command({"action": "abort"})
+    assert not late.ok and late.error == "the run has ended"
+
+
+def wait_for(test: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if test():
+            return True
+        time.sleep(0.05)
+    return False

@@ -110,7 +110,8 @@ def check_session_messages(watcher: ResultWatcher, summary: RunSummary) -> dict[
     assert session["session_id"] == summary.session_id
     assert (session["frames"], session["end_reason"]) == (N_FRAMES, "eos")
     assert sum(session["counts"].values()) == N_FRAMES
-    assert session["drops"] == {"handoff": 0, "output": 0, "source": 0}
+    assert session["drops"] == {"handoff": 0, "outbox": 0, "output": 0, "source": 0}
+    assert session["dropped_seq"] == []
     stats = watcher.bodies("stats")
     assert stats and stats[-1]["frames"]["results"] == N_FRAMES
     return session

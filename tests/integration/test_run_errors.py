@@ -165,7 +165,7 @@ def test_unreachable_broker_keeps_results_in_the_outbox_until_it_is_back(
     finally:
         broker.stop()
     assert code == EXIT_OK, err
-    assert "outbox: empty" in out
+    assert "the outbox is empty" in out
     by_session: dict[str, list[int]] = {}
     for r in watcher.bodies("result"):
         by_session.setdefault(r["session_id"], []).append(r["seq"])
@@ -191,7 +191,11 @@ def test_unknown_output_scheme_is_refused_before_the_first_frame(
 
 
 def test_stop_with_a_full_outbox_and_no_broker_ends_instead_of_hanging(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model: Path, png16: Path
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    tiny_model: Path,
+    png16: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     import threading
 
@@ -220,3 +224,6 @@ def test_stop_with_a_full_outbox_and_no_broker_ends_instead_of_hanging(
         timer.cancel()
     assert summary.error is not None and summary.exit_code == stats.EXIT_FAILED
     assert summary.results == 2 and summary.outbox_pending == 2  # what was stored stays
+    # one line each, no traceback (the stopped publisher used to crash the publish thread)
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+    assert "it and the frames after it are not stored" in summary.error

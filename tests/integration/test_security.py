@@ -31,7 +31,12 @@ from tests.helpers.mqtt_logger import (
 from tests.helpers.wait import wait_until
 
 SHIPPED = REPO / "config" / "mosquitto"
-PASSWORDS = {"edge-01": "dev1-secret", "edge-02": "dev2-secret", "logger": "log-secret"}
+PASSWORDS = {
+    "edge-01": "dev1-secret",
+    "edge-02": "dev2-secret",
+    "logger": "log-secret",
+    "dashboard": "dash-secret",
+}
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,8 @@ def shipped_config(port: int, etc: Path) -> str:
         lines.append(re.sub(r"^listener 8883$", f"listener {port} 127.0.0.1", line))
     text = "\n".join(lines) + "\n"
     assert f"listener {port} 127.0.0.1" in text and "allow_anonymous false" in text
+    # listener settings (client ids bound to accounts) follow their listener line
+    assert text.index("use_username_as_clientid true") > text.index(f"listener {port}")
     return text
 
 
@@ -131,9 +138,12 @@ def test_pipeline_and_logger_talk_over_tls_with_credentials_from_the_environment
     logger.wait_subscribed()
     env = _client_env("edge-01", PASSWORDS["edge-01"], pki.ca)
     run = run_pipeline(
-        recording, tiny_model, secure_broker.port, tmp_path / "outbox.sqlite", env=env
-    )
+        recording, tiny_model, secure_broker.port, tmp_path / "outbox.sqlite",
+        "--confirm", "logger", env=env,
+    )  # fmt: skip
     assert run.wait(timeout=120) == 0, (tmp_path / "outbox.log").read_text()
+    # the logger's `stored` confirmations passed the shipped ACL and emptied the outbox
+    assert "every result confirmed stored by a logger" in (tmp_path / "outbox.log").read_text()
     db = tmp_path / "results.sqlite"
     wait_until(lambda: db.exists() and count_rows(db, "sessions") == 1, 30, "the session summary")
     assert logger.stop() == 0
@@ -226,13 +236,15 @@ def test_plain_tcp_to_the_tls_port_gets_no_connack(secure_broker: Broker, pki: P
 
 
 class _Subscriber:
-    def __init__(self, port: int, ca: Path) -> None:
+    def __init__(self, port: int, ca: Path, user: str = "dashboard") -> None:
         self.received: list[str] = []
         self.ready = False
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id="acl-reader", protocol=MQTTProtocolVersion.MQTTv5
+            CallbackAPIVersion.VERSION2,
+            client_id=f"{user}-sub",
+            protocol=MQTTProtocolVersion.MQTTv5,
         )
-        self.client.username_pw_set("logger", PASSWORDS["logger"])
+        self.client.username_pw_set(user, PASSWORDS[user])
         self.client.tls_set(ca_certs=str(ca))
         self.client.on_message = lambda _c, _u, msg: self.received.append(msg.topic)
         self.client.on_subscribe = lambda *_a: setattr(self, "ready", True)
@@ -249,10 +261,15 @@ class _Subscriber:
 def test_shipped_acl_confines_devices_to_their_prefix_and_readers_to_reading(
     secure_broker: Broker, pki: Pki
 ) -> None:
-    sub = _Subscriber(secure_broker.port, pki.ca)
+    """Devices write only under their own prefix and read only the confirmations for them;
+    loggers read everything and write only confirmations; dashboards only read."""
+    port, ca = secure_broker.port, pki.ca
+    assert secure_broker.log_text().count("Opening ipv4 listen socket") == 1  # TLS port only
+    sub = _Subscriber(port, ca, "dashboard")
+    edge02 = _Subscriber(port, ca, "edge-02")  # a device subscribing to everything
     own = make_payload(0, device="edge-01")
     foreign = make_payload(0, device="edge-02")
-    port, ca = secure_broker.port, pki.ca
+    stored = ["thermoscreen/edge-01/cam0/stored", "thermoscreen/edge-02/cam0/stored"]
     try:
         device = Publisher("127.0.0.1", port, "edge-01", "edge-01", PASSWORDS["edge-01"], ca)
         reader = Publisher("127.0.0.1", port, "logger-pub", "logger", PASSWORDS["logger"], ca)
@@ -260,22 +277,80 @@ def test_shipped_acl_confines_devices_to_their_prefix_and_readers_to_reading(
             denied = [
                 device.publish(result_topic(foreign), str(foreign)),
                 device.publish("thermoscreen/edge-02/status", "offline", retain=True),
+                device.publish(stored[1], "{}"),  # no confirming another device's results
             ]
             denied_reader = [
                 reader.publish(result_topic(own), str(own)),
                 reader.publish("thermoscreen/logger/status", "online"),
             ]
-            reader.wait_acked(denied_reader)
+            confirmations = [reader.publish(topic, "{}") for topic in stored]
+            reader.wait_acked([*denied_reader, *confirmations])
             marker = device.publish(result_topic(own), str(own))  # allowed: its own prefix
             device.wait_acked([*denied, marker])
             # the broker forwards in order: once the marker is here, nothing earlier is coming
             wait_until(lambda: result_topic(own) in sub.received, 20, "the allowed message")
-        assert sub.received == [result_topic(own)]
-        assert [device.acked[m] for m in denied] == ["Not authorized"] * 2
+            wait_until(lambda: stored[1] in edge02.received, 20, "edge-02's confirmation")
+        assert sorted(sub.received) == sorted([result_topic(own), *stored])
+        assert edge02.received == [stored[1]]  # not edge-01's confirmation, no results
+        assert [device.acked[m] for m in denied] == ["Not authorized"] * 3
         assert [reader.acked[m] for m in denied_reader] == ["Not authorized"] * 2
+        assert [reader.acked[m] for m in confirmations] == ["Success"] * 2
         assert device.acked[marker] == "Success"
     finally:
         sub.close()
+        edge02.close()
+
+
+def test_a_device_account_cannot_take_over_the_loggers_session(
+    secure_broker: Broker, tmp_path: Path, pki: Pki
+) -> None:
+    """A device connecting with the logger's client id (clean start) used to make the broker
+    drop the logger's persistent session and every result queued in it."""
+    port, ca, db = secure_broker.port, pki.ca, tmp_path / "results.sqlite"
+    logger = _logger(secure_broker, tmp_path, ca, "logger", PASSWORDS["logger"]).start()
+    logger.wait_subscribed()
+    assert logger.stop() == 0  # offline: the broker queues results for its session
+    payloads = [make_payload(i, device="edge-01") for i in range(5)]
+    with Publisher("127.0.0.1", port, "edge-01", "edge-01", PASSWORDS["edge-01"], ca) as dev:
+        dev.wait_acked(dev.publish_results(payloads))
+    for client_id in ("thermoscreen-logger", "logger"):  # its --client-id, its account name
+        with Publisher("127.0.0.1", port, client_id, "edge-02", PASSWORDS["edge-02"], ca) as thief:
+            assert thief.connect_rc == ["Success"]
+    logger = _logger(secure_broker, tmp_path, ca, "logger", PASSWORDS["logger"]).start()
+    logger.wait_subscribed()
+    wait_until(lambda: db.exists() and count_rows(db, "results") == 5, 30, "the queued results")
+    # and while the logger is online, a device taking its id does not disconnect it
+    with Publisher("127.0.0.1", port, "thermoscreen-logger", "edge-02", PASSWORDS["edge-02"], ca):
+        pass
+    with Publisher("127.0.0.1", port, "edge-01", "edge-01", PASSWORDS["edge-01"], ca) as dev:
+        dev.wait_acked(dev.publish_results([make_payload(5, device="edge-01")]))
+    wait_until(lambda: count_rows(db, "results") == 6, 30, "a result after the attempt")
+    assert logger.stop() == 0
+    assert "lost broker" not in logger.text()
+    assert stored_seqs(db, "sess-1") == list(range(6))
+
+
+def test_results_the_acl_refuses_are_reported_undeliverable(
+    secure_broker: Broker, tmp_path: Path, pki: Pki, tiny_model: Path
+) -> None:
+    """They used to stay in the outbox for ever while the summary said "nothing is lost"."""
+    frames = 3
+    recording = make_png16_recording(tmp_path / "rec", frames)
+    env = _client_env("edge-01", PASSWORDS["edge-01"], pki.ca)
+    outbox, log = tmp_path / "outbox.sqlite", tmp_path / "run.log"
+    run = run_pipeline(
+        recording, tiny_model, secure_broker.port, outbox, "--device-id", "edge-02",
+        "--flush-timeout", "20", env=env, log_path=log,
+    )  # fmt: skip
+    assert run.wait(timeout=120) == 4, log.read_text()  # results lost: their own status
+    text = log.read_text()
+    assert (
+        f"outbox: {frames + 1} messages undeliverable: the broker refused a message (135 Not "
+        "authorized): the broker's ACL does not let this account publish there: the MQTT user "
+        "name must be the device id"
+    ) in text
+    assert count_rows(outbox, "outbox") == 0
+    assert count_rows(outbox, "refused") == frames + 1  # the results and the session summary
 
 
 def test_logger_without_tls_at_the_tls_port_exits_with_the_hint(

@@ -7,6 +7,7 @@ tests/integration/test_bench_smoke.py.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,13 +18,14 @@ from pipeline.devtools.bench.cpu import (
     MAIN,
     MODEL,
     NATIVE,
-    Snapshot,
+    PROBE,
+    Mark,
     SteadyWindow,
-    ThreadCpu,
     breakdown,
 )
 from pipeline.devtools.bench.live import latency_trend
 from pipeline.devtools.bench.summary import summarize
+from pipeline.devtools.bench.variants import REFERENCE, REPLAY_WAY, Variant, summarize_variants
 
 MS = 1_000_000  # ns
 
@@ -56,51 +58,66 @@ def test_replay_rate_runs_from_first_capture_so_an_outbox_burst_cannot_inflate_i
     assert steady_fps(burst) > 1000  # first-to-last arrival would report nonsense
 
 
-def _window(first: dict[int, tuple[str, int]], last: dict[int, tuple[str, int]]) -> SteadyWindow:
-    def snap(at_ms: int, threads: dict[int, tuple[str, int]], broker_ms: int) -> Snapshot:
-        cpu = {tid: ThreadCpu(name, ms * MS) for tid, (name, ms) in threads.items()}
-        return Snapshot(at_ms * MS, 0, cpu, {"broker": broker_ms * MS})
-
+def _window(broker_ms: tuple[int, int] = (50, 60)) -> SteadyWindow:
     w = SteadyWindow(start=lambda t, n: True, end=lambda t, n: True, results=lambda: 0)
-    w.pid, w.first, w.last = 100, snap(1000, first, 50), snap(2000, last, 60)
+    w.first = Mark(900 * MS, 0, {"broker": broker_ms[0] * MS})
+    w.last = Mark(2100 * MS, 10, {"broker": broker_ms[1] * MS})
     return w
 
 
-def test_cpu_breakdown_takes_the_inferences_out_of_the_classify_threads() -> None:
-    first = {100: ("python", 500), 101: ("python", 0), 102: ("classify-0", 1000)}
-    first |= {103: ("publish", 10), 104: ("multiqueue0:src", 40)}
-    last = {100: ("python", 510), 101: ("python", 0), 102: ("classify-0", 1120)}
-    last |= {103: ("publish", 15), 104: ("multiqueue0:src", 50), 105: ("decode_0", 20)}
-    # 10 inferences of 10 ms CPU inside the window, one that straddles its start (half inside),
-    # one that ended before it: 10.5 frames, 105 ms of model CPU
-    calls = [[(1100 + 80 * i) * MS, (1150 + 80 * i) * MS, 10 * MS] for i in range(10)]
-    calls += [[950 * MS, 1050 * MS, 10 * MS], [500 * MS, 600 * MS, 10 * MS]]
-    cpu = breakdown(_window(first, last), calls)
+def _sample(at_ms: int, frames: int, threads: dict[int, tuple[str, int, int]]) -> dict[str, Any]:
+    rows = {str(tid): [name, cpu * MS, model * MS] for tid, (name, cpu, model) in threads.items()}
+    return {"mono_ns": at_ms * MS, "frames": frames, "threads": rows}
+
+
+def test_cpu_breakdown_takes_the_model_out_of_the_classify_threads() -> None:
+    before = {100: ("python", 500, 0), 101: ("python", 0, 0), 102: ("classify-0", 1000, 800)}
+    before |= {103: ("publish", 10, 0), 104: ("multiqueue0:src", 40, 0)}
+    before |= {106: ("bench-probe", 5, 0)}
+    after = {100: ("python", 510, 0), 101: ("python", 0, 0), 102: ("classify-0", 1120, 905)}
+    after |= {103: ("publish", 15, 0), 104: ("multiqueue0:src", 50, 0), 105: ("decode_0", 20, 0)}
+    after |= {106: ("bench-probe", 9, 0)}
+    samples = [
+        _sample(800, 0, before),  # before the window: not used
+        _sample(1000, 5, before),
+        _sample(1500, 9, after),
+        _sample(2000, 15, after),
+        _sample(2200, 20, {}),  # after the window: not used
+    ]
+    cpu = breakdown(_window(), {"pid": 100, "samples": samples})
     assert cpu is not None
-    assert cpu["frames"] == 10.5 and cpu["window_s"] == 1.0
+    assert cpu["frames"] == 10 and cpu["window_s"] == 1.0
     per = cpu["cpu_ms_per_frame"]
-    assert per[MODEL] == pytest.approx(10.0)
-    assert per["classify"] == pytest.approx((120 - 105) / 10.5, abs=1e-3)
-    assert per[MAIN] == pytest.approx(10 / 10.5, abs=1e-3)
-    assert per[GSTREAMER] == pytest.approx(10 / 10.5, abs=1e-3)
-    assert per["folder decode"] == pytest.approx(20 / 10.5, abs=1e-3)  # a thread that started
+    assert per[MODEL] == pytest.approx(10.5)  # 105 ms of model CPU over 10 frames
+    assert per["classify"] == pytest.approx(1.5)  # 120 ms in the thread, 105 of them the model's
+    assert per[MAIN] == pytest.approx(1.0)
+    assert per[GSTREAMER] == pytest.approx(1.0)
+    assert per["folder decode"] == pytest.approx(2.0)  # a thread that started in the window
     assert per[NATIVE] == 0.0  # unnamed threads: the executable's name, like the main thread
-    assert cpu["total_ms_per_frame"] == pytest.approx((10 + 120 + 5 + 10 + 20) / 10.5, abs=1e-3)
-    assert cpu["non_model_ms_per_frame"] == pytest.approx((10 + 15 + 5 + 10 + 20) / 10.5, abs=1e-3)
-    assert cpu["others_ms_per_frame"]["broker"] == pytest.approx(10 / 10.5, abs=1e-3)
+    assert PROBE not in per and cpu["probe_ms_per_frame"] == pytest.approx(0.4)
+    assert cpu["total_ms_per_frame"] == pytest.approx((10 + 120 + 5 + 10 + 20) / 10)
+    assert cpu["non_model_ms_per_frame"] == pytest.approx((10 + 15 + 5 + 10 + 20) / 10)
+    assert cpu["others_ms_per_frame"]["broker"] == pytest.approx(1.0)  # per result delivered
     assert cpu["cores_busy"] == pytest.approx(0.165)
 
 
 def test_cpu_breakdown_counts_native_pools_as_the_model() -> None:
     # live: one frame on every core, ONNX Runtime's pool thread does half the model's work
-    first = {100: ("python", 0), 101: ("python", 0), 102: ("classify-0", 0)}
-    last = {100: ("python", 0), 101: ("python", 100), 102: ("classify-0", 110)}
-    calls = [[(1000 + 100 * i) * MS, (1090 + 100 * i) * MS, 10 * MS] for i in range(10)]
-    cpu = breakdown(_window(first, last), calls)
+    before = {100: ("python", 0, 0), 101: ("python", 0, 0), 102: ("classify-0", 0, 0)}
+    after = {100: ("python", 0, 0), 101: ("python", 100, 0), 102: ("classify-0", 110, 100)}
+    samples = [_sample(1000, 0, before), _sample(2000, 10, after)]
+    cpu = breakdown(_window(), {"pid": 100, "samples": samples})
     assert cpu is not None
     assert cpu["cpu_ms_per_frame"][NATIVE] == pytest.approx(10.0)
     assert cpu["non_model_ms_per_frame"] == pytest.approx(1.0)
-    assert breakdown(_window(first, last), []) is None  # no inference inside: nothing to divide
+    # a window too short for two samples: the nearest samples around it
+    around = [_sample(500, 0, before), _sample(1500, 5, before), _sample(2500, 10, after)]
+    wide = breakdown(_window(), {"pid": 100, "samples": around})
+    assert wide is not None and wide["frames"] == 10 and wide["window_s"] == 2.0
+    # no frame between the samples: nothing to divide
+    same = [_sample(1000, 3, before), _sample(2000, 3, after)]
+    assert breakdown(_window(), {"pid": 100, "samples": same}) is None
+    assert breakdown(_window(), {"pid": 100, "samples": []}) is None
 
 
 def _model_rep(bare: float, replays: dict[str, float], rss: float = 200.0) -> dict[str, Any]:
@@ -255,3 +272,33 @@ def test_a_bench_without_the_console_has_no_console_rows() -> None:
     s = summarize(_report())
     assert "console_replay_vs_plain" not in s
     assert not any("console" in t["target"] for t in s["targets"])
+
+
+def test_variants_are_kept_only_when_faster_every_round_and_within_tolerance() -> None:
+    model = Path("m.onnx")
+    names = [REFERENCE, REPLAY_WAY, "fast but different", "fast and equal", "equal, once slower"]
+    ref_probs = [[0.2, 0.8], [0.6, 0.4]]
+
+    def run(fps: float, probs: list[list[float]] | None = None) -> dict[str, Any]:
+        return {"fps": fps, "cpu_ms_per_frame": 10.0, "load_s": 0.1, "providers": ["cpu"],
+                "onnxruntime": "x", "probs": probs or ref_probs}  # fmt: skip
+
+    shifted = [[0.2 + 2e-4, 0.8 - 2e-4], [0.4, 0.6]]
+    runs = {
+        REFERENCE: [run(10), run(20)],
+        REPLAY_WAY: [run(12), run(25)],
+        "fast but different": [run(20, shifted), run(40, shifted)],
+        "fast and equal": [run(11, [[0.2 + 5e-5, 0.8], [0.6, 0.4]]), run(21)],
+        "equal, once slower": [run(12), run(19)],
+    }
+    got = {
+        v["variant"]: v
+        for v in summarize_variants([Variant(n, model) for n in names], runs)["variants"]
+    }
+    assert got["fast but different"]["max_abs_diff"] == pytest.approx(0.2)
+    assert got["fast but different"]["top1_agreement"] == 0.5
+    assert not got["fast but different"]["worth_an_option"]
+    assert got["fast and equal"]["within_tolerance"] and got["fast and equal"]["worth_an_option"]
+    assert got["fast and equal"]["fps_vs_reference"] == pytest.approx((1.1 + 1.05) / 2)
+    assert not got["equal, once slower"]["worth_an_option"]  # 0.95 in the second round
+    assert not got[REPLAY_WAY]["worth_an_option"]  # what the pipeline does already

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
+import stat
 import threading
 import time
 from contextlib import closing
@@ -17,6 +19,7 @@ from pipeline.mqtt.outbox import (
     OutboxClosed,
     OutboxError,
     OutboxFull,
+    RowKey,
 )
 from tests.helpers.wait import wait_until
 
@@ -200,3 +203,136 @@ def test_checkpoints_reach_the_database_file_while_the_outbox_stays_open(tmp_pat
     assert box.pending == 50
     box.close()
     assert not (tmp_path / "o.sqlite-wal").exists()  # the last close folds the WAL in
+
+
+def _key(seq: int, session: str = "s1") -> RowKey:
+    return RowKey("result", "cam", session, seq)
+
+
+def test_logger_confirmation_keeps_acked_rows_until_a_stored_range_covers_them(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "o.sqlite"
+    ob = Outbox(path)
+    ids = [ob.put(TOPIC, b"r", key=_key(i)) for i in range(5)]
+    summary = ob.put("t/session", b"s", droppable=False, key=RowKey("session", "cam", "s1"))
+    other = ob.put(TOPIC, b"r", key=_key(0, "s2"))
+    assert ob.settle(ids, ids, keep_acked=True) == 5  # acknowledged by the broker: kept
+    assert ob.pending == 7 and ob.acked_unconfirmed == 5
+    assert [r.id for r in ob.rows_after(0, 10)] == [summary, other]  # not sent again as new
+    ob.close()
+
+    again = Outbox(path)  # the acknowledgement survives a restart
+    assert again.unconfirmed() == [(i, "s1") for i in ids]
+    assert sorted(again.confirm("cam", "s1", [(0, 1), (3, 3)], summary=False)) == [
+        ids[0],
+        ids[1],
+        ids[3],
+    ]
+    assert again.confirm("other-cam", "s1", [(0, 9)], summary=True) == []
+    assert sorted(again.confirm("cam", "s1", [(2, 2)], summary=True)) == [ids[2], summary]
+    assert [r.id for r in again.rows([ids[4], other, 999])] == [ids[4], other]
+    assert again.pending == 2 and again.acked_unconfirmed == 1
+    again.close()
+
+
+def test_retention_expires_only_acknowledged_unconfirmed_rows() -> None:
+    ob = Outbox(MEMORY)
+    old = [ob.put(TOPIC, b"r", key=_key(i)) for i in range(3)]
+    ob.settle(old[:2], (), keep_acked=True)
+    assert ob.expire(time.time() - 3600) == []
+    assert ob.expire(time.time() + 1) == [(old[0], "s1", 0), (old[1], "s1", 1)]
+    assert ob.pending == 1 and ob.acked_unconfirmed == 0  # the unsent one stays
+
+
+def test_refused_rows_move_aside_with_their_reason(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.sqlite")
+    ids = [ob.put(TOPIC, f"r{i}".encode()) for i in range(3)]
+    assert ob.refuse([ids[1]], "135 Not authorized: fix the ACL") == 1
+    assert [r.id for r in ob.rows_after(0, 10)] == [ids[0], ids[2]] and ob.pending == 2
+    ob.close()
+    with closing(sqlite3.connect(tmp_path / "o.sqlite")) as db:
+        rows = db.execute("SELECT id, payload, reason FROM refused").fetchall()
+    assert rows == [(ids[1], b"r1", "135 Not authorized: fix the ACL")]
+
+
+def test_drops_at_the_bound_are_named_by_seq_and_a_summary_never_makes_room() -> None:
+    ob = Outbox(MEMORY, max_messages=3, when_full="drop_oldest")
+    for i in range(8):
+        ob.put(TOPIC, b"r", key=_key(i))
+    ob.put("t/session", b"s", droppable=False, key=RowKey("session", "cam", "s1"))
+    assert ob.dropped == 5 and ob.pending == 4  # the summary went in over the bound
+    assert ob.dropped_seq("s1") == [(0, 4)] and ob.dropped_seq("s2") == []
+    assert ob.dropped_sessions() == {"s1": [(0, 4)]}
+
+
+@pytest.mark.parametrize("link", ["symlink", "hardlink"])
+def test_a_link_to_an_outbox_in_use_is_refused(tmp_path: Path, link: str) -> None:
+    """The lock used to be a `<path>.lock` beside the path given, so a second name for the same
+    file let two pipelines share one outbox and ack each other's rows."""
+    first = Outbox(tmp_path / "o.sqlite")
+    other = tmp_path / "elsewhere" / "other.sqlite"
+    other.parent.mkdir()
+    if link == "symlink":
+        other.symlink_to(tmp_path / "o.sqlite")
+    else:
+        os.link(tmp_path / "o.sqlite", other)
+    with pytest.raises(OutboxError, match="in use by another process"):
+        Outbox(other)
+    first.close()
+    Outbox(other).close()
+
+
+def test_outbox_files_are_private(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        ob = Outbox(tmp_path / "o.sqlite")
+        ob.put(TOPIC, b"r")
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+        ob.close()
+    finally:
+        os.umask(old)
+    assert "o.sqlite-wal" in modes and not any(name.endswith(".lock") for name in modes)
+    assert set(modes.values()) == {0o600}, modes
+
+
+def test_a_version_1_outbox_is_migrated_with_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    payload = b'{"session_id": "s9", "camera_id": "cam", "seq": 4}'
+    with closing(sqlite3.connect(path)) as db:
+        db.execute(
+            "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, "
+            "payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, expiry_s "
+            "INTEGER, droppable INTEGER NOT NULL, created REAL NOT NULL, attempts INTEGER NOT "
+            "NULL DEFAULT 0)"
+        )
+        db.execute(
+            "INSERT INTO outbox (topic, payload, qos, retain, droppable, created) "
+            "VALUES ('thermoscreen/d/cam/result', ?, 1, 0, 1, 0)",
+            (payload,),
+        )
+        db.execute("PRAGMA user_version=1")
+        db.commit()
+    ob = Outbox(path)
+    assert [r.payload for r in ob.rows_after(0, 10)] == [payload]
+    assert ob.confirm("cam", "s9", [(4, 4)], summary=False) == [1]
+    ob.close()
+
+
+def test_a_full_disk_is_one_line_naming_the_outbox(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.sqlite")
+    ob._db.execute("PRAGMA max_page_count = 1")  # what SQLite reports on a full disk
+    with pytest.raises(OutboxError, match=r"o\.sqlite: cannot write \(database or disk is full"):
+        for _ in range(200):
+            ob.put(TOPIC, b"x" * 4000)
+    ob.close()
+
+
+def test_only_what_loggers_confirm_waits_for_them() -> None:
+    ob = Outbox(MEMORY)
+    result = ob.put(TOPIC, b"r", key=_key(0))
+    other = ob.put("t/exam/summary", b"e", droppable=False)  # no key: no logger confirms it
+    assert ob.settle([result, other], (), keep_acked=True) == 2
+    assert ob.pending == 1 and ob.unconfirmed() == [(result, "s1")]
+    assert ob.release_acked() == 1  # outbox.confirm broker: acknowledged is delivered
+    assert ob.pending == 0 and ob.acked_unconfirmed == 0

@@ -108,7 +108,7 @@ def test_live_handoff_keeps_the_newest_frame_and_counts_each_drop() -> None:
     assert frame_indices(sink) == [0, 5]
     assert summary.frames_captured == 6
     assert summary.drops.handoff == 4 and summary.drops.total == 4
-    assert sink.sessions[-1]["drops"] == {"handoff": 4, "output": 0, "source": 0}
+    assert sink.sessions[-1]["drops"] == {"handoff": 4, "outbox": 0, "output": 0, "source": 0}
     assert sink.stats_messages[-1]["drops"]["handoff"] == 4
 
 

@@ -105,11 +105,12 @@ class MjpegViewer:
         }
 
 
-def _watched(measure: Callable[[list[str]], dict[str, Any]]) -> dict[str, Any]:
-    """Run `measure(extra run arguments)` with the console on a free port and a viewer on it."""
+def _watched(measure: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """Run `measure(config overrides)` with the console on a free loopback port (the child's
+    `console.listen`) and a viewer on it."""
     port = free_port()
     with MjpegViewer(port) as viewer:
-        row = measure(["--console", f"127.0.0.1:{port}"])
+        row = measure({"console.listen": f"127.0.0.1:{port}"})
     row["console"] = viewer.figures()
     return row
 
@@ -118,14 +119,18 @@ def measure_console_replay(
     rig: Rig, model_dir: Path, recording: Recording, frames: int, device: str
 ) -> dict[str, Any]:
     """`measure_replay` with the console open and watched."""
-    return _watched(lambda extra: measure_replay(rig, model_dir, recording, frames, device, extra))
+    return _watched(
+        lambda console: measure_replay(rig, model_dir, recording, frames, device, overrides=console)
+    )
 
 
 def measure_console_live(
     rig: Rig, model_dir: Path, fps: int, seconds: float, device: str
 ) -> dict[str, Any]:
     """`measure_live` with the console open and watched."""
-    return _watched(lambda extra: measure_live(rig, model_dir, fps, seconds, device, extra))
+    return _watched(
+        lambda console: measure_live(rig, model_dir, fps, seconds, device, overrides=console)
+    )
 
 
 def console_source(recordings: dict[str, Recording]) -> str:

@@ -1,13 +1,14 @@
-"""Where a measured process spends its CPU: per-thread CPU time from /proc, over a steady-state
-window, grouped by what each thread does, with the model's own share taken out.
+"""Where a measured process spends its CPU: per-thread CPU over a steady-state window, grouped by
+what each thread does, with the model's own share taken out.
 
-The bench runs `thermoscreen run` through `pipeline.devtools.bench.probe`, which gives every
-Python thread its name at the OS level (so /proc shows `classify-0`, `publish`, ...) and records
-the CPU time each inference call spends in its thread. The non-model CPU of a frame is then
-everything the process spent in the window minus what the inferences spent, divided by the
-results delivered in it. GStreamer's own threads keep their pad names and are grouped together;
-threads without a name are native pools (ONNX Runtime's intra-op threads when a frame runs on
-several cores, OpenCV's).
+The bench runs `thermoscreen run` through `pipeline.devtools.bench.probe`, which names every
+Python thread at the OS level and samples, from inside the process, every thread's CPU clock and
+the model's share of the classify threads' (ONNX Runtime calls clocked in their thread). The
+bench decides when its steady window starts and ends (by results delivered, or time); the
+samples within it give, per frame classified, the CPU of each thread group and the non-model
+CPU: everything the process spent minus what the model spent. GStreamer's own threads keep their
+pad names and are grouped together; threads without a name of their own are native pools (ONNX
+Runtime's intra-op threads when one frame runs on several cores), counted as the model's.
 """
 
 from __future__ import annotations
@@ -30,48 +31,13 @@ GROUPS: tuple[tuple[str, str], ...] = (
     ("paho-mqtt", "paho network"),
     ("outbox-checkpo", "outbox checkpoint"),
     ("output", "output"),
+    ("bench-probe", "bench probe"),
 )
 MODEL = "model (inference)"
 NATIVE = "native pool"
 GSTREAMER = "gstreamer"
 MAIN = "main"
-
-
-@dataclass(frozen=True)
-class ThreadCpu:
-    name: str
-    cpu_ns: int
-
-
-def _cpu_ns(task: str) -> int:
-    """On-CPU time of one thread: schedstat (ns) where the kernel keeps it, else stat's ticks."""
-    try:
-        with open(f"{task}/schedstat", encoding="ascii") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        pass
-    with open(f"{task}/stat", encoding="ascii", errors="replace") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int((int(fields[11]) + int(fields[12])) * CLOCK_TICK_NS)  # utime, stime
-
-
-def sample_threads(pid: int) -> dict[int, ThreadCpu]:
-    """Every thread of `pid` now: its name and CPU time (threads that end meanwhile are skipped)."""
-    out: dict[int, ThreadCpu] = {}
-    root = f"/proc/{pid}/task"
-    try:
-        tids = os.listdir(root)
-    except OSError:
-        return out
-    for tid in tids:
-        task = f"{root}/{tid}"
-        try:
-            with open(f"{task}/comm", encoding="utf-8", errors="replace") as f:
-                name = f.read().strip()
-            out[int(tid)] = ThreadCpu(name, _cpu_ns(task))
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
+PROBE = "bench probe"  # the sampler itself: reported, never counted
 
 
 def process_cpu_ns(pid: int) -> int:
@@ -99,105 +65,121 @@ def group_of(tid: int, pid: int, name: str, unnamed: str) -> str:
 
 
 @dataclass(frozen=True)
-class Snapshot:
-    """The measured process (per thread) and, beside it, other processes (the broker) at once."""
+class Mark:
+    """One edge of the window, seen from the bench: when, results so far, other processes."""
 
     mono_ns: int
     results: int
-    threads: dict[int, ThreadCpu]
     others: dict[str, int]
-
-
-def snapshot(pid: int, results: int, others: Mapping[str, int]) -> Snapshot:
-    return Snapshot(
-        time.monotonic_ns(),
-        results,
-        sample_threads(pid),
-        {name: process_cpu_ns(other) for name, other in others.items()},
-    )
 
 
 @dataclass
 class SteadyWindow:
-    """Samples the child at the start and the end of its steady state. `start` and `end` get
-    (seconds since the child started, results delivered so far)."""
+    """Marks the start and the end of the child's steady state. `start` and `end` get (seconds
+    since the child started, results delivered so far); `others` are processes (the broker)
+    whose CPU is read at both edges."""
 
     start: Callable[[float, int], bool]
     end: Callable[[float, int], bool]
     results: Callable[[], int]
     others: Mapping[str, int] = field(default_factory=dict)
-    first: Snapshot | None = None
-    last: Snapshot | None = None
-    pid: int = 0
+    first: Mark | None = None
+    last: Mark | None = None
+
+    def _mark(self, results: int) -> Mark:
+        cpu = {name: process_cpu_ns(pid) for name, pid in self.others.items()}
+        return Mark(time.monotonic_ns(), results, cpu)
 
     def __call__(self, pid: int, elapsed_s: float) -> None:
-        self.pid = pid
         n = self.results()
         if self.first is None:
             if self.start(elapsed_s, n):
-                self.first = snapshot(pid, n, self.others)
+                self.first = self._mark(n)
         elif self.last is None and self.end(elapsed_s, n):
-            self.last = snapshot(pid, n, self.others)
+            self.last = self._mark(n)
 
 
-def inferences_within(
-    calls: list[list[int]], first: Snapshot, last: Snapshot
-) -> tuple[float, float]:
-    """(frames, CPU ns) of the inference calls within the window. Each call is [start ns, end ns,
-    CPU ns]; one that straddles an edge counts with the share of its time inside."""
-    frames, cpu_ns = 0.0, 0.0
-    for start, end, cpu in calls:
-        inside = min(end, last.mono_ns) - max(start, first.mono_ns)
-        if inside > 0:
-            share = inside / max(end - start, 1)
-            frames += share
-            cpu_ns += share * cpu
-    return frames, cpu_ns
+def _within(samples: list[dict[str, Any]], first: Mark, last: Mark) -> tuple[Any, Any] | None:
+    """The first and the last of the child's samples inside the window; for a window too short
+    to hold two, the nearest samples around it."""
+    inside = [s for s in samples if first.mono_ns <= s["mono_ns"] <= last.mono_ns]
+    a: dict[str, Any] | None
+    b: dict[str, Any] | None
+    if len(inside) >= 2:
+        a, b = inside[0], inside[-1]
+    else:
+        before = [s for s in samples if s["mono_ns"] <= first.mono_ns]
+        after = [s for s in samples if s["mono_ns"] >= last.mono_ns]
+        a = before[-1] if before else (samples[0] if samples else None)
+        b = after[0] if after else (samples[-1] if samples else None)
+    if a is None or b is None or b["frames"] <= a["frames"]:
+        return None
+    return a, b
 
 
-def breakdown(window: SteadyWindow, calls: list[list[int]]) -> dict[str, Any] | None:
-    """CPU per frame (ms) per thread group over the window, the model's share apart.
+def _groups(a: dict[str, Any], b: dict[str, Any], pid: int) -> tuple[dict[str, int], int]:
+    """CPU ns per group between two samples, the model's share apart (as the second item)."""
+    threads = b["threads"]
+    unnamed = threads.get(str(pid), ["python"])[0]
+    groups: dict[str, int] = {}
+    model = 0
+    for tid, (name, cpu, model_ns) in threads.items():
+        _, cpu0, model0 = a["threads"].get(tid, [name, 0, 0])
+        group = group_of(int(tid), pid, name, unnamed)
+        groups[group] = groups.get(group, 0) + (cpu - cpu0) - (model_ns - model0)
+        model += model_ns - model0
+    return groups, model
 
-    Frames are the inferences that ended within the window: the CPU and the count come from the
-    same process over the same time (results reach the subscriber in bursts). The model's share
-    is the inferences' own thread CPU plus native pools (ONNX Runtime's intra-op threads when
-    one frame runs on several cores); what remains is the pipeline's.
+
+def process_rates(a: dict[str, int], b: dict[str, int], frames: int) -> dict[str, float | None]:
+    """Minor page faults per frame, and the kernel's share of the process's CPU (a high share
+    with many faults: memory taken from and given back to the system every frame)."""
+    if not a or not b or frames <= 0:
+        return {"page_faults_per_frame": None, "system_cpu_share": None}
+    user, system = b["utime"] - a["utime"], b["stime"] - a["stime"]
+    return {
+        "page_faults_per_frame": round((b["minflt"] - a["minflt"]) / frames, 1),
+        "system_cpu_share": round(system / (user + system), 3) if user + system else None,
+    }
+
+
+def breakdown(window: SteadyWindow, record: dict[str, Any]) -> dict[str, Any] | None:
+    """CPU per frame classified (ms) per thread group over the window, the model's share apart.
+
+    Native pools count as the model's (ONNX Runtime's intra-op threads when one frame runs on
+    several cores). Other processes (the broker) are per result delivered.
     """
-    first, last = window.first, window.last
-    if first is None or last is None:
+    if window.first is None or window.last is None:
         return None
-    frames, model = inferences_within(calls, first, last)
-    pid = window.pid
-    if frames < 1:
+    pair = _within(record["samples"], window.first, window.last)
+    if pair is None:
         return None
-    main = last.threads.get(pid)
-    unnamed = main.name if main else "python"
-    groups: dict[str, float] = {}
-    for tid, now in last.threads.items():
-        before = first.threads.get(tid)
-        spent = now.cpu_ns - (before.cpu_ns if before else 0)
-        group = group_of(tid, pid, now.name, unnamed)
-        groups[group] = groups.get(group, 0) + spent
-    groups["classify"] = groups.get("classify", 0) - model
+    a, b = pair
+    frames = b["frames"] - a["frames"]
+    groups, model = _groups(a, b, int(record["pid"]))
+    probe = groups.pop(PROBE, 0)
     total = sum(groups.values()) + model
     non_model = total - model - groups.get(NATIVE, 0)
-    window_s = (last.mono_ns - first.mono_ns) / 1e9
+    span_s = (b["mono_ns"] - a["mono_ns"]) / 1e9
+    delivered = window.last.results - window.first.results
 
-    def per_frame(ns: float) -> float:
-        return round(ns / 1e6 / frames, 4)
+    def per_frame(ns: float, n: int = frames) -> float:
+        return round(ns / 1e6 / max(n, 1), 4)
 
     return {
-        "window_s": round(window_s, 2),
-        "frames": round(frames, 1),
-        "results_delivered": last.results - first.results,
-        "cores_busy": round(total / 1e9 / window_s, 3) if window_s > 0 else None,
+        "window_s": round(span_s, 2),
+        "frames": frames,
+        "cores_busy": round(total / 1e9 / span_s, 3) if span_s > 0 else None,
         "cpu_ms_per_frame": {
             MODEL: per_frame(model),
             **{g: per_frame(ns) for g, ns in sorted(groups.items(), key=lambda kv: -kv[1])},
         },
         "total_ms_per_frame": per_frame(total),
         "non_model_ms_per_frame": per_frame(non_model),
+        "probe_ms_per_frame": per_frame(probe),
+        **process_rates(a.get("process", {}), b.get("process", {}), frames),
         "others_ms_per_frame": {
-            name: per_frame(last.others[name] - first.others.get(name, 0)) for name in last.others
+            name: per_frame(window.last.others[name] - window.first.others.get(name, 0), delivered)
+            for name in window.last.others
         },
     }

@@ -23,7 +23,7 @@ from pipeline.devtools.bench.collector import (
     steady_fps,
 )
 from pipeline.devtools.bench.cpu import SteadyWindow, breakdown
-from pipeline.devtools.bench.replay import SETTLE_S, Rig, inference_calls, runner_config
+from pipeline.devtools.bench.replay import SETTLE_S, Rig, probe_record, runner_config
 
 WARMUP_S = 3.0  # live results in the first seconds are reported but left out of the flatness test
 STOP_GRACE_S = 1.0  # the child gets SIGINT this long after the measured time
@@ -31,9 +31,12 @@ STARTUP_LIMIT_S = 120.0  # a live child that has not ended this long after its t
 
 
 def live_source(fps: int, width: int = 640, height: int = 480) -> str:
+    """A live camera stand-in that hands over 8-bit gray frames as a thermal camera does, so the
+    test source's own drawing and colour conversion weigh as little as they can in the
+    pipeline's CPU (its threads are the `gstreamer` group)."""
     return (
         f"gst://videotestsrc is-live=true pattern=ball ! "
-        f"video/x-raw,width={width},height={height},framerate={fps}/1"
+        f"video/x-raw,format=GRAY8,width={width},height={height},framerate={fps}/1"
     )
 
 
@@ -103,18 +106,26 @@ class LiveClock:
 
 
 def measure_live(
-    rig: Rig, model_dir: Path, fps: int, seconds: float, device: str, extra: Sequence[str] = ()
+    rig: Rig,
+    model_dir: Path,
+    fps: int,
+    seconds: float,
+    device: str,
+    env: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    cwd: Path | None = None,
 ) -> dict[str, Any]:
-    """A live source at `fps` for `seconds` (`thermoscreen run ... [extra]`): latency to
-    delivery, drops, trend, CPU per frame."""
-    cfg = runner_config(rig, device, model_dir, "live")
+    """A live source at `fps` for `seconds`: latency to delivery, drops, trend, CPU per frame.
+    `env` and `cwd` run another checkout of the code, `overrides` other settings, for A/B
+    comparisons."""
+    cfg = runner_config(rig, device, model_dir, "live", overrides=overrides)
     record = rig.workdir / f"{device}.probe.json"
     rig.collector.take()
     clock = LiveClock(seconds, lambda: rig.collector.results)
     window = SteadyWindow(clock.warm, clock.measured, clock.results, rig.others())
-    cmd = [*probed_cmd(record), "run", live_source(fps), "--config", str(cfg), *extra]
+    cmd = [*probed_cmd(record), "run", live_source(fps), "--config", str(cfg)]
     run = checked(
-        run_child(cmd, seconds + STARTUP_LIMIT_S, until=clock.stop_due, on_poll=window),
+        run_child(cmd, seconds + STARTUP_LIMIT_S, env=env, until=clock.stop_due, on_poll=window),
         f"thermoscreen run (live {fps} fps)",
     )
     time.sleep(SETTLE_S)
@@ -128,7 +139,7 @@ def measure_live(
         "first_result_s": results[0].recv_mono_s - run.start_mono_s,
         "max_rss_mb": run.max_rss_mb,
         "last_stats": stats[-1] if stats else None,
-        "cpu": breakdown(window, inference_calls(record)),
+        "cpu": breakdown(window, probe_record(record)),
     }
 
 

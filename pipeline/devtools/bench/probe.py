@@ -1,14 +1,20 @@
-"""`thermoscreen` with the bench's two instruments, for the runs the bench measures:
+"""`thermoscreen` with the bench's instruments, for the runs the bench measures:
 
     python -m pipeline.devtools.bench.probe RECORD.json run SOURCE --config ...
 
 - every Python thread gets its name at the OS level (`thermoscreen-` cut, 15 characters), so
-  per-thread CPU in /proc/PID/task says which stage spent it;
-- every ONNX Runtime call records when it started and ended (CLOCK_MONOTONIC, comparable across
-  processes) and the CPU time it took in its thread; the list is written to RECORD.json at exit.
+  the threads say which stage they are;
+- every ONNX Runtime call keeps, per thread, the CPU time the model has taken in that thread
+  (finished calls, and the one running now from its start);
+- a sampler thread reads, every SAMPLE_S, each thread's CPU clock and, for the classify threads,
+  the model's share of it, at the same instant per thread. The samples (with CLOCK_MONOTONIC
+  times, comparable across processes) are written to RECORD.json at exit.
 
-Both cost a few microseconds per thread start or per frame, against milliseconds of inference.
-Nothing else changes: the command is `pipeline.cli.main` with the remaining arguments.
+Sampling inside the process is what makes the numbers hold on a loaded machine: a sampler in
+another process may be descheduled between taking the time and reading the threads. The probe
+costs a few microseconds per frame and a fraction of a millisecond per sample; its own thread is
+reported apart. Nothing else changes: the command is `pipeline.cli.main` with the remaining
+arguments.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import json
+import os
 import sys
 import threading
 import time
@@ -27,6 +34,9 @@ from pipeline import cli
 from pipeline.classify.onnx import OnnxRuntimeClassifier
 
 PR_SET_NAME = 15  # prctl option: the calling thread's name (15 bytes and a NUL)
+SAMPLE_S = 0.1
+SAMPLER_NAME = "bench-probe"
+NAMES_EVERY = 20  # samples between two readings of every thread's name
 
 
 def name_this_thread(name: str) -> None:
@@ -38,29 +48,110 @@ def name_this_thread(name: str) -> None:
         return
 
 
-class InferenceLog:
-    """[start, end monotonic ns, thread CPU ns] per inference call, appended from any thread."""
+def thread_cpu_ns(tid: int) -> int:
+    """CPU time of thread `tid` of this process, now (Linux per-thread CPU clock, exact)."""
+    return time.clock_gettime_ns(((~tid) << 3) | 6)  # CPUCLOCK_PERTHREAD | CPUCLOCK_SCHED
+
+
+class ModelClock:
+    """Per thread: calls finished, the model's CPU in them, where the running call started.
+    Each thread writes only its own entry, in one assignment."""
+
+    IDLE = (0, 0, -1)  # (calls, finished ns, running call's start ns or -1)
 
     def __init__(self) -> None:
-        self.calls: list[tuple[int, int, int]] = []
+        self.state: dict[int, tuple[int, int, int]] = {}
 
     def timed(self, run: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-        calls = self.calls
+        state = self.state
 
         def run_timed(classifier: Any, tensor: Any) -> Any:
-            start, cpu0 = time.monotonic_ns(), time.thread_time_ns()
-            out = run(classifier, tensor)
-            calls.append((start, time.monotonic_ns(), time.thread_time_ns() - cpu0))
-            return out
+            tid = threading.get_native_id()
+            calls, done, _ = state.get(tid, ModelClock.IDLE)
+            start = time.thread_time_ns()
+            state[tid] = (calls, done, start)
+            try:
+                return run(classifier, tensor)
+            finally:
+                state[tid] = (calls + 1, done + time.thread_time_ns() - start, -1)
 
         return run_timed
 
+    @property
+    def frames(self) -> int:
+        return sum(calls for calls, _, _ in list(self.state.values()))
+
+    def model_ns(self, tid: int, cpu_now: int) -> int:
+        _, done, start = self.state.get(tid, ModelClock.IDLE)
+        return done + (cpu_now - start if start >= 0 else 0)
+
+
+def _name(tid: int) -> str:
+    try:
+        with open(f"/proc/self/task/{tid}/comm", encoding="utf-8", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def sample(clock: ModelClock, names: dict[int, str]) -> dict[str, Any]:
+    """Every thread now: name, CPU ns, and the model's ns of it (read at once per thread).
+    `names` caches thread names by id (the caller clears it now and then)."""
+    threads: dict[str, list[Any]] = {}
+    for entry in os.listdir("/proc/self/task"):
+        tid = int(entry)
+        try:
+            before = clock.state.get(tid)
+            cpu = thread_cpu_ns(tid)
+            if clock.state.get(tid) != before:  # a call began or ended in between: read again
+                cpu = thread_cpu_ns(tid)
+        except OSError:
+            continue  # the thread ended
+        if tid not in names:
+            names[tid] = _name(tid)
+        threads[entry] = [names[tid], cpu, clock.model_ns(tid, cpu)]
+    return {
+        "mono_ns": time.monotonic_ns(),
+        "frames": clock.frames,
+        "threads": threads,
+        "process": process_counters(),
+    }
+
+
+def process_counters() -> dict[str, int]:
+    """This process's minor page faults and its user / system CPU (clock ticks, all threads)."""
+    try:
+        with open("/proc/self/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return {}
+    return {"minflt": int(fields[7]), "utime": int(fields[11]), "stime": int(fields[12])}
+
+
+class Sampler:
+    def __init__(self, clock: ModelClock) -> None:
+        self.clock = clock
+        self.samples: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=SAMPLER_NAME, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        names: dict[int, str] = {}
+        while not self._stop.wait(SAMPLE_S):
+            if len(self.samples) % NAMES_EVERY == 0:
+                names.clear()
+            self.samples.append(sample(self.clock, names))
+
     def dump(self, path: Path) -> None:
-        path.write_text(json.dumps({"inference": self.calls}), encoding="utf-8")
+        """At exit; no last sample: the stage threads have ended by now, their CPU with them."""
+        self._stop.set()
+        record = {"pid": os.getpid(), "samples": self.samples}
+        path.write_text(json.dumps(record), encoding="utf-8")
 
 
-def install(record: Path) -> InferenceLog:
-    """Name threads as they start and time every inference; write the record at exit."""
+def install(record: Path) -> Sampler:
+    """Name threads as they start, clock the model's CPU, sample; write the record at exit."""
     start = threading.Thread.run
 
     def named_run(thread: threading.Thread) -> None:
@@ -68,12 +159,13 @@ def install(record: Path) -> InferenceLog:
         start(thread)
 
     threading.Thread.run = named_run  # type: ignore[method-assign,assignment]
-    log = InferenceLog()
-    OnnxRuntimeClassifier.run_tensor = log.timed(  # type: ignore[method-assign,assignment]
+    clock = ModelClock()
+    OnnxRuntimeClassifier.run_tensor = clock.timed(  # type: ignore[method-assign,assignment]
         OnnxRuntimeClassifier.run_tensor
     )
-    atexit.register(log.dump, record)
-    return log
+    sampler = Sampler(clock)
+    atexit.register(sampler.dump, record)
+    return sampler
 
 
 def main(argv: list[str]) -> int:

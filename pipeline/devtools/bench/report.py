@@ -164,8 +164,37 @@ def cpu_breakdown(report: dict[str, Any]) -> list[str]:
         ("**non-model**", "non_model_ms_per_frame"),
     ):
         lines.append(f"| {label} | " + " | ".join(fmt(cpu[key], 3) for _, cpu in runs) + " |")
+    for label, key, digits in (
+        ("minor page faults per frame", "page_faults_per_frame", 0),
+        ("kernel share of the process's CPU", "system_cpu_share", 2),
+    ):
+        lines.append(f"| {label} | " + " | ".join(fmt(c.get(key), digits) for _, c in runs) + " |")
     broker = [fmt(cpu["others_ms_per_frame"].get("broker"), 3) for _, cpu in runs]
     lines.append("| mosquitto (another process) | " + " | ".join(broker) + " |")
+    return [*lines, ""]
+
+
+def variants(report: dict[str, Any]) -> list[str]:
+    """The first model run other ways, against the pipeline's ways and the tolerance."""
+    found = report.get("variants")
+    if not found:
+        return []
+    lines = [
+        f"Other ways to run {report['summary']['models'][0]} (medians over {found['rounds']} "
+        f"round(s); results against the reference, tolerance {found['tolerance']:g} on any "
+        "probability):",
+        "",
+        "| way | frames/s | vs reference | CPU per frame (ms) | load (s) | max prob. difference "
+        "| top-1 agreement | faster in every round, within tolerance |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for v in found["variants"]:
+        lines.append(
+            f"| {v['variant']} | {v['fps_median']:.1f} | {v['fps_vs_reference']:.2f} | "
+            f"{v['cpu_ms_per_frame_median']:.1f} | {v['load_s_median']:.2f} | "
+            f"{v['max_abs_diff']:.1e} | {v['top1_agreement']:.0%} | "
+            f"{'yes' if v['worth_an_option'] else 'no'} |"
+        )
     return [*lines, ""]
 
 
@@ -194,6 +223,7 @@ def markdown(report: dict[str, Any]) -> str:
         header(report),
         throughput(report),
         naive(report),
+        variants(report),
         live(report),
         cpu_breakdown(report),
         targets(report),

@@ -1,0 +1,1 @@
+"""The fault campaign behind `make chaos` (not part of `make test`)."""
