@@ -91,6 +91,8 @@ def _outbox(h: Mapping[str, Any], limits: HealthLimits) -> dict[str, Any]:
         why,
         pending=pending,
         unconfirmed=mqtt.get("unconfirmed"),
+        confirm=mqtt.get("confirm"),
+        expired=mqtt.get("expired", 0),
         inflight=mqtt.get("inflight", 0),
         dropped_full=dropped,
         capacity=capacity,

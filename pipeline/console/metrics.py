@@ -142,6 +142,16 @@ class HealthCollector(Collector):
             _num(h, "mqtt", "unconfirmed"),
         )
         yield CounterMetricFamily(
+            f"{NS}_outbox_confirmed",
+            "Results a logger confirmed stored (taken out of the outbox).",
+            _num(h, "mqtt", "confirmed"),
+        )
+        yield CounterMetricFamily(
+            f"{NS}_outbox_expired",
+            "Acknowledged results no logger confirmed within outbox.retention_s.",
+            _num(h, "mqtt", "expired"),
+        )
+        yield CounterMetricFamily(
             f"{NS}_outbox_dropped_full",
             "Results a full outbox dropped (live drop_oldest policy).",
             _num(h, "mqtt", "dropped_full"),
