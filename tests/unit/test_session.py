@@ -170,19 +170,20 @@ def test_schema_rejects_patient_fields_and_bad_reason() -> None:
 
 
 def test_version_1_state_and_session_payloads_stay_valid() -> None:
-    """Loggers accept every version still in the field: a v1 payload (`verdict`) is valid, a v2
-    one must use `rolling_verdict`, and the two names never mix."""
+    """Loggers accept every version still in the field: a v1 payload (`verdict`) is valid, the
+    current one (state 2, session 3) must use `rolling_verdict`, and the two names never mix."""
     s = make_session(VerdictPolicy(LABELS, window_frames=2, threshold=0.5, positive_label="sick"))
     s.add(frame(0), pred(0.9), None, 1.0)
     s.end("eos")
-    for payload, kind in ((s.state_payload(), "state"), (s.summary_payload(), "session")):
-        old = {
-            k: v for k, v in payload.items() if k not in ("counts_are", "synthetic_model", "exams")
-        }
+    current = ((s.state_payload(), "state"), (s.summary_payload(), "session"))
+    assert [p["schema"] for p, _ in current] == [2, 3]
+    for payload, kind in current:
+        dropped = ("counts_are", "synthetic_model", "exams", "dropped_seq")
+        old = {k: v for k, v in payload.items() if k not in dropped}
         old["schema"], old["verdict"] = 1, old.pop("rolling_verdict")
         old["verdict"].pop("scope")
         if kind == "session":
             old["score"].pop("is")
         assert schema_errors(old, kind) == []
-        assert schema_errors({**old, "schema": 2}, kind) != []
+        assert schema_errors({**old, "schema": payload["schema"]}, kind) != []
         assert schema_errors({**payload, "verdict": payload["rolling_verdict"]}, kind) != []
