@@ -76,7 +76,9 @@ def test_quick_bench_writes_a_well_formed_report(
     cpu = rep["replay"]["dmr"]["cpu"]
     assert cpu is not None and cpu["frames"] >= 1, cpu
     groups = cpu["cpu_ms_per_frame"]
-    assert groups[MODEL] > 0 and groups["folder decode"] > 0 and groups["publish"] > 0
+    # a 20-frame replay has a short window: every named group is there, not each one busy in it
+    assert {"folder decode", "publish", "mqtt client", "classify"} <= groups.keys(), groups
+    assert groups[MODEL] > 0 and cpu["non_model_ms_per_frame"] > 0
     assert math.isclose(cpu["total_ms_per_frame"], sum(groups.values()), rel_tol=1e-3)
     assert report["parse"]["files"] == 12 and report["parse"]["read_matrix_ms_median"] > 0
     live = report["live"][0]

@@ -158,7 +158,7 @@ def test_a_synthetic_model_never_silently_serves_a_live_camera(
     assert "SYNTHETIC MODEL" in allowed.stdout
     assert all(r["synthetic_model"] is True for r in watcher.bodies("result"))
     session = watcher.bodies("session")[0]
-    assert session["synthetic_model"] is True and session["schema"] == 2
+    assert session["synthetic_model"] is True and session["schema"] == 3
 
 
 # --- a crash mid-exam --------------------------------------------------------------------------

@@ -82,14 +82,16 @@ def runner_config(
 
 
 def probe_record(path: Path) -> dict[str, Any]:
-    """What the probe wrote at the child's exit: its pid and its CPU samples."""
+    """What the probe wrote: its pid (first line) and its CPU samples (a line each)."""
     try:
-        record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(record["pid"], int) or not isinstance(record["samples"], list):
-            raise ValueError("pid and samples expected")
-    except (OSError, ValueError, KeyError) as exc:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        pid = int(json.loads(lines[0])["pid"])
+        if lines[-1:] and not lines[-1].endswith("}"):
+            lines.pop()  # a line cut short by the end of the process
+        samples = [json.loads(line) for line in lines[1:] if line.strip()]
+    except (OSError, ValueError, KeyError, IndexError) as exc:
         raise BenchError(f"{path}: the probed run left no CPU samples ({exc})") from None
-    return record
+    return {"pid": pid, "samples": samples}
 
 
 def measure_replay(
