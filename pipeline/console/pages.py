@@ -92,8 +92,8 @@ def exams_page(exams_dir: Path) -> str:
         "<title>thermoscreen: past exams</title>"
         "<link rel='stylesheet' href='/static/console.css'></head><body class='page'>"
         "<header><h1>Past exams</h1><nav><a href='/'>&larr; live page</a></nav></header>"
-        f"<main><p>Click an exam to open its report, the same one `thermoscreen report --exam "
-        f"ID` writes.</p>{body}</main>"
+        "<main><p>Click an exam to open its report, the same page <code>thermoscreen report "
+        f"--exam ID</code> writes.</p>{body}</main>"
         f"<footer class='disclaimer'><b>Adjunct only.</b> {_e(DISCLAIMER)}</footer>"
         "</body></html>\n"
     )
