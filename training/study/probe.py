@@ -108,6 +108,18 @@ def stratified_folds(
     ]
 
 
+def label_safe_folds(
+    y: I64, strata: I64, k: int, seed: int, groups: Sequence[str] | None = None
+) -> list[IDX]:
+    """`stratified_folds` over `strata`, unless a training part would then lack a label (tiny
+    cohorts): then over the labels alone, which keeps both labels in every training part."""
+    folds = stratified_folds(strata, k, seed, groups)
+    everyone = np.arange(len(y))
+    if all(len(np.unique(y[np.setdiff1d(everyone, f)])) == 2 for f in folds):
+        return folds
+    return stratified_folds(y, k, seed, groups)
+
+
 def design(feats: dict[str, F32], name: str, idx: IDX, y: I64) -> tuple[F32, I64]:
     """Training matrix of a feature set: `last` adds the mirrored pictures as extra samples (as the
     session-1 probe did); the mirror-symmetric sets need no copies (a copy would be identical)."""
@@ -198,7 +210,7 @@ def nested_fit(
     k = int(min(INNER_FOLDS, np.bincount(y, minlength=2).min()))
     if k < 2:
         return _too_few(feats, y, sets, lambdas)
-    folds = stratified_folds(2 * y + old.astype(np.int64), k, seed)
+    folds = label_safe_folds(y, 2 * y + old.astype(np.int64), k, seed)
     best: tuple[float, str, float, F64] | None = None
     table: dict[str, dict[str, float]] = {}
     for name in sets:
