@@ -58,18 +58,20 @@ $(DEMO_MODEL)/model.json: | setup
 demo: model
 	$(BIN)/python -m pipeline.devtools.demo --model $(DEMO_MODEL) --workdir $(DEMO_DIR)
 
-# the shipped model first, then the demo ResNet18; every source kind, live 10 min at 30 and 120 fps
 # The fault campaign (not part of `make test`): broker, logger and pipeline SIGKILLs, a removed
 # logger database, poison payloads, a client-id takeover, against real processes on loopback;
 # prints sent / stored / doubled / duplicates / gaps per case (a few minutes).
 chaos: setup
 	$(BIN)/python -m tests.chaos --repeat 3 --out results/chaos.md
 
+# the shipped model first, then the demo ResNet18; every source kind, live 10 min at 30 and 120
+# fps, other ways to run the shipped model (about 30 min on 2 idle cores; docs/benchmark.md)
 bench: model
 	@test -f $(SHIPPED_MODEL)/model.json || { echo "make bench: $(SHIPPED_MODEL) is missing;" \
 		"build the shipped model first (make evaluate)"; exit 2; }
 	$(BIN)/thermoscreen bench --model $(SHIPPED_MODEL) --model $(DEMO_MODEL) \
-		--torch-checkpoint $(DEMO_DIR)/run/best.pt --data ../shared/data/dmr-ir-frontal --out results
+		--torch-checkpoint $(DEMO_DIR)/run/best.pt --data ../shared/data/dmr-ir-frontal \
+		--frames 300 --repeats 3 --live-seconds 600 --live-fps 30 120 --variants --out results
 
 # the frozen-Lite0 study: nested CV over 5 split seeds, checks, export, hold-out (605 s measured
 # on one thread)

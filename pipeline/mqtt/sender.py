@@ -135,6 +135,8 @@ class Sender:
         )
         self.retention_s = retention_s
         self.tracker = ConfirmTracker(confirm_timeout_s)
+        if confirm == "broker" and outbox.release_acked():
+            log.info("outbox.confirm broker: results the broker acknowledged count as delivered")
         self.tracker.earlier_run(outbox.unconfirmed())
         self.counts = collections.Counter[str]()
         self.connected = False  # set by the callbacks

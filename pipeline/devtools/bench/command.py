@@ -8,6 +8,7 @@ kind), so machine noise hits them alike; live runs follow the repeats. Writes `b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -34,6 +35,7 @@ from pipeline.devtools.bench.sources import (
     prepare,
 )
 from pipeline.devtools.bench.summary import summarize
+from pipeline.devtools.bench.variants import measure_variants
 from pipeline.devtools.broker import BrokerError, LocalBroker
 from pipeline.devtools.compute import sgemm_gflops_per_core
 from pipeline.manifest import ModelDir, ModelError, load_model_dir
@@ -58,6 +60,8 @@ class Settings:
     sources: tuple[str, ...]
     data: Path
     data_files: int | None
+    variants: bool = False  # other ways to run the first model (`variants`)
+    openvino_python: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,18 @@ def measure_live_runs(rig: Rig, plan: Plan) -> list[dict[str, Any]]:
     return runs
 
 
+def measure_other_ways(plan: Plan, tmp: Path, int8_dir: Path | None) -> dict[str, Any] | None:
+    """The first model run other ways (`--variants`), after the repeats, before live."""
+    s = plan.settings
+    if not s.variants:
+        return None
+    first = plan.models[0]
+    log.info("other ways to run %s", first.key)
+    return measure_variants(
+        first.model.root, first.tensors, s.frames, s.repeats, tmp, int8_dir, s.openvino_python
+    )
+
+
 def plan_models(
     loaded: list[tuple[str, str, ModelDir]], recordings: dict[str, Recording]
 ) -> list[BenchModel]:
@@ -178,6 +194,7 @@ def run_bench(
                 for r in range(settings.repeats):
                     log.info("repeat %d/%d", r + 1, settings.repeats)
                     repeats.append(measure_repeat(rig, plan, r))
+                variants = measure_other_ways(plan, tmp, int8_dir)
                 live = measure_live_runs(rig, plan)
             finally:
                 collector.close()
@@ -194,6 +211,7 @@ def run_bench(
         "settings": settings_dict(settings, recordings),
         "parse": parse,
         "repeats": repeats,
+        "variants": variants,
         "live": live,
     }
     report["summary"] = summarize(report)
@@ -217,6 +235,12 @@ def settings_dict(settings: Settings, recordings: dict[str, Recording]) -> dict[
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_input_arguments(parser)
+    add_run_arguments(parser)
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """What is measured: models, recordings, data."""
     parser.add_argument(
         "--model",
         type=Path,
@@ -249,6 +273,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data-files", type=int, default=None, help="only the first N matrices of --data"
     )
     parser.add_argument("--out", type=Path, default=Path("results"), help="bench.json/.md here")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """How long and how often: frames, repeats, live runs, the optional measurements."""
     parser.add_argument("--frames", type=int, default=300, help="frames per replay and bare run")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of bare and replays")
     parser.add_argument(
@@ -271,6 +299,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-naive", action="store_true", help="skip the naive loop (no torch)")
     parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="also run the first model other ways (threads, spinning, INT8, OpenVINO) and "
+        "check their results against the model card's tolerance",
+    )
+    parser.add_argument(
+        "--openvino-python",
+        default=None,
+        help="a Python with onnxruntime-openvino installed, for the OpenVINO variant",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="smoke run: 20 frames, 1 repeat, 12 matrices, 4 s live at 30 fps",
@@ -289,9 +328,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
         sources=tuple(dict.fromkeys(args.sources)),
         data=args.data,
         data_files=args.data_files,
+        variants=args.variants,
+        openvino_python=args.openvino_python,
     )
     if args.quick:
-        return Settings(20, 1, 4.0, (30,), 1, s.threads, s.naive, s.sources, s.data, 12)
+        return dataclasses.replace(
+            s, frames=20, repeats=1, live_seconds=4.0, live_fps=(30,), live_models=1, data_files=12
+        )
     return s
 
 

@@ -160,6 +160,30 @@ def cpu_breakdown(report: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def variants(report: dict[str, Any]) -> list[str]:
+    """The first model run other ways, against the pipeline's ways and the tolerance."""
+    found = report.get("variants")
+    if not found:
+        return []
+    lines = [
+        f"Other ways to run {report['summary']['models'][0]} (medians over {found['rounds']} "
+        f"round(s); results against the reference, tolerance {found['tolerance']:g} on any "
+        "probability):",
+        "",
+        "| way | frames/s | vs reference | CPU per frame (ms) | load (s) | max prob. difference "
+        "| top-1 agreement | faster in every round, within tolerance |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for v in found["variants"]:
+        lines.append(
+            f"| {v['variant']} | {v['fps_median']:.1f} | {v['fps_vs_reference']:.2f} | "
+            f"{v['cpu_ms_per_frame_median']:.1f} | {v['load_s_median']:.2f} | "
+            f"{v['max_abs_diff']:.1e} | {v['top1_agreement']:.0%} | "
+            f"{'yes' if v['worth_an_option'] else 'no'} |"
+        )
+    return [*lines, ""]
+
+
 def targets(report: dict[str, Any]) -> list[str]:
     lines = ["| target | value | goal | met |", "|---|---|---|---|"]
     for t in report["summary"]["targets"]:
@@ -183,6 +207,7 @@ def markdown(report: dict[str, Any]) -> str:
         header(report),
         throughput(report),
         naive(report),
+        variants(report),
         live(report),
         cpu_breakdown(report),
         targets(report),
