@@ -14,7 +14,8 @@ DEMO_MODEL := models/demo
 SHIPPED_MODEL := models/dmr-lite0-probe
 DEMO_DIR := var/demo
 
-.PHONY: setup apt test test-fast lint format demo model bench evaluate evaluate-cnn chaos clean
+.PHONY: setup apt test test-fast lint format demo model bench evaluate evaluate-cnn chaos clean \
+	exam-screenshot
 
 setup: $(STAMP)
 
@@ -57,6 +58,12 @@ $(DEMO_MODEL)/model.json: | setup
 
 demo: model
 	$(BIN)/python -m pipeline.devtools.demo --model $(DEMO_MODEL) --workdir $(DEMO_DIR)
+
+# the README's picture of an exam report: a demo exam on the synthetic test:// patient, rendered by
+# headless chromium (docs/img/exam-report.png)
+exam-screenshot: model
+	$(BIN)/python -m pipeline.devtools.exam_screenshot --model $(DEMO_MODEL) \
+		--out docs/img/exam-report.png
 
 # The fault campaign (not part of `make test`): broker, logger and pipeline SIGKILLs, a removed
 # logger database, poison payloads, a client-id takeover, against real processes on loopback;

@@ -209,6 +209,12 @@ class ModelConfig(_Strict):
         description="Use the model manifest's preprocessing when it differs from `preprocess` "
         "instead of refusing to start.",
     )
+    allow_synthetic: bool = Field(
+        default=False,
+        description="Let a model whose manifest says `synthetic: true` (a pipeline demo, not a "
+        "medical model) serve a live camera; everything it produces still says SYNTHETIC MODEL. "
+        "Replays never need it.",
+    )
 
 
 class SessionConfig(_Strict):

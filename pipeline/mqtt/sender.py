@@ -32,6 +32,7 @@ from paho.mqtt.properties import Properties
 from pipeline.config import MqttConfig
 from pipeline.mqtt.client import Client, new_properties
 from pipeline.mqtt.delivery import ConfirmTracker, format_ranges, parse_stored, to_ranges
+from pipeline.mqtt.inbound import Retained, RetainedStates, Subscriptions, answer_properties
 from pipeline.mqtt.outbox import MEMORY, Outbox, OutboxError, OutboxRow
 
 log = logging.getLogger("pipeline.mqtt.publisher")
@@ -84,10 +85,7 @@ class StoredMessage:
     payload: bytes
 
 
-@dataclass(frozen=True)
-class State:
-    camera_id: str
-    payload: bytes
+State = Retained  # a retained state (`state`, or `exam` with a command's correlation)
 
 
 @dataclass(frozen=True)
@@ -154,7 +152,8 @@ class Sender:
         self._inflight_rows: set[int] = set()
         self._sent_unmarked: list[int] = []
         self._status_mids: set[int] = set()
-        self._state_pending: dict[str, bytes] = {}
+        self._retained = RetainedStates()  # state and exam messages waiting to be sent
+        self.subscriptions: Subscriptions | None = None  # more topics, renewed on connect
         self._props: dict[int | None, Properties] = {}
         self._logged_error: str | None = None
         self._next_resend = 0.0
@@ -290,6 +289,8 @@ class Sender:
         log.info("connected to MQTT broker %s:%d", self.cfg.host, self.cfg.port)
         if self.mode != "broker":  # subscribe before publishing: confirmations of this
             self.client.subscribe(self.topics.stored_filter, qos=1)  # connection's sends
+        if self.subscriptions is not None:
+            self.subscriptions.renew(self.client)  # a clean start forgets them
         info = self.client.publish(self.topics.status, "online", qos=1, retain=True)
         self._status_mids.add(info.mid)
 
@@ -312,17 +313,18 @@ class Sender:
             except queue.Empty:
                 return
             if isinstance(command, State):
-                self._state_pending[command.camera_id] = command.payload
+                self._retained.offer(command)
             elif self._online:
                 self.client.publish(self.topics.stats, command.payload, qos=0, retain=False)
             else:
                 self.counts["stats_dropped"] += 1
 
     def _send_states(self) -> None:
-        for camera_id, data in self._state_pending.items():
-            topic = f"{self.topics.prefix}{camera_id}/state"
-            self.client.publish(topic, data, qos=1, retain=True, properties=self._properties(None))
-        self._state_pending.clear()
+        for item in self._retained.take():
+            c = item.correlation  # an answer to a command carries the command's correlation
+            props = self._properties(None) if c is None else answer_properties(c)
+            topic = f"{self.topics.prefix}{item.camera_id}/{item.kind}"
+            self.client.publish(topic, item.payload, qos=1, retain=True, properties=props)
 
     def _send_rows(self) -> None:
         room = INFLIGHT_WINDOW - len(self._inflight)
@@ -405,7 +407,7 @@ class Sender:
     # -- the end ---------------------------------------------------------------------------
 
     def done(self) -> bool:
-        return self.outbox.pending == 0 and self.feed.empty() and not self._state_pending
+        return self.outbox.pending == 0 and self.feed.empty() and not self._retained
 
     def flush(self, timeout_s: float) -> None:
         """Until the deadline: keep sending, acking and confirming, then say `stopped`."""

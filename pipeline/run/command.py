@@ -25,8 +25,10 @@ from typing import Any
 
 from pipeline import DISCLAIMER
 from pipeline.config import AppConfig, ConfigError, load_config
+from pipeline.exam.commands import VIEWS
 from pipeline.mqtt.client import add_broker_arguments, broker_overrides
 from pipeline.mqtt.delivery import format_ranges
+from pipeline.run.exam import ExamPlan
 from pipeline.run.malloc import tune_malloc
 from pipeline.run.stats import EXIT_BAD_INPUT, RunSummary
 from pipeline.run.wiring import RunError, run
@@ -89,12 +91,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="use the model's preprocessing when the config's differs",
     )
+    _add_exam_arguments(parser)
     parser.add_argument("--max-frames", type=int, help="stop after N captured frames")
     _add_outbox_arguments(parser)
     parser.add_argument(
         "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level"
     )
     parser.epilog = EPILOG
+
+
+def _add_exam_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--exam",
+        metavar="ID",
+        help="start exam ID (an accession code, never a name) at once, capturing --view; the "
+        "record says acclimatization was not observed. A DMR-IR folder replay makes one exam "
+        "per patient, ID-T<patient>",
+    )
+    parser.add_argument(
+        "--view", choices=VIEWS, help="the view of --exam (default frontal; alone: a new id)"
+    )
+    parser.add_argument(
+        "--exams-dir", type=Path, help="folder of exam records (config exam.exams_dir)"
+    )
+    parser.add_argument(
+        "--allow-synthetic-model",
+        action="store_true",
+        default=None,
+        help="let a synthetic demo model serve a live camera (it still says SYNTHETIC MODEL "
+        "everywhere); refused otherwise",
+    )
 
 
 def _add_outbox_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,6 +149,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "capture.realtime": args.realtime,
         "capture.fps": args.fps,
         "model.follow_manifest": args.follow_manifest,
+        "model.allow_synthetic": args.allow_synthetic_model,
+        "exam.exams_dir": args.exams_dir,
         "outbox.path": args.outbox,
         "outbox.confirm": args.confirm,
         "flush_timeout_s": args.flush_timeout,
@@ -130,6 +158,13 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     }
     flat.update(broker_overrides(args))
     return {k: v for k, v in flat.items() if v is not None}
+
+
+def exam_plan(args: argparse.Namespace) -> ExamPlan | None:
+    """`--exam ID` and/or `--view V`: the exam the run starts by itself."""
+    if args.exam is None and args.view is None:
+        return None
+    return ExamPlan(exam_id=args.exam, view=args.view or "frontal")
 
 
 def check_max_frames(value: int | None) -> None:
@@ -162,6 +197,13 @@ def print_summary(summary: RunSummary, cfg: AppConfig) -> None:
     )
     for line in delivery_lines(summary, cfg):
         print(line, file=sys.stderr if line.startswith(_ATTENTION) else sys.stdout)
+    if summary.exams is not None and (summary.exams["closed"] or summary.exams["aborted"]):
+        print(
+            f"exams: {summary.exams['closed']} closed, {summary.exams['aborted']} aborted; "
+            f"records and reports in {cfg.exam.exams_dir}"
+        )
+    if summary.synthetic_model:
+        print("SYNTHETIC MODEL: trained on generated thermograms; a demo, not a medical model")
     print(f"Note: {DISCLAIMER}")
 
 
@@ -227,7 +269,7 @@ def main(args: argparse.Namespace) -> int:
     stop = threading.Event()
     try:
         with stop_on_signals(stop):
-            summary = run(cfg, stop=stop, max_frames=args.max_frames)
+            summary = run(cfg, stop=stop, max_frames=args.max_frames, exam_plan=exam_plan(args))
     except RunError as exc:
         print(f"thermoscreen run: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -117,6 +117,8 @@ class RunSummary:
     error_kind: str = ""  # "source" (bad input: exit 2) or "stage" (exit 1)
     broker_error: str | None = None  # the publisher's last connection error
     delivery: Delivery = field(default_factory=lambda: Delivery())
+    exams: dict[str, int] | None = None  # the exam tracker's counters; None: exams off
+    synthetic_model: bool = False  # the model is a synthetic demo
 
     @property
     def exit_code(self) -> int:

@@ -149,7 +149,7 @@ def test_end_of_stream_ends_a_replay_with_everything_published() -> None:
     assert frame_indices(sink) == list(range(7))
     [session] = sink.sessions
     assert session["end_reason"] == "eos" and session["frames"] == 7
-    assert session["verdict"]["label"] == "sick"
+    assert session["rolling_verdict"]["label"] == "sick"
     assert sink.stats_messages[-1]["frames"] == {"captured": 7, "results": 7}
     assert recorder.ends == ["eos"]
 
