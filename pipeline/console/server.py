@@ -166,6 +166,12 @@ def open_console(
     plan = plan_console(cfg.console, env)
     if plan is None:
         return None
+    if not plan.address.loopback and not plan.tls:
+        log.warning(
+            "console %s is reachable from the network over plain HTTP: its password crosses "
+            "the network in clear text; set console.tls_cert_file and console.tls_key_file",
+            cfg.console.listen,
+        )
     capacity = cfg.outbox.max_messages if cfg.outbox.enabled else None
     camera = CameraInfo(cfg.device_id, cfg.camera_id)
     return Console(plan, cfg.console, window, camera, cfg.exam.exams_dir, capacity).start()
