@@ -21,12 +21,11 @@ import logging
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import DISCLAIMER
 from pipeline.config import AppConfig, ConfigError, load_config
 from pipeline.console.config import ConsoleError
-from pipeline.console.server import Console, open_console
 from pipeline.exam.commands import VIEWS
 from pipeline.mqtt.client import add_broker_arguments, broker_overrides
 from pipeline.mqtt.delivery import format_ranges
@@ -36,6 +35,9 @@ from pipeline.run.malloc import tune_malloc
 from pipeline.run.stats import EXIT_BAD_INPUT, RunSummary
 from pipeline.run.wiring import RunError, run
 from pipeline.signals import stop_on_signals
+
+if TYPE_CHECKING:
+    from pipeline.console.server import Console
 
 DEFAULT_CONFIG = Path("config/default.yaml")
 EPILOG = (
@@ -281,7 +283,7 @@ def main(args: argparse.Namespace) -> int:
     stop = threading.Event()
     live = LiveView() if cfg.console.listen else None
     try:
-        console = None if live is None else open_console(cfg, live)
+        console = None if live is None else start_console(cfg, live)
     except ConsoleError as exc:
         print(f"thermoscreen run: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -304,6 +306,14 @@ def main(args: argparse.Namespace) -> int:
         if console is not None:
             console.stop()
     return finish(summary, cfg)
+
+
+def start_console(cfg: AppConfig, live: LiveView) -> Console | None:
+    """The operator console, loaded only when asked for: its web server (aiohttp, Prometheus)
+    is a large part of the start-up of a run that has no console."""
+    from pipeline.console.server import open_console  # optional: aiohttp
+
+    return open_console(cfg, live)
 
 
 def announce(console: Console) -> None:

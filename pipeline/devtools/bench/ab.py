@@ -72,19 +72,34 @@ def tree_env(tree: Path) -> dict[str, str]:
     return env
 
 
+# thread groups whose CPU per frame is compared one by one (pipeline.devtools.bench.cpu)
+GROUP_FIGURES = {
+    "classify": "classify_ms",
+    "folder decode": "decode_ms",
+    "gstreamer": "gstreamer_ms",
+    "publish": "publish_ms",
+    "mqtt client": "mqtt_client_ms",
+    "paho network": "paho_ms",
+}
+
+
 def figures(run: dict[str, Any]) -> dict[str, float | None]:
-    """The figures compared: rate, latency (live) and CPU per frame."""
+    """The figures compared: rate, latency (live), start-up, CPU per frame (in all and for the
+    thread groups where the pipeline's own work runs)."""
     cpu = run.get("cpu") or {}
     lat = run.get("latency_ms") or {}
+    groups = cpu.get("cpu_ms_per_frame") or {}
     return {
         "fps": run.get("fps", run.get("result_fps")),
         "p50_ms": lat.get("p50"),
         "p99_ms": lat.get("p99"),
         "non_model_ms": cpu.get("non_model_ms_per_frame"),
         "total_ms": cpu.get("total_ms_per_frame"),
+        **{key: groups.get(group) for group, key in GROUP_FIGURES.items()},
         "faults": cpu.get("page_faults_per_frame"),
         "system_share": cpu.get("system_cpu_share"),
         "rss_mb": run.get("max_rss_mb"),
+        "first_result_s": run.get("first_result_s"),
     }
 
 
