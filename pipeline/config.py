@@ -238,8 +238,12 @@ class SessionConfig(_Strict):
         description="Take the operating threshold from model.json when `threshold` is null; "
         "false means argmax semantics.",
     )
-    state_every_frames: int = Field(
-        default=1, ge=1, description="Publish the retained state every N results (1 = every frame)."
+    state_interval_s: float = Field(
+        default=0.5,
+        ge=0,
+        description="The retained `state` message goes out when the rolling verdict's label "
+        "changes, else at most this often while results arrive (0 = after every result); the "
+        "final state always goes out when the session ends.",
     )
 
 

@@ -123,7 +123,7 @@ def stage_options(
         publish=PublishOptions(
             device_id=cfg.device_id,
             camera_id=cfg.camera_id,
-            state_every_frames=cfg.session.state_every_frames,
+            state_interval_s=cfg.session.state_interval_s,
             stats_interval_s=cfg.mqtt.stats_interval_s,
         ),
     )

@@ -7,7 +7,7 @@ alternating within every round, so that a shared machine's changing load hits bo
 
 DIR is a checkout of the repository (`git worktree add --detach /tmp/base COMMIT`); the
 candidate defaults to this tree. `--baseline-set` / `--candidate-set KEY.PATH=VALUE` compare
-settings instead (or as well), e.g. `--candidate-set session.state_every_frames=10`. Each run
+settings instead (or as well), e.g. `--candidate-set session.state_interval_s=0`. Each run
 is `thermoscreen run` through the bench's probe, so both report frames per second and CPU per
 frame (all threads, and without the model's own).
 Only the ratios mean something on a loaded machine: the report gives, per source, the median of

@@ -51,7 +51,7 @@ def runner_config(
     overrides: dict[str, Any] | None = None,
 ) -> Path:
     """The YAML the child `thermoscreen run` reads: our broker, a private outbox, this model,
-    and `overrides` (dotted keys, e.g. {"session.state_every_frames": 10}). Written as
+    and `overrides` (dotted keys, e.g. {"session.state_interval_s": 0}). Written as
     `<workdir>/<device>.yaml`, with the outbox beside it."""
     rig.workdir.mkdir(parents=True, exist_ok=True)
     path, outbox = rig.workdir / f"{device}.yaml", rig.workdir / f"{device}.sqlite"
