@@ -132,9 +132,11 @@ class BilateralProbe(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.fs.mirror:
             maps = tap_maps(self.backbone, x)
-            return self.head(pooled(self.fs, maps, maps))
+            single: torch.Tensor = self.head(pooled(self.fs, maps, maps))
+            return single
         n = x.shape[0]
         both = tap_maps(self.backbone, torch.cat([x, torch.flip(x, dims=[3])], dim=0))
         mine = {k: v[:n] for k, v in both.items()}
         mirrored = {k: v[n:] for k, v in both.items()}
-        return self.head(pooled(self.fs, mine, mirrored))
+        logits: torch.Tensor = self.head(pooled(self.fs, mine, mirrored))
+        return logits

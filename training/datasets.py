@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import random
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,3 +218,24 @@ def summary(items: list[ThermoItem]) -> dict[str, Any]:
             for label in sorted(patients)
         },
     }
+
+
+def limit_images(items: list[ThermoItem], max_images: int, seed: int) -> list[ThermoItem]:
+    """Whole patients, alternating classes in seeded order, until `max_images` images."""
+    by_label: dict[str, dict[str, list[ThermoItem]]] = {}
+    for it in items:
+        by_label.setdefault(it.label, {}).setdefault(str(it.patient_id), []).append(it)
+    rng = random.Random(seed)
+    queues = []
+    for label in sorted(by_label):
+        pids = sorted(by_label[label])
+        rng.shuffle(pids)
+        queues.append([by_label[label][p] for p in pids])
+    chosen: list[ThermoItem] = []
+    while any(queues) and len(chosen) < max_images:
+        for q in queues:
+            if q and len(chosen) + len(q[0]) <= max_images:
+                chosen.extend(q.pop(0))
+            elif q:
+                q.pop(0)
+    return chosen

@@ -66,12 +66,14 @@ def decide(
 ) -> npt.NDArray[np.intp]:
     """Predicted class per row, as serving decides: argmax (ties to the lowest index, like
     imageNet), or with a threshold p(positive) >= threshold, else the best other class."""
-    preds = np.argmax(probs, axis=1)
+    preds = np.asarray(np.argmax(probs, axis=1), dtype=np.intp)
     if threshold is None:
         return preds
     others = probs.copy()
     others[:, pos] = -np.inf
-    return np.where(probs[:, pos] >= threshold, pos, np.argmax(others, axis=1))
+    return np.asarray(
+        np.where(probs[:, pos] >= threshold, pos, np.argmax(others, axis=1)), dtype=np.intp
+    )
 
 
 def label_targets(item_labels: Sequence[str], model_labels: Sequence[str], where: str) -> list[int]:

@@ -111,11 +111,15 @@ class MBConv(nn.Module):
             y = self.act(self._bn0(self._expand_conv(y)))
         y = self.act(self._bn1(self._depthwise_conv(y)))
         y = self._bn2(self._project_conv(y))
-        return y + x if self.residual else y
+        out: torch.Tensor = y + x if self.residual else y
+        return out
 
 
 class InputAdapter(nn.Module):
     """ImageNet mean/std normalised input -> the TF models' (x * 255 - 127) / 128 input."""
+
+    a: torch.Tensor
+    b: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -157,7 +161,8 @@ class EfficientNetLite0(nn.Module):
         return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._fc(self._dropout(self.features(x)))
+        logits: torch.Tensor = self._fc(self._dropout(self.features(x)))
+        return logits
 
 
 def packaged_weights() -> Path:

@@ -61,13 +61,19 @@ def _replace_head(model: nn.Module, arch: str, num_classes: int) -> None:
 
 def _imagenet_model(arch: str) -> nn.Module:
     try:
-        return torchvision.models.get_model(arch, weights="DEFAULT")
+        model: nn.Module = torchvision.models.get_model(arch, weights="DEFAULT")
+        return model
     except (OSError, RuntimeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelBuildError(
             f"cannot download ImageNet weights for {arch} (offline? {reason}); "
             "use --weights none or --weights PATH to a local .pth file"
         ) from exc
+
+
+def _plain_model(arch: str) -> nn.Module:
+    model: nn.Module = torchvision.models.get_model(arch, weights=None)
+    return model
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -146,7 +152,7 @@ def build_model(arch: str, num_classes: int, weights: str = "none") -> nn.Module
         model = _imagenet_model(arch)
         _replace_head(model, arch, num_classes)
         return model
-    model = torchvision.models.get_model(arch, weights=None)
+    model = _plain_model(arch)
     _replace_head(model, arch, num_classes)
     if weights == "none":
         return model

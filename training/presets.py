@@ -22,7 +22,7 @@ class EvalPreset:
     """What serving does: the whole frame stretched (nearest) to 224x224, ImageNet mean/std."""
 
     def __call__(self, gray: U8) -> F32:
-        return model_input(gray)[0]
+        return np.asarray(model_input(gray)[0], dtype=np.float32)
 
     def describe(self) -> dict[str, object]:
         return {"final": "pipeline.preprocess.model_input"}
@@ -72,10 +72,10 @@ class TrainPreset:
         bias = 255.0 * rng.uniform(-self.brightness, self.brightness)
         mean = float(warped.mean())
         jittered = (warped.astype(np.float32) - mean) * gain + mean + bias
-        return np.clip(np.rint(jittered), 0, 255).astype(np.uint8)
+        return np.asarray(np.clip(np.rint(jittered), 0, 255), dtype=np.uint8)
 
     def __call__(self, gray: U8, rng: np.random.Generator) -> F32:
-        return model_input(self.augment(gray, rng))[0]
+        return np.asarray(model_input(self.augment(gray, rng))[0], dtype=np.float32)
 
     def describe(self) -> dict[str, object]:
         return {

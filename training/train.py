@@ -37,6 +37,7 @@ from pipeline import DISCLAIMER, __version__
 from pipeline.data.dmr import DataError
 from pipeline.preprocess import PreprocessConfig, render
 from training import datasets, metrics, splits
+from training.datasets import limit_images
 from training.models import DEFAULT_ARCH, HEADS, ModelBuildError, build_model, check_arch
 from training.presets import EvalPreset, TrainPreset
 
@@ -128,27 +129,6 @@ def check_classes(items: Sequence[Any], labels: Sequence[str], part: str, data: 
             f"{data}: class {empty[0]!r} has no images in the {part} ({counts}); "
             "add images of that class or use a larger --test-fraction/--max-images"
         )
-
-
-def limit_images(items: list[Any], max_images: int, seed: int) -> list[Any]:
-    """Whole patients, alternating classes in seeded order, until `max_images` images."""
-    by_label: dict[str, dict[str, list[Any]]] = {}
-    for it in items:
-        by_label.setdefault(it.label, {}).setdefault(str(it.patient_id), []).append(it)
-    rng = random.Random(seed)
-    queues = []
-    for label in sorted(by_label):
-        pids = sorted(by_label[label])
-        rng.shuffle(pids)
-        queues.append([by_label[label][p] for p in pids])
-    chosen: list[Any] = []
-    while any(queues) and len(chosen) < max_images:
-        for q in queues:
-            if q and len(chosen) + len(q[0]) <= max_images:
-                chosen.extend(q.pop(0))
-            elif q:
-                q.pop(0)
-    return chosen
 
 
 def render_all(items: Sequence[Any], cfg: PreprocessConfig, what: str) -> list[U8]:

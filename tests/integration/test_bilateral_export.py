@@ -17,7 +17,7 @@ from pipeline.manifest import INPUT_NAME, ONNX_NAME, OUTPUT_NAME, load_model_dir
 from pipeline.preprocess import PreprocessConfig, equalize, render_celsius  # noqa: E402
 from training import bilateral, export  # noqa: E402
 from training.lite0 import FEATURES, load_imagenet  # noqa: E402
-from training.study import Probe  # noqa: E402
+from training.study.probe import Probe  # noqa: E402
 
 
 def _thermograms(n: int) -> list[np.ndarray]:

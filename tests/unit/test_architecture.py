@@ -36,9 +36,7 @@ BACKENDS = {
 
 # Being split right now by the engineer named; each entry goes when its split lands (the test
 # below fails on an entry that is no longer needed, so the list only shrinks).
-SPLITTING = {
-    "training.study": "study: training/study/ package, one module per step",
-}
+SPLITTING: dict[str, str] = {}
 # Over the limits today and not yet being split: listed so main stays green, each one a to-do.
 LONG_MODULES = {
     "training.train": "to split: data loading, the epoch loop, the command",

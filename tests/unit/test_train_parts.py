@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pipeline.preprocess import model_input
-from training import train
+from training import datasets, train
 from training.datasets import ThermoItem
 
 
@@ -49,13 +49,13 @@ def _items(spec: dict[str, tuple[str, int]]) -> list[ThermoItem]:
 
 def test_limit_images_takes_whole_patients_of_both_classes() -> None:
     items = _items({"1": ("healthy", 2), "2": ("healthy", 1), "3": ("sick", 2), "4": ("sick", 1)})
-    chosen = train.limit_images(items, 4, seed=0)
+    chosen = datasets.limit_images(items, 4, seed=0)
     assert len(chosen) <= 4
     per_patient = Counter(it.patient_id for it in chosen)
     full = Counter(it.patient_id for it in items)
     assert all(per_patient[p] == full[p] for p in per_patient)  # never half a patient
     assert {it.label for it in chosen} == {"healthy", "sick"}
-    assert train.limit_images(items, 4, seed=0) == chosen
+    assert datasets.limit_images(items, 4, seed=0) == chosen
 
 
 def test_check_classes_names_the_empty_class() -> None:

@@ -1,0 +1,5 @@
+"""`python -m training.study`."""
+
+from training.study.cli import main
+
+raise SystemExit(main())
