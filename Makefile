@@ -15,7 +15,7 @@ SHIPPED_MODEL := models/dmr-lite0-probe
 DEMO_DIR := var/demo
 
 .PHONY: setup apt test test-fast lint format demo model bench evaluate evaluate-cnn chaos clean \
-	exam-screenshot
+	exam-screenshot screenshots
 
 setup: $(STAMP)
 
@@ -64,6 +64,11 @@ demo: model
 exam-screenshot: model
 	$(BIN)/python -m pipeline.devtools.exam_screenshot --model $(DEMO_MODEL) \
 		--out docs/img/exam-report.png
+
+# the README's pictures: the exam report above, and the operator console during an exam on the
+# synthetic test:// patient, driven in headless chromium (docs/img/console.png)
+screenshots: model exam-screenshot
+	$(BIN)/python -m pipeline.devtools.screenshots --model $(DEMO_MODEL) --out docs/img
 
 # The fault campaign (not part of `make test`): broker, logger and pipeline SIGKILLs, a removed
 # logger database, poison payloads, a client-id takeover, against real processes on loopback;

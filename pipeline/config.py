@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pipeline.console.config import ENV_CONSOLE_PASSWORD, ConsoleConfig
 from pipeline.exam.config import ExamConfig
 from pipeline.preprocess import PreprocessConfig
 from pipeline.types import ID_PATTERN
@@ -293,6 +294,11 @@ class AppConfig(_Strict):
         default_factory=ExamConfig,
         description="The screening exam: records folder, acclimatization and quality gates.",
     )
+    console: ConsoleConfig = Field(
+        default_factory=ConsoleConfig,
+        description="The operator's web console (live view, exam controls, /healthz, "
+        "/metrics); off unless `listen` is set.",
+    )
     queues: QueueConfig = Field(default_factory=QueueConfig, description="Queue sizes.")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="Broker connection.")
     outbox: OutboxConfig = Field(
@@ -308,7 +314,7 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message is one line naming where and the fix."""
 
 
-ENV_RESERVED = frozenset({ENV_MQTT_USERNAME, ENV_MQTT_PASSWORD})
+ENV_RESERVED = frozenset({ENV_MQTT_USERNAME, ENV_MQTT_PASSWORD, ENV_CONSOLE_PASSWORD})
 _Tree = dict[str, Any]
 
 
@@ -411,7 +417,8 @@ def _check_known(tree: Mapping[str, Any], model: type[BaseModel], origin: str, p
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(fields)}"
             if "password" in str(key).lower():
-                hint = f"secrets are read only from ${ENV_MQTT_PASSWORD}, never from config"
+                env = ENV_CONSOLE_PASSWORD if prefix.startswith("console") else ENV_MQTT_PASSWORD
+                hint = f"secrets are read only from ${env}, never from config"
             raise ConfigError(f"{origin}: unknown field '{dotted}' ({hint})")
         sub = _submodel(fields[key].annotation)
         if sub is not None and isinstance(value, dict):

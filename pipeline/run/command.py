@@ -25,10 +25,13 @@ from typing import Any
 
 from pipeline import DISCLAIMER
 from pipeline.config import AppConfig, ConfigError, load_config
+from pipeline.console.config import ConsoleError
+from pipeline.console.server import Console, open_console
 from pipeline.exam.commands import VIEWS
 from pipeline.mqtt.client import add_broker_arguments, broker_overrides
 from pipeline.mqtt.delivery import format_ranges
 from pipeline.run.exam import ExamPlan
+from pipeline.run.live import LiveView
 from pipeline.run.malloc import tune_malloc
 from pipeline.run.stats import EXIT_BAD_INPUT, RunSummary
 from pipeline.run.wiring import RunError, run
@@ -101,6 +104,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_exam_arguments(parser: argparse.ArgumentParser) -> None:
+    """The screening exam's flags and the operator console's."""
+    parser.add_argument(
+        "--console",
+        metavar="HOST:PORT",
+        help="serve the operator console (live view, exam controls, /healthz, /metrics) on "
+        "HOST:PORT, e.g. 127.0.0.1:8080; any address but loopback needs "
+        "$THERMOSCREEN_CONSOLE_PASSWORD (config console.listen)",
+    )
     parser.add_argument(
         "--exam",
         metavar="ID",
@@ -155,6 +166,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "outbox.confirm": args.confirm,
         "flush_timeout_s": args.flush_timeout,
         "log_level": args.log_level,
+        "console.listen": args.console,
     }
     flat.update(broker_overrides(args))
     return {k: v for k, v in flat.items() if v is not None}
@@ -267,13 +279,40 @@ def main(args: argparse.Namespace) -> int:
         cfg.log_level
     )  # the CLI set logging up; the config may name a level
     stop = threading.Event()
+    live = LiveView() if cfg.console.listen else None
+    try:
+        console = None if live is None else open_console(cfg, live)
+    except ConsoleError as exc:
+        print(f"thermoscreen run: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if console is not None:
+        announce(console)
     try:
         with stop_on_signals(stop):
-            summary = run(cfg, stop=stop, max_frames=args.max_frames, exam_plan=exam_plan(args))
+            summary = run(
+                cfg,
+                stop=stop,
+                max_frames=args.max_frames,
+                exam_plan=exam_plan(args),
+                consumers=() if console is None else console.consumers,
+                live=live,
+            )
     except RunError as exc:
         print(f"thermoscreen run: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        if console is not None:
+            console.stop()
     return finish(summary, cfg)
+
+
+def announce(console: Console) -> None:
+    """The console's address, on stdout before the first frame (scripts may read it)."""
+    print(
+        f"operator console: {console.url} (exams {console.url}exams, health "
+        f"{console.url}healthz, metrics {console.url}metrics)",
+        flush=True,
+    )
 
 
 def finish(summary: RunSummary, cfg: AppConfig) -> int:

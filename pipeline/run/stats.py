@@ -88,13 +88,17 @@ class Counters:
             self.inference_ms.append(inference_ms)
 
     def latency(self) -> Percentiles:
-        """Capture -> result percentiles over the newest LATENCY_WINDOW frames."""
+        """Capture -> result percentiles over the newest LATENCY_WINDOW frames. Only the copy
+        holds the lock: a reader (stats, the console) never makes a classify worker wait for
+        the percentiles."""
         with self.lock:
-            return Percentiles.of(list(self.latencies_ms))
+            values = list(self.latencies_ms)
+        return Percentiles.of(values)
 
     def inference(self) -> Percentiles:
         with self.lock:
-            return Percentiles.of(list(self.inference_ms))
+            values = list(self.inference_ms)
+        return Percentiles.of(values)
 
 
 @dataclass

@@ -343,6 +343,8 @@ def run(
         )
         if live is not None:
             _bind_live(live, pipeline, tracker)
+            # the same colours as the annotated output: the palette over the rendering window
+            live.options = OutputOptions(window_c=preprocess.window_c, jetson=cfg.capture.jetson)
         summary = _run_session(pipeline, sink, cfg.flush_timeout_s)
         summary.synthetic_model = parts.classifier.model.manifest.synthetic
         summary.exams = None if tracker is None else dataclasses.asdict(tracker.counters)

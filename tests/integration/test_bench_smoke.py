@@ -97,8 +97,18 @@ def test_quick_bench_writes_a_well_formed_report(
     names = [t["target"] for t in report["summary"]["targets"]]
     assert f"{keys[0]} dmr replay / bare" in names and "pipeline peak RSS (MB)" in names
     assert all(isinstance(t["met"], bool) for t in report["summary"]["targets"])
+    # the operator console watched: the same replay, and a live run, with a viewer on its stream
+    watched = rep["replay_console"]
+    assert watched["source"] == "mp4" and watched["results"] == 20 and watched["missing"] == 0
+    assert watched["console"]["frames_streamed"] >= 1
+    ratio = report["summary"]["console_replay_vs_plain"]["median"]
+    assert math.isclose(ratio, watched["fps"] / rep["replay"]["mp4"]["fps"])
+    live_watched = report["live_console"][0]
+    assert live_watched["results"] > 10 and live_watched["console"]["frames_streamed"] >= 1
+    assert f"{keys[0]} mp4 replay, console watched / not" in names
     md = report["_md"]
     assert "| **DMR-IR matrix folder replay / bare** |" in md and "adjunct to mammography" in md
+    assert "console watched / not**" in md and "fps, console watched" in md
     assert "| **non-model** |" in md and report["command"] in md
 
 

@@ -244,6 +244,37 @@ def test_an_int8_model_is_compared_with_the_model_it_was_made_from() -> None:
     assert not any("lite0-int8" in t["target"] for t in s["targets"])
 
 
+def test_the_console_rows_compare_the_watched_replay_with_the_plain_one_in_each_repeat() -> None:
+    report = _report()
+    for rep, fps in zip(report["repeats"], (93.1, 54.0), strict=True):  # plain mp4: 95 and 60
+        rep["models"]["lite0"]["replay_console"] = {
+            "source": "mp4",
+            "fps": fps,
+            "console": {"frames_streamed": 40, "stream_fps": 14.5},
+        }
+    live = {**report["live"][0], "latency_ms": {"p99": 21.0}}
+    report["live_console"] = [live]
+    s = summarize(report)
+    assert s["console_source"] == "mp4"
+    assert s["console_replay_vs_plain"]["min"] == pytest.approx(0.90)
+    assert s["console_replay_vs_plain"]["max"] == pytest.approx(0.98)
+    met = {t["target"]: t["met"] for t in s["targets"]}
+    assert met["lite0 mp4 replay, console watched / not"] is False  # median 0.94 < 0.95
+    # the same bound as the plain live run: 1.5 x 11.25 + 5 = 21.9 ms
+    assert met["lite0 live 30 fps p99 latency, console watched (ms)"] is True
+    report["repeats"][1]["models"]["lite0"]["replay_console"]["fps"] = 58.8  # 0.98
+    report["live_console"][0]["latency_ms"] = {"p99": 25.0}
+    met = {t["target"]: t["met"] for t in summarize(report)["targets"]}
+    assert met["lite0 mp4 replay, console watched / not"] is True  # median 0.98
+    assert met["lite0 live 30 fps p99 latency, console watched (ms)"] is False
+
+
+def test_a_bench_without_the_console_has_no_console_rows() -> None:
+    s = summarize(_report())
+    assert "console_replay_vs_plain" not in s
+    assert not any("console" in t["target"] for t in s["targets"])
+
+
 def test_variants_are_kept_only_when_faster_every_round_and_within_tolerance() -> None:
     model = Path("m.onnx")
     names = [REFERENCE, REPLAY_WAY, "fast but different", "fast and equal", "equal, once slower"]

@@ -23,6 +23,11 @@ from typing import Any
 from pipeline import DISCLAIMER
 from pipeline.devtools.bench.bare import F32, measure_bare
 from pipeline.devtools.bench.collector import BenchError, Collector
+from pipeline.devtools.bench.console import (
+    console_source,
+    measure_console_live,
+    measure_console_replay,
+)
 from pipeline.devtools.bench.live import measure_live
 from pipeline.devtools.bench.machine import describe_machine, describe_model, or_none
 from pipeline.devtools.bench.replay import Rig, measure_naive, measure_replay
@@ -62,6 +67,7 @@ class Settings:
     data_files: int | None
     variants: bool = False  # other ways to run the first model (`variants`)
     openvino_python: str | None = None
+    console: bool = True  # the operator console's rows: replay and live, watched
 
 
 @dataclass(frozen=True)
@@ -99,10 +105,15 @@ def measure_repeat(rig: Rig, plan: Plan, r: int) -> dict[str, Any]:
     rep: dict[str, Any] = {"models": {}}
     for i, m in enumerate(plan.models):
         row: dict[str, Any] = {"bare": measure_bare(m.model.root, m.tensors, s.frames, s.threads)}
+        watched = s.console and i == 0  # the console's rows: the shipped model only
+        if watched and r % 2 == 1:  # the order of plain and watched alternates per repeat
+            row["replay_console"] = console_replay(rig, plan, m, r)
         row["replay"] = {
             kind: measure_replay(rig, m.model.root, rec, s.frames, f"bench-m{i}-{kind}-r{r}")
             for kind, rec in plan.recordings.items()
         }
+        if watched and r % 2 == 0:
+            row["replay_console"] = console_replay(rig, plan, m, r)
         rep["models"][m.key] = row
         log.info(
             "repeat %d, %s: bare %.1f, %s",
@@ -124,6 +135,23 @@ def measure_repeat(rig: Rig, plan: Plan, r: int) -> dict[str, Any]:
         )
         rep["naive"]["model"] = naive.key
     return rep
+
+
+def console_replay(rig: Rig, plan: Plan, m: BenchModel, r: int) -> dict[str, Any]:
+    kind = console_source(plan.recordings)
+    rec, frames = plan.recordings[kind], plan.settings.frames
+    return measure_console_replay(rig, m.model.root, rec, frames, f"bench-console-{kind}-r{r}")
+
+
+def measure_console_live_run(rig: Rig, plan: Plan) -> list[dict[str, Any]]:
+    """The shipped model live at the first rate with the console open and watched."""
+    s, m = plan.settings, plan.models[0]
+    if not s.console:
+        return []
+    fps = s.live_fps[0]
+    log.info("live %s at %d fps for %.0f s, console watched", m.key, fps, s.live_seconds)
+    run = measure_console_live(rig, m.model.root, fps, s.live_seconds, f"bench-console-{fps}")
+    return [{"model": m.key, **run}]
 
 
 def naive_model(plan: Plan) -> BenchModel | None:
@@ -196,6 +224,7 @@ def run_bench(
                     repeats.append(measure_repeat(rig, plan, r))
                 variants = measure_other_ways(plan, tmp, int8_dir)
                 live = measure_live_runs(rig, plan)
+                live_console = measure_console_live_run(rig, plan)
             finally:
                 collector.close()
             machine["mosquitto"] = broker.version()
@@ -213,6 +242,7 @@ def run_bench(
         "repeats": repeats,
         "variants": variants,
         "live": live,
+        "live_console": live_console,
     }
     report["summary"] = summarize(report)
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -231,6 +261,7 @@ def settings_dict(settings: Settings, recordings: dict[str, Recording]) -> dict[
         "sources": list(recordings),
         "recordings": {k: {"uri": r.uri, "files": r.frames} for k, r in recordings.items()},
         "data": str(settings.data),
+        "console": settings.console,
     }
 
 
@@ -297,7 +328,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="weights for the naive loop's PyTorch model (default: random, same architecture; "
         "its cost does not depend on the weights)",
     )
-    parser.add_argument("--no-naive", action="store_true", help="skip the naive loop (no torch)")
+    _add_skips(parser)
     parser.add_argument(
         "--variants",
         action="store_true",
@@ -316,6 +347,16 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_skips(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive loop (no torch)")
+    parser.add_argument(
+        "--no-console",
+        action="store_true",
+        help="skip the operator console's rows (a replay and a live run with the console open "
+        "and a viewer on its live view)",
+    )
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     s = Settings(
         frames=args.frames,
@@ -330,6 +371,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         data_files=args.data_files,
         variants=args.variants,
         openvino_python=args.openvino_python,
+        console=not args.no_console,
     )
     if args.quick:
         return dataclasses.replace(

@@ -59,7 +59,12 @@ def runner_config(
         "device_id": device,
         "camera_id": "cam0",
         "mode": mode,
-        "model": {"dir": str(model_dir.resolve()), "backend": "onnxruntime"},
+        # a benchmark, not a clinic: a synthetic demo model may run on a live test source
+        "model": {
+            "dir": str(model_dir.resolve()),
+            "backend": "onnxruntime",
+            "allow_synthetic": True,
+        },
         "mqtt": {"host": "127.0.0.1", "port": rig.broker.port},
         "outbox": {"enabled": True, "path": str(outbox)},
         "log_level": "WARNING",
