@@ -36,10 +36,15 @@ class Subscriptions:
             raise ValueError(f"topic filter {topic_filter!r}: must be non-empty, without NUL")
         self._handlers[topic_filter] = handler
 
-    def renew(self, client: mqtt.Client) -> None:
-        """Subscribe to every filter (call on each connection)."""
-        if self._handlers:
-            client.subscribe([(f, 1) for f in self._handlers])
+    def renew(self, client: mqtt.Client) -> int:
+        """Subscribe to every filter (call on each connection); the SUBSCRIBE's mid, or -1."""
+        if not self._handlers:
+            return -1
+        _, mid = client.subscribe([(f, 1) for f in self._handlers])
+        return int(mid if mid is not None else -1)
+
+    def __str__(self) -> str:
+        return ", ".join(self._handlers) or "(none)"
 
     def on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         """paho's callback: hand the message to the handler of each matching filter."""

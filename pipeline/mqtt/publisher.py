@@ -402,7 +402,7 @@ class Publisher:
         properties: Properties | None,
     ) -> None:
         failed = [f"{rc.value} {rc}" for rc in reason_codes if rc.is_failure]
-        self._event(Subscribed(failed[0] if failed else None))
+        self._event(Subscribed(failed[0] if failed else None, mid))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.topic.endswith("/stored") and msg.topic.startswith(self._sender.topics.prefix):

@@ -77,6 +77,7 @@ class Acked:
 @dataclass(frozen=True)
 class Subscribed:
     failure: str | None
+    mid: int = 0
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ class Sender:
         self._status_mids: set[int] = set()
         self._retained = RetainedStates()  # state and exam messages waiting to be sent
         self.subscriptions: Subscriptions | None = None  # more topics, renewed on connect
+        self._more_mid = -1  # the SUBSCRIBE of those topics on this connection
         self._props: dict[int | None, Properties] = {}
         self._logged_error: str | None = None
         self._next_resend = 0.0
@@ -217,7 +219,14 @@ class Sender:
             elif isinstance(event, ConnectFailed):
                 self.record_error(event.message, event.fatal)
             elif isinstance(event, Subscribed):
-                if event.failure is not None:
+                if event.failure is not None and event.mid == self._more_mid:
+                    self.record_error(
+                        f"the broker refused a subscription to {self.subscriptions} "
+                        f"({event.failure}): exam commands cannot arrive; the broker's ACL must "
+                        "let a device read its <camera>/exam/set (config/mosquitto/acl)",
+                        False,
+                    )
+                elif event.failure is not None:
                     self.record_error(
                         f"the broker refused the subscription to {self.topics.stored_filter} "
                         f"({event.failure}): no logger confirmation can arrive; the broker's ACL "
@@ -290,7 +299,7 @@ class Sender:
         if self.mode != "broker":  # subscribe before publishing: confirmations of this
             self.client.subscribe(self.topics.stored_filter, qos=1)  # connection's sends
         if self.subscriptions is not None:
-            self.subscriptions.renew(self.client)  # a clean start forgets them
+            self._more_mid = self.subscriptions.renew(self.client)  # a clean start forgets them
         info = self.client.publish(self.topics.status, "online", qos=1, retain=True)
         self._status_mids.add(info.mid)
 

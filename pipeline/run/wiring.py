@@ -180,8 +180,8 @@ def make_publisher(cfg: AppConfig, live: bool) -> ResultSink:
 SYNTHETIC_REFUSED = (
     "{root}: model '{name}' is SYNTHETIC (trained on generated thermograms: a pipeline demo, not "
     "a medical model) and {uri} is a live camera; use a model trained on real thermograms "
-    "(`make model-dmr`), or pass --allow-synthetic-model (model.allow_synthetic: true) to run the "
-    "demo on a camera anyway"
+    "(`make evaluate` builds models/dmr-lite0-probe), or pass --allow-synthetic-model "
+    "(model.allow_synthetic: true) to run the demo on a camera anyway"
 )
 
 

@@ -174,6 +174,8 @@ SAME_TYPE = {
     str: ANY_TEXT,
     int: st.integers() | st.integers(min_value=2**62, max_value=2**70),
     float: st.floats() | st.floats(min_value=0, max_value=1),
+    bool: st.booleans(),
+    type(None): st.none() | ANY_TEXT,  # optional fields (exam_id, view): null or any text
 }
 
 

@@ -175,7 +175,7 @@ def test_report_reads_both_engines_alike(opener: Opener) -> None:
     assert report.verdict is None  # the summary carries no verdict: shown as such, not guessed
     assert report.labels == {"healthy": 2, "sick": 2}
     assert report.missing_seq == [(2, 2), (4, 4)]
-    assert (report.score_min, report.score_max) == (0.75, 0.9)
+    assert (report.top1_score_min, report.top1_score_max) == (0.75, 0.9)
 
 
 def test_sqlite_database_and_new_folders_are_private(tmp_path: Path) -> None:
