@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,35 +18,16 @@ from pipeline.data.synthetic import SyntheticStream
 from pipeline.exam.config import ExamConfig
 from pipeline.exam.machine import ExamContext, ExamController
 from pipeline.exam.record import summary_payload
-from pipeline.logger.store import Store, open_store
+from pipeline.logger.store import open_store
 from pipeline.mqtt.payload import schema_errors
 from pipeline.run.exam import ExamPlan
 from pipeline.run.wiring import run
 from tests.conftest import REPO, Broker
 from tests.helpers.exam import MODEL, Clock, celsius_frame, scores
 from tests.helpers.mqtt_logger import LoggerProcess, wait_until
-from tests.helpers.postgres import fresh_database, postgres_server, unavailable_reason
+from tests.integration.conftest import Opener
 
 pytestmark = pytest.mark.timeout(240)
-Opener = Callable[[], Store]
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[str]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with postgres_server() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
-    if request.param == "sqlite":
-        path = tmp_path / "results.sqlite"
-        return lambda: open_store(path)
-    url = fresh_database(request.getfixturevalue("pg_server"))
-    return lambda: open_store(url)
 
 
 def exam_messages() -> tuple[list[dict[str, Any]], dict[str, Any]]:
