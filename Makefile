@@ -16,7 +16,8 @@ DMR_DATA := ../shared/data/dmr-ir-frontal
 STUDY_DIR := results/evaluation
 DEMO_DIR := var/demo
 
-.PHONY: setup apt test test-fast lint format demo model bench evaluate evaluate-finetune model-dmr chaos clean
+.PHONY: setup apt test test-fast lint format demo model bench evaluate evaluate-finetune model-dmr \
+	chaos clean exam-screenshot screenshots
 
 setup: $(STAMP)
 
@@ -60,18 +61,31 @@ $(DEMO_MODEL)/model.json: | setup
 demo: model
 	$(BIN)/python -m pipeline.devtools.demo --model $(DEMO_MODEL) --workdir $(DEMO_DIR)
 
-# the shipped model first, then the demo ResNet18; every source kind, live 10 min at 30 and 120 fps
+# the README's picture of an exam report: a demo exam on the synthetic test:// patient, rendered by
+# headless chromium (docs/img/exam-report.png)
+exam-screenshot: model
+	$(BIN)/python -m pipeline.devtools.exam_screenshot --model $(DEMO_MODEL) \
+		--out docs/img/exam-report.png
+
+# the README's pictures: the exam report above, and the operator console during an exam on the
+# synthetic test:// patient, driven in headless chromium (docs/img/console.png)
+screenshots: model exam-screenshot
+	$(BIN)/python -m pipeline.devtools.screenshots --model $(DEMO_MODEL) --out docs/img
+
 # The fault campaign (not part of `make test`): broker, logger and pipeline SIGKILLs, a removed
 # logger database, poison payloads, a client-id takeover, against real processes on loopback;
 # prints sent / stored / doubled / duplicates / gaps per case (a few minutes).
 chaos: setup
 	$(BIN)/python -m tests.chaos --repeat 3 --out results/chaos.md
 
+# the shipped model first, then the demo ResNet18; every source kind, live 10 min at 30 and 120
+# fps, other ways to run the shipped model (about 30 min on 2 idle cores; docs/benchmark.md)
 bench: model
 	@test -f $(SHIPPED_MODEL)/model.json || { echo "make bench: $(SHIPPED_MODEL) is missing;" \
 		"build the shipped model first (make model-dmr)"; exit 2; }
 	$(BIN)/thermoscreen bench --model $(SHIPPED_MODEL) --model $(DEMO_MODEL) \
-		--torch-checkpoint $(DEMO_DIR)/run/best.pt --data ../shared/data/dmr-ir-frontal --out results
+		--torch-checkpoint $(DEMO_DIR)/run/best.pt --data ../shared/data/dmr-ir-frontal \
+		--frames 300 --repeats 3 --live-seconds 600 --live-fps 30 120 --variants --out results
 
 # the candidates compared under one nested, patient-grouped protocol over split seeds 0-2, with
 # the rendering-robustness and shortcut checks (frozen backbones; resumable, caches in OUT/cache)

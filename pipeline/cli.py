@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pipeline.run.command",
         "capture, classify and publish frames from a camera or recording",
     ),
+    "exam": (
+        "pipeline.run.examctl",
+        "start, ready, view, close or abort a camera's screening exam (over MQTT)",
+    ),
     "log": (
         "pipeline.logger.subscriber",
         "subscribe to results and store each one once (SQLite/PostgreSQL)",

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pipeline.console.config import ENV_CONSOLE_PASSWORD, ConsoleConfig
 from pipeline.exam.config import ExamConfig
 from pipeline.preprocess import PreprocessConfig
 from pipeline.types import ID_PATTERN
@@ -209,6 +210,12 @@ class ModelConfig(_Strict):
         description="Use the model manifest's preprocessing when it differs from `preprocess` "
         "instead of refusing to start.",
     )
+    allow_synthetic: bool = Field(
+        default=False,
+        description="Let a model whose manifest says `synthetic: true` (a pipeline demo, not a "
+        "medical model) serve a live camera; everything it produces still says SYNTHETIC MODEL. "
+        "Replays never need it.",
+    )
 
 
 class SessionConfig(_Strict):
@@ -231,8 +238,12 @@ class SessionConfig(_Strict):
         description="Take the operating threshold from model.json when `threshold` is null; "
         "false means argmax semantics.",
     )
-    state_every_frames: int = Field(
-        default=1, ge=1, description="Publish the retained state every N results (1 = every frame)."
+    state_interval_s: float = Field(
+        default=0.5,
+        ge=0,
+        description="The retained `state` message goes out when the rolling verdict's label "
+        "changes, else at most this often while results arrive (0 = after every result); the "
+        "final state always goes out when the session ends.",
     )
 
 
@@ -287,6 +298,11 @@ class AppConfig(_Strict):
         default_factory=ExamConfig,
         description="The screening exam: records folder, acclimatization and quality gates.",
     )
+    console: ConsoleConfig = Field(
+        default_factory=ConsoleConfig,
+        description="The operator's web console (live view, exam controls, /healthz, "
+        "/metrics); off unless `listen` is set.",
+    )
     queues: QueueConfig = Field(default_factory=QueueConfig, description="Queue sizes.")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="Broker connection.")
     outbox: OutboxConfig = Field(
@@ -302,7 +318,7 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message is one line naming where and the fix."""
 
 
-ENV_RESERVED = frozenset({ENV_MQTT_USERNAME, ENV_MQTT_PASSWORD})
+ENV_RESERVED = frozenset({ENV_MQTT_USERNAME, ENV_MQTT_PASSWORD, ENV_CONSOLE_PASSWORD})
 _Tree = dict[str, Any]
 
 
@@ -405,7 +421,8 @@ def _check_known(tree: Mapping[str, Any], model: type[BaseModel], origin: str, p
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(fields)}"
             if "password" in str(key).lower():
-                hint = f"secrets are read only from ${ENV_MQTT_PASSWORD}, never from config"
+                env = ENV_CONSOLE_PASSWORD if prefix.startswith("console") else ENV_MQTT_PASSWORD
+                hint = f"secrets are read only from ${env}, never from config"
             raise ConfigError(f"{origin}: unknown field '{dotted}' ({hint})")
         sub = _submodel(fields[key].annotation)
         if sub is not None and isinstance(value, dict):

@@ -39,6 +39,7 @@ class Frame:
     pts_ns: int | None = None
     scale: float = 1.0
     offset: float = 0.0
+    file: str | None = None  # replays of a folder: the file's name (no directory), else None
 
     def celsius(self) -> npt.NDArray[np.float32] | None:
         """Temperature in degrees Celsius, or None when the frame carries no temperature."""
@@ -117,6 +118,22 @@ class ModelInfo:
     version: str
     sha256: str
     backend: str  # "onnxruntime" | "jetson"
+    synthetic: bool = False  # the manifest says `synthetic: true` (a demo model, not medical)
+
+
+@dataclass(frozen=True)
+class ExamTag:
+    """What a result says about the screening exam: which exam and view it belongs to (None
+    outside one) and the quality gates' answer (`accepted` None when no gate ran: outside the
+    capturing state)."""
+
+    exam_id: str | None = None
+    view: str | None = None
+    accepted: bool | None = None
+    reasons: tuple[str, ...] = ()
+
+
+NO_EXAM = ExamTag()
 
 
 @dataclass(frozen=True)
@@ -133,3 +150,5 @@ class FrameResult:
     prediction: Prediction
     thermal: ThermalStats | None
     capture_to_result_ms: float
+    exam: ExamTag = NO_EXAM
+    file: str | None = None  # folder replays: the file this frame came from

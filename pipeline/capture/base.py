@@ -12,6 +12,7 @@ URIs follow jetson-inference's videoSource spelling (DESIGN.md, "Sources"):
 | `rtsp://host/path` | rtspsrc ! decodebin | live |
 | `dmr://folder`, a folder path | `capture_files.FolderSource` (DMR-IR, images, PNG16) | replay |
 | `test://?fps=30&seed=1` | `capture_test.TestSource` (synthetic thermograms) | live |
+| `test://?settle_s=20` | one synthetic patient whose skin settles (acclimatization tests) | live |
 | `gst://<fragment>` | escape hatch: a gst-launch fragment; we append the appsink | live |
 
 `gst://` exists for tests and odd cameras: it runs exactly the fragment given, so the live
@@ -20,7 +21,8 @@ elements such as `videotestsrc is-live=true` on a machine without a camera.
 
 Query parameters (all optional): `format` (gray8|y16|yuyv), `profile` (see
 pipeline.capture.profiles),
-`width`, `height`, `fps`, `seed`, `scale`, `offset` (PNG16 kelvin per count / at zero), `loop`.
+`width`, `height`, `fps`, `seed`, `scale`, `offset` (PNG16 kelvin per count / at zero), `loop`,
+`settle_s` (test:// only: the synthetic patient's skin settles over this many seconds).
 They override the matching `SourceOptions` field. Unknown parameters are an error.
 
 Live sources keep only the newest frame (`LatestSlot`) and count what they drop; replays apply
@@ -53,7 +55,7 @@ SCHEMES: dict[str, str] = {
 }
 LIVE_SCHEMES = frozenset({"v4l2", "csi", "rtsp", "aravis", "test", "gst"})
 QUERY_KEYS = frozenset(
-    {"format", "profile", "width", "height", "fps", "seed", "scale", "offset", "loop"}
+    {"format", "profile", "width", "height", "fps", "seed", "scale", "offset", "loop", "settle_s"}
 )
 
 
@@ -120,6 +122,7 @@ class SourceOptions:
     open_timeout_s: float = 10.0  # how long open() waits for a pipeline to start
     stall_timeout_s: float = 10.0  # live: rebuild when no frame arrives for this long (0 = never)
     capture_format: str | None = None  # gray8 | y16 | yuyv; None: from the profile
+    settle_s: float | None = None  # test://: one patient whose skin settles over this long
     frame_limit: FrameLimit = field(default_factory=FrameLimit)  # refused before decoding
 
 
@@ -201,7 +204,12 @@ def effective_options(parsed: ParsedUri, options: SourceOptions) -> SourceOption
         value = _param(parsed, key, kind)
         if value is not None:
             changes[key] = value
-    for key, name in (("fps", "fps"), ("scale", "png16_scale"), ("offset", "png16_offset")):
+    for key, name in (
+        ("fps", "fps"),
+        ("scale", "png16_scale"),
+        ("offset", "png16_offset"),
+        ("settle_s", "settle_s"),
+    ):
         value = _param(parsed, key, float)
         if value is not None:
             changes[name] = value
@@ -221,6 +229,10 @@ def effective_options(parsed: ParsedUri, options: SourceOptions) -> SourceOption
         )
     if opts.fps <= 0:
         raise SourceError(f"source '{parsed.shown}': fps must be > 0, got {opts.fps}")
+    if opts.settle_s is not None and not 0 < opts.settle_s <= 86400:
+        raise SourceError(
+            f"source '{parsed.shown}': settle_s must be in (0, 86400] seconds, got {opts.settle_s}"
+        )
     return opts
 
 

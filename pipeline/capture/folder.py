@@ -31,6 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import replace
 from pathlib import Path
 
 from pipeline.capture.base import EndOfStream, ParsedUri, SourceError, SourceOptions, SourceStats
@@ -228,9 +229,11 @@ class FolderSource:
         if decoded is None:
             return None
         frame = decoded.frame(self._index, self._opts.camera_id)
+        # files come back in order (looping from the first): results and exams name theirs
+        name = self._files[self._index % len(self._files)].name
         self._index += 1
         self._stats.frames += 1
-        return frame
+        return replace(frame, file=name)
 
     def _pace(self, timeout_s: float) -> bool:
         """Wait until this frame's time at opts.fps; False when that is beyond timeout_s."""

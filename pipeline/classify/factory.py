@@ -152,4 +152,10 @@ def load_classifier(
 def model_info(classifier: Classifier) -> ModelInfo:
     """What each result says about the model that produced it."""
     m = classifier.model.manifest
-    return ModelInfo(name=m.name, version=m.version, sha256=m.sha256, backend=classifier.backend)
+    return ModelInfo(
+        name=m.name,
+        version=m.version,
+        sha256=m.sha256,
+        backend=classifier.backend,
+        synthetic=m.synthetic,
+    )

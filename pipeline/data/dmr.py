@@ -18,6 +18,7 @@ gives exactly the same floats, or exactly the same error, whichever way it is re
 from __future__ import annotations
 
 import gzip
+import io
 import re
 import time
 import zlib
@@ -37,6 +38,9 @@ from pipeline.types import Frame, FrameKind
 MATRIX_SUFFIXES = (".txt", ".txt.gz")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 CHUNK_BYTES = 1 << 19  # text parsed at a time: below glibc's mmap threshold, even as tuned by run
+# A matrix's text, inflated: a 640x480 DMR-IR matrix is about 2.5 MB; this leaves room for
+# 4096x4096 frames and stops a gzip bomb before it fills memory.
+MAX_MATRIX_TEXT_BYTES = 256 << 20
 PLAUSIBLE_C = (-40.0, 150.0)  # outside this a "temperature" is a unit or parsing mistake
 # .txt files that sit beside thermograms but are documentation, never matrices
 NOT_THERMOGRAMS = frozenset(
@@ -149,13 +153,24 @@ def list_thermograms(folder: str | Path) -> list[Path]:
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
+def _too_large(path: Path) -> DataError:
+    return DataError(
+        f"{path}: inflates to more than {MAX_MATRIX_TEXT_BYTES >> 20} MiB of text, far larger "
+        "than any temperature matrix; not a thermogram (or a gzip bomb)"
+    )
+
+
 def _gunzip(path: Path, data: bytes) -> bytes:
     try:
-        return gzip.decompress(data)
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+            text = stream.read(MAX_MATRIX_TEXT_BYTES + 1)
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(
             f"{path}: corrupt or truncated gzip ({exc}); re-download or re-compress the file"
         ) from exc
+    if len(text) > MAX_MATRIX_TEXT_BYTES:
+        raise _too_large(path)
+    return text
 
 
 def _ascii(path: Path, data: bytes) -> str:
@@ -175,6 +190,8 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: cannot read ({exc.strerror}); check the path") from exc
     if path.name.lower().endswith(".gz"):
         data = _gunzip(path, data)
+    elif len(data) > MAX_MATRIX_TEXT_BYTES:
+        raise _too_large(path)
     return _ascii(path, data)
 
 
@@ -224,13 +241,19 @@ def _chunks(path: Path) -> Iterator[bytes]:
     except OSError:
         raise _NotPlain from None
     if not path.name.lower().endswith(".gz"):
+        if len(data) > MAX_MATRIX_TEXT_BYTES:
+            raise _NotPlain
         yield from (data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES))
         return
     inflate = isal_zlib.decompressobj(31)  # one gzip member, header and CRC checked
+    inflated = 0
     try:
         while True:
             piece = inflate.decompress(data, CHUNK_BYTES)
             data = inflate.unconsumed_tail
+            inflated += len(piece)
+            if inflated > MAX_MATRIX_TEXT_BYTES:
+                raise _NotPlain  # the reference reader stops it with the one-line reason
             if piece:
                 yield piece
             if inflate.eof or not (piece or data):

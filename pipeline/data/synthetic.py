@@ -324,7 +324,9 @@ class SyntheticStream:
         label_pattern: Sequence[str] = LABELS,
         frames_per_patient: int = 150,
         distinct_patients: int | None = None,
+        wave_c: float = 0.04,
     ) -> None:
+        """`wave_c`: amplitude of the slow whole-frame drift (a 300-frame sine), in C."""
         pattern = tuple(label_pattern)
         if not pattern:
             raise ValueError("label_pattern must name at least one label")
@@ -340,6 +342,7 @@ class SyntheticStream:
         self.size = (int(size[0]), int(size[1]))
         self.label_pattern = pattern
         self.frames_per_patient = frames_per_patient
+        self.wave_c = wave_c
         self._bases = [
             synth_thermogram(patient_seed(seed, b), pattern[b % len(pattern)], self.size)
             for b in range(n)
@@ -378,5 +381,5 @@ class SyntheticStream:
         )
         noise = self._noise[(index * 7 + index // self.NOISE_BANK) % self.NOISE_BANK]
         out += noise
-        out += np.float32(0.04 * math.sin(2.0 * math.pi * index / 300.0))
+        out += np.float32(self.wave_c * math.sin(2.0 * math.pi * index / 300.0))
         return out

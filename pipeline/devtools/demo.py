@@ -6,8 +6,11 @@ Generates a recording if missing, starts a private mosquitto on a free loopback 
 logger (`thermoscreen log`, in a thread) that stores each result and confirms it, subscribes and
 prints every result as it arrives, runs `thermoscreen run` in replay with `outbox.confirm:
 logger`, and ends with a short summary. Exit 0 only when every frame's result arrived and the
-logger confirmed storing each one. The demo model is trained on synthetic
-data: a pipeline demo, not a medical model. Thermography is an adjunct to mammography only.
+logger confirmed storing each one. The operator console is open on loopback all along (its
+address is printed first); run from a terminal, the demo then keeps it open on a live synthetic
+camera until Ctrl-C, so a person can run an exam from the page and read its report. The demo
+model is trained on synthetic data: a pipeline demo, not a medical model. Thermography is an
+adjunct to mammography only.
 
 `ResultWatcher` (a small paho subscriber) is also what the integration tests listen with.
 """
@@ -15,6 +18,7 @@ data: a pipeline demo, not a medical model. Thermography is an adjunct to mammog
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
@@ -33,13 +37,17 @@ import paho.mqtt.client as mqtt
 
 from pipeline import DISCLAIMER
 from pipeline.cli import setup_logging
-from pipeline.config import MqttConfig, load_config
+from pipeline.config import AppConfig, MqttConfig, load_config
+from pipeline.console.config import ConsoleError
+from pipeline.console.server import Console, open_console
 from pipeline.devtools.broker import LocalBroker
 from pipeline.logger.store import open_store
 from pipeline.logger.subscriber import Logger, LoggerOptions
 from pipeline.mqtt.client import make_client
+from pipeline.run.live import LiveView
 from pipeline.run.stats import RunSummary
 from pipeline.run.wiring import RunError, run
+from pipeline.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,7 @@ REPO = Path(__file__).resolve().parents[2]
 MOSQUITTO_CONF = REPO / "config" / "demo-mosquitto.conf"
 DEMO_DEVICE = "demo"
 NOT_MEDICAL = "demo model trained on synthetic data — not a medical model"
+LIVE_REST_S = 30.0  # the live camera's acclimatization minimum (a clinic's is 15 minutes)
 
 
 @dataclass(frozen=True)
@@ -225,43 +234,127 @@ def demo_logger(port: int, workdir: Path) -> Iterator[Logger]:
         thread.join(10.0)
 
 
-def run_demo(model: Path, workdir: Path, frames: int, fps: float, seed: int) -> int:
-    workdir.mkdir(parents=True, exist_ok=True)
-    recording = ensure_recording(workdir, frames, fps, seed)
+@dataclass(frozen=True)
+class DemoOptions:
+    """What `make demo` does: the replay (always checked), then optionally a live camera."""
+
+    model: Path
+    workdir: Path
+    frames: int = 60
+    fps: float = 10.0
+    seed: int = 7
+    console: str = "127.0.0.1:0"  # the operator console's HOST:PORT (loopback)
+    live_s: float | None = 0.0  # after the replay, a live camera for this long; None: Ctrl-C
+
+
+def replay_config(opts: DemoOptions, recording: Path, port: int) -> AppConfig:
+    return load_config(
+        REPO / "config" / "replay.yaml",
+        {
+            "device_id": DEMO_DEVICE,
+            "source": f"file://{recording.resolve()}",
+            "model.dir": str(opts.model),
+            "mqtt.host": "127.0.0.1",
+            "mqtt.port": port,
+            "outbox.path": str(opts.workdir / "outbox.sqlite"),
+            "outbox.confirm": "logger",
+            "exam.exams_dir": str(opts.workdir / "exams"),
+            "console.listen": opts.console,
+            "log_level": "WARNING",
+        },
+    )
+
+
+def start_console(cfg: AppConfig) -> tuple[Console, LiveView]:
+    """The operator console of this run, listening, with its address printed."""
+    live = LiveView()
+    console = open_console(cfg, live)
+    assert console is not None  # the demo always sets console.listen
+    print(f"operator console: {console.url} (open it in a browser)", flush=True)
+    return console, live
+
+
+def run_demo(opts: DemoOptions) -> int:
+    opts.workdir.mkdir(parents=True, exist_ok=True)
+    recording = ensure_recording(opts.workdir, opts.frames, opts.fps, opts.seed)
     started = time.monotonic()
-    with demo_broker(workdir) as broker, demo_logger(broker.port, workdir) as logger:
+    with demo_broker(opts.workdir) as broker, demo_logger(broker.port, opts.workdir) as logger:
         port = broker.port
-        cfg = load_config(
-            REPO / "config" / "replay.yaml",
-            {
-                "device_id": DEMO_DEVICE,
-                "source": f"file://{recording.resolve()}",
-                "model.dir": str(model),
-                "mqtt.host": "127.0.0.1",
-                "mqtt.port": port,
-                "outbox.path": str(workdir / "outbox.sqlite"),
-                "outbox.confirm": "logger",
-                "log_level": "WARNING",
-            },
-        )
+        cfg = replay_config(opts, recording, port)
         setup_logging(cfg.log_level)
-        print(f"mosquitto on 127.0.0.1:{port}; replaying {recording} with model {model}")
-        print(f"a logger stores every result in {workdir / 'results.sqlite'} and confirms it")
+        print(f"mosquitto on 127.0.0.1:{port}; replaying {recording} with model {opts.model}")
+        print(f"a logger stores every result in {opts.workdir / 'results.sqlite'} and confirms it")
+        console, live = start_console(cfg)
         with ResultWatcher("127.0.0.1", port, DEMO_DEVICE, on_message=_printer) as watcher:
             try:
-                summary = run(cfg)
+                summary = run(cfg, consumers=console.consumers, live=live)
             except RunError as exc:
                 print(f"demo: {exc}", file=sys.stderr)
                 return 2
+            finally:
+                console.stop()
             watcher.wait(lambda: watcher.count("session") >= 1, 10.0)
             results = watcher.bodies("result")
         stored = logger.counters.stored
-    wall = time.monotonic() - started
-    seqs = [r["seq"] for r in results if r["session_id"] == summary.session_id]
-    complete = seqs == list(range(summary.frames_captured)) and summary.results == len(seqs)
-    _print_summary(summary, seqs, complete, results, recording, stored, wall)
+        wall = time.monotonic() - started
+        seqs = [r["seq"] for r in results if r["session_id"] == summary.session_id]
+        complete = seqs == list(range(summary.frames_captured)) and summary.results == len(seqs)
+        _print_summary(summary, seqs, complete, results, recording, stored, wall)
+        if opts.live_s is None or opts.live_s > 0:
+            live_camera(opts, port, console.port or 0)
     delivered = summary.outbox_pending == 0 and stored == summary.results
     return 0 if complete and delivered else 1
+
+
+def live_config(opts: DemoOptions, broker_port: int, console_port: int) -> AppConfig:
+    """A live SYNTHETIC camera whose patient settles in about a minute; the seed's 15-minute
+    rest is shortened to LIVE_REST_S so that a whole exam fits in a demo."""
+    return load_config(
+        None,
+        {
+            "device_id": DEMO_DEVICE,
+            "camera_id": "live",
+            "source": "test://?settle_s=60&fps=9",
+            "model.dir": str(opts.model),
+            "mqtt.port": broker_port,
+            "outbox.path": str(opts.workdir / "outbox-live.sqlite"),
+            "exam.exams_dir": str(opts.workdir / "exams"),
+            "exam.acclimatization.min_s": LIVE_REST_S,
+            "exam.acclimatization.drift_window_s": 20,
+            "exam.acclimatization.drift_limit_c_per_min": 0.2,
+            "console.listen": f"127.0.0.1:{console_port}",
+            "log_level": "WARNING",
+        },
+        env={},
+    )
+
+
+def live_camera(opts: DemoOptions, broker_port: int, console_port: int) -> None:
+    """The console on a live synthetic camera, for a person to run an exam from the page."""
+    cfg = live_config(opts, broker_port, console_port)
+    console, live = start_console(cfg)
+    how_long = "Ctrl-C ends the demo" if opts.live_s is None else f"for {opts.live_s:g} s"
+    print(
+        f"The console now shows a live SYNTHETIC camera ({how_long}): run an exam from the "
+        f"page; it says what to do next (the rest is shortened to {LIVE_REST_S:g} s here). "
+        f"Past exams and their reports: {console.url}exams",
+        flush=True,
+    )
+    stop = threading.Event()
+    timer = None if opts.live_s is None else threading.Timer(opts.live_s, stop.set)
+    try:
+        if timer is not None:
+            timer.start()
+        main = threading.current_thread() is threading.main_thread()  # signals reach it only
+        with stop_on_signals(stop, "ending the demo") if main else contextlib.nullcontext():
+            run(cfg, stop, consumers=console.consumers, live=live)
+    except RunError as exc:
+        print(f"demo: live camera: {exc}", file=sys.stderr)
+    finally:
+        if timer is not None:
+            timer.cancel()
+        console.stop()
+    print(f"exam records and reports: {cfg.exam.exams_dir}")
 
 
 def _print_summary(
@@ -305,10 +398,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=60, help="frames in the recording")
     parser.add_argument("--fps", type=float, default=10.0, help="recording frame rate")
     parser.add_argument("--seed", type=int, default=7, help="synthetic recording seed")
+    parser.add_argument(
+        "--console",
+        metavar="HOST:PORT",
+        default="127.0.0.1:0",
+        help="the operator console's address (default: a free loopback port)",
+    )
+    parser.add_argument(
+        "--live-seconds",
+        type=float,
+        default=None,
+        help="after the replay, keep the console on a live synthetic camera this long "
+        "(default: until Ctrl-C when run from a terminal, else not at all)",
+    )
     args = parser.parse_args(argv)
+    live_s = args.live_seconds
+    if live_s is None and not sys.stdin.isatty():
+        live_s = 0.0
+    opts = DemoOptions(
+        args.model, args.workdir, args.frames, args.fps, args.seed, args.console, live_s
+    )
     try:
-        return run_demo(args.model, args.workdir, args.frames, args.fps, args.seed)
-    except (RuntimeError, TimeoutError, ValueError) as exc:  # ConfigError is a ValueError
+        return run_demo(opts)
+    except (RuntimeError, TimeoutError, ValueError, ConsoleError) as exc:  # ConfigError too
         print(f"demo: {exc}", file=sys.stderr)
         return 2
 

@@ -286,18 +286,37 @@ def _views_html(record: ExamRecord) -> str:
     return f"<table class='views'>{head}{''.join(rows)}</table>{note}"
 
 
-def render_report(folder: Path, record: ExamRecord | None = None) -> str:
-    """The report page of the exam stored in `folder` (exam.json and key frames beside it)."""
+def render_report(folder: Path | None, record: ExamRecord | None = None) -> str:
+    """The report page of the exam stored in `folder` (exam.json and key frames beside it).
+    Without a folder (a logger's copy of the summary: no images) `record` is required and the
+    key frames are named, not shown."""
+    if folder is None:
+        if record is None:
+            raise RecordError("render_report: give the exam's folder or its record")
+        return _page(record, _key_frames_elsewhere(record))
     folder = Path(folder)
     if record is None:
         record = read_record_file(folder / RECORD_NAME)
+    return _page(record, "".join(_key_frame_html(folder, meta) for meta in record.key_frames))
+
+
+def _key_frames_elsewhere(record: ExamRecord) -> str:
+    if not record.key_frames:
+        return ""
+    names = ", ".join(_e(k.file) for k in record.key_frames)
+    return (
+        f"<p class='muted'>Key frames ({names}) are kept with the exam's record on device "
+        f"{_e(record.device_id)}, not in the logger's summary.</p>"
+    )
+
+
+def _page(record: ExamRecord, frames: str) -> str:
     banner = (
         "<div class='banner'>SYNTHETIC MODEL: trained on synthetic thermograms, no medical "
         "meaning</div>"
         if record.synthetic_model
         else ""
     )
-    frames = "".join(_key_frame_html(folder, meta) for meta in record.key_frames)
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>thermoscreen exam {_e(record.exam_id)}</title><style>{CSS}</style></head><body>"

@@ -1,9 +1,12 @@
-"""`thermoscreen report`: per-session summaries from a logger database.
+"""`thermoscreen report`: per-session summaries and the exams from a logger database, or one
+exam's HTML report (`--exam ID`; the listing and the page are in `pipeline.logger.examreport`).
 
-For each (device, session): how many results arrived, the verdict (from the session summary the
-device published when present, else the most frequent per-frame label), top-1 score statistics,
-first and last capture time, missing `seq` numbers (lost results show up as gaps; those the
-device itself dropped at a full outbox and named in its summary are listed apart), how many
+For each (device, session): how many results arrived, the rolling verdict (the last N frames of
+the session summary the device published when present, else the most frequent per-frame label),
+the top-1 score (the winning label's probability per frame) statistics, the mean positive-class
+probability over the whole session (from its summary), first and last capture time, missing
+`seq` numbers (lost results show up as gaps; those the device itself dropped at a full outbox
+and named in its summary are listed apart), how many
 re-deliveries the logger dropped as duplicates, and how the session ended: the summary's reason,
 or `aborted` when no summary ever came and the device went offline or started a later session
 (a killed run), or `incomplete` while neither is known. Screening support only, never a
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import DISCLAIMER
+from pipeline.logger import examreport
 from pipeline.logger.store import ResultRow, SessionRow, Store, StoreError, open_store
 from pipeline.mqtt.delivery import format_ranges, range_count, subtract_ranges, to_ranges
 
@@ -38,17 +42,19 @@ class SessionReport:
     session: str
     frames: int  # results stored
     reported_frames: int | None  # frames the device's session summary says it classified
-    verdict: str | None
+    verdict: str | None  # the ROLLING verdict (last N frames), or the most frequent label
     verdict_source: str  # "session" (device's summary) or "results" (most frequent label)
     labels: dict[str, int]
-    score_mean: float | None
-    score_min: float | None
-    score_max: float | None
+    top1_score_mean: float | None  # the winning label's probability, whatever the label
+    top1_score_min: float | None
+    top1_score_max: float | None
     first_capture: str | None
     last_capture: str | None
     missing_seq: list[tuple[int, int]] = field(default_factory=list)  # inclusive ranges
     duplicates: int = 0
     end_reason: str = "incomplete"  # eos/stopped/error from the summary, aborted, incomplete
+    positive_label: str | None = None  # the class the next column is the probability of
+    positive_score_mean: float | None = None  # its mean over every frame (session summary)
     # results the device dropped at its full outbox (named in its summary), never sent
     dropped_seq: list[tuple[int, int]] = field(default_factory=list)
 
@@ -85,7 +91,7 @@ def _dropped_seq(summary: SessionRow | None, stored: list[int]) -> list[tuple[in
 
 
 def _summary_verdict(payload: dict[str, Any]) -> str | None:
-    verdict = payload.get("verdict")
+    verdict = payload.get("rolling_verdict", payload.get("verdict"))  # v2, else v1
     if isinstance(verdict, dict) and isinstance(verdict.get("label"), str):
         return str(verdict["label"])
     return None
@@ -162,16 +168,24 @@ def _one(
         verdict=verdict,
         verdict_source=source,
         labels=dict(sorted(labels.items())),
-        score_mean=round(sum(scores) / len(scores), 6) if scores else None,
-        score_min=min(scores) if scores else None,
-        score_max=max(scores) if scores else None,
+        top1_score_mean=round(sum(scores) / len(scores), 6) if scores else None,
+        top1_score_min=min(scores) if scores else None,
+        top1_score_max=max(scores) if scores else None,
         first_capture=captures[0] if captures else None,
         last_capture=captures[-1] if captures else None,
         missing_seq=subtract_ranges(seq_gaps(seqs, reported), dropped),
         duplicates=duplicates,
         end_reason=end,
+        positive_label=_summary_score(summary, "label"),
+        positive_score_mean=_summary_score(summary, "mean"),
         dropped_seq=dropped,
     )
+
+
+def _summary_score(summary: SessionRow | None, key: str) -> Any:
+    """The session summary's positive-class score field (label or mean), when it has one."""
+    score = summary.payload.get("score") if summary is not None else None
+    return score.get(key) if isinstance(score, dict) else None
 
 
 def report_from_store(store: Store) -> list[SessionReport]:
@@ -182,8 +196,9 @@ def report_from_store(store: Store) -> list[SessionReport]:
 
 COLUMNS = (
     "device", "camera", "session", "frames", "reported_frames", "verdict", "verdict_source",
-    "labels", "score_mean", "score_min", "score_max", "first_capture", "last_capture",
-    "missing_seq", "missing_count", "duplicates", "end_reason", "dropped_seq", "dropped_count",
+    "labels", "top1_score_mean", "top1_score_min", "top1_score_max", "positive_label",
+    "positive_score_mean", "first_capture", "last_capture", "missing_seq", "missing_count",
+    "duplicates", "end_reason", "dropped_seq", "dropped_count",
 )  # fmt: skip
 # A spreadsheet runs a cell that starts with one of these as a formula (=HYPERLINK(...)).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
@@ -236,17 +251,20 @@ def to_csv(reports: Sequence[SessionReport]) -> str:
 
 
 def to_table(reports: Sequence[SessionReport]) -> str:
-    heads = ("device", "session", "frames", "verdict", "labels", "score mean/min/max",
-             "first capture", "last capture", "missing seq", "dropped seq", "dups",
-             "end")  # fmt: skip
+    heads = ("device", "session", "frames", "rolling verdict", "labels",
+             "top-1 score mean/min/max", "P(positive) mean", "first capture", "last capture",
+             "missing seq", "dropped seq", "dups", "end")  # fmt: skip
     rows = []
     for r in reports:
         f = _flat(r)
-        scores = "-" if r.score_mean is None else (
-            f"{r.score_mean:.3f}/{r.score_min:.3f}/{r.score_max:.3f}"
+        scores = "-" if r.top1_score_mean is None else (
+            f"{r.top1_score_mean:.3f}/{r.top1_score_min:.3f}/{r.top1_score_max:.3f}"
+        )  # fmt: skip
+        positive = "-" if r.positive_score_mean is None else (
+            f"{r.positive_label}: {r.positive_score_mean:.3f}"
         )  # fmt: skip
         verdict = f"{r.verdict or '-'} ({r.verdict_source})"
-        row = (r.device, r.session, str(r.frames), verdict, f["labels"] or "-", scores,
+        row = (r.device, r.session, str(r.frames), verdict, f["labels"] or "-", scores, positive,
                r.first_capture or "-", r.last_capture or "-", f["missing_seq"] or "-",
                f["dropped_seq"] or "-", str(r.duplicates), r.end_reason)  # fmt: skip
         rows.append(tuple(_printable(c) for c in row))
@@ -272,6 +290,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=sorted(FORMATTERS), default="table")
     parser.add_argument("--out", type=Path, help="write here instead of standard output")
     parser.add_argument("--device", help="only this device id")
+    parser.add_argument("--camera", help="only this camera id")
+    parser.add_argument(
+        "--since", help="only sessions and exams from this time on (2026-01-14, or ISO 8601 UTC)"
+    )
+    parser.add_argument(
+        "--exams", action="store_true", help="list the exams only (not the sessions)"
+    )
+    parser.add_argument(
+        "--exam",
+        metavar="ID",
+        help="write exam ID's HTML report (the same page as its record's report.html)",
+    )
+    parser.add_argument(
+        "--exams-dir",
+        type=Path,
+        help="the device's exam records (with key frames) for --exam; else the stored summary",
+    )
+
+
+@dataclass(frozen=True)
+class Query:
+    """What `report` was asked for: filters and the exam to render."""
+
+    since: str | None
+    device: str | None
+    camera: str | None
+
+
+def _sessions(store: Store, q: Query) -> list[SessionReport]:
+    reports = report_from_store(store)
+    return [
+        r
+        for r in reports
+        if (q.device is None or r.device == q.device)
+        and (q.camera is None or r.camera == q.camera)
+        and (q.since is None or (r.first_capture or "") >= q.since)
+    ]
+
+
+def render(store: Store, args: argparse.Namespace, q: Query) -> str:
+    """The text `report` writes: one exam's HTML, the exams, or sessions and exams."""
+    exams = store.exams(q.since, q.device, q.camera, args.exam)
+    if args.exam:
+        return examreport.exam_html(exams, args.exam, args.exams_dir)
+    if args.format == "json":
+        rows = [] if args.exams else json.loads(to_json(_sessions(store, q)))["sessions"]
+        payload = {"disclaimer": DISCLAIMER, "exams": examreport.to_json(exams)}
+        return examreport.dump_json(payload if args.exams else {**payload, "sessions": rows})
+    if args.format == "csv":
+        return examreport.to_csv(exams, csv_cell) if args.exams else to_csv(_sessions(store, q))
+    text = examreport.to_table(exams, _printable)
+    if args.exams:
+        return text
+    sessions = to_table(_sessions(store, q))
+    return f"{sessions}\n{text}" if exams else sessions  # no exams: the sessions alone
 
 
 def main(args: argparse.Namespace) -> int:
@@ -280,17 +353,18 @@ def main(args: argparse.Namespace) -> int:
         print(f"thermoscreen report: {db}: database not found; pass --db", file=sys.stderr)
         return 2
     try:
+        since = None if args.since is None else examreport.parse_since(args.since)
         store = open_store(db, writer=False)
-    except StoreError as exc:
+    except (StoreError, examreport.ExamReportError) as exc:
         print(f"thermoscreen report: {exc}", file=sys.stderr)
         return 2
     try:
-        reports = report_from_store(store)
+        text = render(store, args, Query(since, args.device, args.camera))
+    except examreport.ExamReportError as exc:
+        print(f"thermoscreen report: {exc}", file=sys.stderr)
+        return 2
     finally:
         store.close()
-    if args.device:
-        reports = [r for r in reports if r.device == args.device]
-    text = FORMATTERS[args.format](reports)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text, encoding="utf-8")

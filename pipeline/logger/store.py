@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
 from pipeline.logger import dbfiles
+from pipeline.logger.examstore import EXAM_DDL, ExamRow, ExamStateRow, ExamTables
 from pipeline.uri import redact
 
 Added = Literal["stored", "duplicate", "conflict"]
@@ -121,6 +122,25 @@ class Store(Protocol):
     def message_ids(self) -> set[str]: ...
 
     def counts(self) -> StoreCounts: ...
+
+    # exams (pipeline.logger.examstore)
+    def add_exam_state(
+        self, device: str, camera: str, payload: dict[str, Any], received_ts: float
+    ) -> bool: ...
+
+    def add_exam_summary(
+        self, device: str, camera: str, payload: dict[str, Any], received_ts: float
+    ) -> None: ...
+
+    def exams(
+        self,
+        since: str | None = None,
+        device: str | None = None,
+        camera: str | None = None,
+        exam_id: str | None = None,
+    ) -> list[ExamRow]: ...
+
+    def exam_states(self, device: str, exam_id: str) -> list[ExamStateRow]: ...
 
 
 # One schema for both engines; {json}, {blob}, {real}, {int64} and {serial} are filled per
@@ -233,7 +253,7 @@ def same_json(a: Any, b: Any) -> bool:
     return float(a) == float(b)
 
 
-class _SqlStore:
+class _SqlStore(ExamTables):
     """The SQL shared by both engines; subclasses supply the connection and dialect."""
 
     _types: ClassVar[dict[str, str]]
@@ -272,7 +292,7 @@ class _SqlStore:
 
     # Writes ----------------------------------------------------------------------------------
     def _create(self) -> None:
-        for stmt in _DDL:
+        for stmt in (*_DDL, *EXAM_DDL):
             self._execute(stmt.format(**self._types))
         self._migrate()
         self.commit()

@@ -95,6 +95,8 @@ def subscriptions(prefix: str, extra: tuple[str, ...] = ()) -> list[str]:
         f"{prefix}/+/+/result",
         f"{prefix}/+/+/state",
         f"{prefix}/+/+/session",
+        f"{prefix}/+/+/exam",
+        f"{prefix}/+/+/exam/summary",
         f"{prefix}/+/status",
     ]
     extra = tuple(dict.fromkeys(extra))

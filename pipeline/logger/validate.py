@@ -28,11 +28,25 @@ MAX_DEPTH = 16
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _TOKENS = re.compile(rb'[\[\]{}"\\]')
 
-Kind = Literal["result", "state", "session", "status", "stats", "stored"]
+Kind = Literal[
+    "result",
+    "state",
+    "session",
+    "status",
+    "stats",
+    "stored",
+    "exam",
+    "exam-summary",
+    "exam-command",
+]
 _KINDS: dict[int, tuple[Kind, ...]] = {
     3: ("status", "stats"),
-    4: ("result", "state", "session", "stored"),
+    4: ("result", "state", "session", "stored", "exam"),
+    5: ("exam-summary", "exam-command"),  # <camera>/exam/summary, <camera>/exam/set
 }
+_LEVEL = {"exam-summary": "exam/summary", "exam-command": "exam/set"}  # kind -> topic levels
+# not stored: telemetry, loggers' own delivery confirmations, requests to a run
+NOT_STORED: tuple[Kind, ...] = ("stats", "stored", "exam-command")
 
 
 @dataclass(frozen=True)
@@ -59,7 +73,7 @@ def classify(topic: str, raw: bytes, prefix: str, max_payload_bytes: int) -> Acc
     if isinstance(routed, Reject):
         return routed
     kind, ids = routed
-    if kind in ("stats", "stored"):  # telemetry, and loggers' own delivery confirmations
+    if kind in NOT_STORED:
         return Accepted(kind, ids, None)
     if kind == "status":
         text = raw.decode("utf-8", errors="replace").strip()
@@ -74,7 +88,7 @@ def classify(topic: str, raw: bytes, prefix: str, max_payload_bytes: int) -> Acc
     problem = unstorable(payload)
     if problem:
         return Reject(f"cannot be stored: {problem}")
-    errors = schema_errors(payload, kind)  # result, state and session each have a schema
+    errors = schema_errors(payload, kind)  # every stored kind has its schema, by that name
     if errors:
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
         return Reject(f"{kind} schema: {errors[0]}{more}")
@@ -88,13 +102,15 @@ def classify(topic: str, raw: bytes, prefix: str, max_payload_bytes: int) -> Acc
 
 def _route(topic: str, prefix: str) -> tuple[Kind, list[str]] | Reject:
     parts = topic.split("/")
-    if parts[0] != prefix or len(parts) not in (3, 4):
+    if parts[0] != prefix or len(parts) not in _KINDS:
         return Reject(f"unknown topic (expected {prefix}/<device>[/<camera>]/<kind>)")
-    ids, kind = parts[1:-1], parts[-1]
+    split = 2 if len(parts) == 5 else 1
+    ids, kind = parts[1:-split], "/".join(parts[-split:])
     known = _KINDS[len(parts)]
-    found = [k for k in known if k == kind]
+    found = [k for k in known if _LEVEL.get(k, k) == kind]
     if not found:
-        return Reject(f"unknown topic kind {kind!r} (expected one of {', '.join(known)})")
+        names = ", ".join(_LEVEL.get(k, k) for k in known)
+        return Reject(f"unknown topic kind {kind!r} (expected one of {names})")
     bad = [i for i in ids if not is_id(i)]
     if bad:
         return Reject(f"unknown topic: id {bad[0]!r} is not [A-Za-z0-9_.-]{{1,64}}")

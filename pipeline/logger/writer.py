@@ -35,20 +35,21 @@ class Counters:
     states: int = 0
     sessions: int = 0
     statuses: int = 0
+    exams: int = 0  # exam state changes and summaries kept
     ignored: int = 0
 
     def line(self) -> str:
         return (
             f"stored={self.stored} duplicates={self.duplicates} rejects={self.rejects} "
             f"states={self.states} sessions={self.sessions} statuses={self.statuses} "
-            f"ignored={self.ignored}"
+            f"exams={self.exams} ignored={self.ignored}"
         )
 
     @property
     def handled(self) -> int:
         return (
             self.stored + self.duplicates + self.rejects + self.states + self.sessions
-            + self.statuses + self.ignored
+            + self.statuses + self.exams + self.ignored
         )  # fmt: skip
 
 
@@ -125,8 +126,13 @@ def _store_other(store: Store, message: Accepted, received_ts: float, counters: 
     elif message.kind == "status":
         store.set_status(ids[0], payload, received_ts)
         counters.statuses += 1
+    elif message.kind == "exam-summary":
+        store.add_exam_summary(ids[0], ids[1], payload, received_ts)
+        counters.exams += 1
+    elif message.kind == "exam" and store.add_exam_state(ids[0], ids[1], payload, received_ts):
+        counters.exams += 1
     else:
-        counters.ignored += 1  # stats (live telemetry) and loggers' confirmations: not stored
+        counters.ignored += 1  # stats, confirmations, exam commands, a repeated exam state
 
 
 def store_batch(

@@ -365,9 +365,10 @@ class Outbox:
         return self.settle(acked=ids, sent=())
 
     def settle(self, acked: Iterable[int], sent: Iterable[int], keep_acked: bool = False) -> int:
-        """Delete `acked` rows (or, with `keep_acked`, mark them acknowledged and keep them for
-        a logger's confirmation) and count an attempt for `sent` rows, in one transaction.
-        Returns how many rows were deleted or newly marked."""
+        """Delete `acked` rows (or, with `keep_acked`, mark results and session summaries
+        acknowledged and keep them for a logger's confirmation; loggers confirm nothing else,
+        so other rows still leave here) and count an attempt for `sent` rows, in one
+        transaction. Returns how many rows were deleted or newly marked."""
         done = [(i,) for i in acked]
         updates = [(i,) for i in sent]
         if not done and not updates:
@@ -375,25 +376,27 @@ class Outbox:
         with self._room:
             if self._closed:
                 return 0
+            kept = 0
             with self._writing(transaction=True):
-                before = self._db.total_changes
                 if keep_acked:
+                    before = self._db.total_changes
                     self._db.executemany(
-                        "UPDATE outbox SET acked = 1 WHERE id = ? AND acked = 0", done
+                        "UPDATE outbox SET acked = 1 WHERE id = ? AND acked = 0 "
+                        "AND kind IN ('result', 'session')",
+                        done,
                     )
-                else:
-                    self._db.executemany("DELETE FROM outbox WHERE id = ?", done)
-                changed = self._db.total_changes - before
+                    kept = self._db.total_changes - before
+                before = self._db.total_changes
+                self._db.executemany("DELETE FROM outbox WHERE id = ? AND acked = 0", done)
+                deleted = self._db.total_changes - before
                 self._db.executemany(
                     "UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", updates
                 )
-            if keep_acked:
-                self._acked += changed
-            else:
-                self._count -= changed
-                if changed:
-                    self._room.notify_all()
-            return changed
+            self._acked += kept
+            self._count -= deleted
+            if deleted:
+                self._room.notify_all()
+            return kept + deleted
 
     def confirm(
         self, camera: str, session: str, ranges: Iterable[SeqRange], summary: bool
@@ -423,6 +426,18 @@ class Outbox:
             if deleted:
                 self._room.notify_all()
             return [int(i) for i, _ in deleted]
+
+    def release_acked(self) -> int:
+        """Delete every acknowledged row: delivered as far as `outbox.confirm: broker` goes (an
+        earlier run kept them for a logger's confirmation). Returns how many."""
+        with self._room:
+            with self._writing():
+                gone = self._db.execute("DELETE FROM outbox WHERE acked = 1").rowcount
+            self._count -= gone
+            self._acked -= gone
+            if gone:
+                self._room.notify_all()
+            return int(gone)
 
     def unconfirmed(self) -> list[tuple[int, str]]:
         """(row id, session) of every row the broker acknowledged and no logger confirmed."""

@@ -17,7 +17,7 @@ import jsonschema
 
 from pipeline.types import FrameResult, ModelInfo
 
-RESULT_SCHEMA_VERSION = 1
+RESULT_SCHEMA_VERSION = 2  # 2: exam_id, view, quality, file, synthetic_model
 
 
 def rfc3339_ms(ts: float) -> str:
@@ -56,6 +56,13 @@ def result_payload(
                 {"index": t.index, "label": t.label, "score": round(t.score, 6)} for t in pred.top_k
             ],
         },
+        "exam_id": result.exam.exam_id,
+        "view": result.exam.view,
+        "quality": None
+        if result.exam.accepted is None
+        else {"accepted": result.exam.accepted, "reasons": list(result.exam.reasons)},
+        "file": result.file,
+        "synthetic_model": model.synthetic,
         "latency_ms": {
             "capture_to_result": round(max(result.capture_to_result_ms, 0.0), 3),
             "inference": round(max(pred.inference_ms, 0.0), 3),

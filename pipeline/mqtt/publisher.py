@@ -7,7 +7,9 @@ Topics (DESIGN.md "MQTT contract"), under `<prefix>/<device>`:
   <camera>/state         QoS 1 retained, the rolling session verdict (newest wins)
   <camera>/session       QoS 1, the final session summary (durable, like results)
   stats                  QoS 0, dropped while offline
+  <camera>/exam          QoS 1 retained, the exam's state; exam/summary: a finished exam (durable)
   <camera>/stored        subscribed (unless outbox.confirm is broker): loggers' confirmations
+  `subscribe`            more topics (e.g. `<camera>/exam/set`): see pipeline.mqtt.inbound
 
 Threads. paho's own network thread (`loop_start`) does the socket work, keepalive and reconnect
 backoff; `connect_async` makes `start()` return at once even with the broker down. The client
@@ -35,6 +37,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from pipeline.config import MqttConfig, OutboxConfig
+from pipeline.mqtt import inbound
 from pipeline.mqtt.client import (
     Will,
     check_id,
@@ -136,6 +139,7 @@ class Publisher:
         self._client.on_publish = self._on_publish
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+        self._subscriptions = inbound.Subscriptions()
         self._closed_early = 0  # paho's thread: connections in a row closed before a CONNACK
 
         ocfg = outbox if outbox is not None else OutboxConfig(enabled=False)
@@ -156,6 +160,7 @@ class Publisher:
             ocfg.retention_s,
             self._feed,
         )
+        self._sender.subscriptions = self._subscriptions
         self._thread: threading.Thread | None = None
         self._stopped = False
         self._flushed = False
@@ -226,7 +231,7 @@ class Publisher:
         self._put(topic, encode(payload), None, False, key)
 
     def _put(
-        self, topic: str, data: bytes, expiry_s: int | None, droppable: bool, key: RowKey
+        self, topic: str, data: bytes, expiry_s: int | None, droppable: bool, key: RowKey | None
     ) -> None:
         if self._stopped:
             raise PublisherStopped("the publisher is stopped: no more messages are accepted")
@@ -244,6 +249,25 @@ class Publisher:
         it is kept in memory (one per camera) and sent on connect."""
         check_id("camera_id", camera_id)
         self._offer(State(camera_id, encode(payload)))
+
+    def publish_exam_state(
+        self, camera_id: str, payload: dict[str, Any], correlation: bytes | None = None
+    ) -> None:
+        """The exam's state, retained: newest wins, but each command's answer goes out."""
+        check_id("camera_id", camera_id)
+        self._offer(State(camera_id, encode(payload), "exam", correlation))
+
+    def publish_exam_summary(self, camera_id: str, payload: dict[str, Any]) -> None:
+        """An exam's record when it closes or aborts: QoS 1, durable (delivered at the PUBACK:
+        loggers confirm results and session summaries only)."""
+        topic = self.topic(check_id("camera_id", camera_id), "exam", "summary")
+        self._put(topic, encode(payload), None, False, None)
+
+    def subscribe(self, topic_filter: str, handler: inbound.MessageHandler) -> None:
+        """Receive `topic_filter` (QoS 1) on every connection; before `start()` only."""
+        if self._thread is not None:
+            raise RuntimeError("Publisher.subscribe() must come before start()")
+        self._subscriptions.add(topic_filter, handler)
 
     def publish_stats(self, payload: dict[str, Any]) -> None:
         """QoS 0 and not retained: dropped (and counted) while offline."""
@@ -378,10 +402,13 @@ class Publisher:
         properties: Properties | None,
     ) -> None:
         failed = [f"{rc.value} {rc}" for rc in reason_codes if rc.is_failure]
-        self._event(Subscribed(failed[0] if failed else None))
+        self._event(Subscribed(failed[0] if failed else None, mid))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self._event(StoredMessage(msg.topic, bytes(msg.payload)))
+        if msg.topic.endswith("/stored") and msg.topic.startswith(self._sender.topics.prefix):
+            self._event(StoredMessage(msg.topic, bytes(msg.payload)))
+        else:  # exam/set and the like: their handlers hand them on
+            self._subscriptions.on_message(client, userdata, msg)
 
     # -- stopping ------------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from paho.mqtt.properties import Properties
 from pipeline.config import MqttConfig
 from pipeline.mqtt.client import Client, new_properties
 from pipeline.mqtt.delivery import ConfirmTracker, format_ranges, parse_stored, to_ranges
+from pipeline.mqtt.inbound import Retained, RetainedStates, Subscriptions, answer_properties
 from pipeline.mqtt.outbox import MEMORY, Outbox, OutboxError, OutboxRow
 
 log = logging.getLogger("pipeline.mqtt.publisher")
@@ -76,6 +77,7 @@ class Acked:
 @dataclass(frozen=True)
 class Subscribed:
     failure: str | None
+    mid: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,10 +86,7 @@ class StoredMessage:
     payload: bytes
 
 
-@dataclass(frozen=True)
-class State:
-    camera_id: str
-    payload: bytes
+State = Retained  # a retained state (`state`, or `exam` with a command's correlation)
 
 
 @dataclass(frozen=True)
@@ -135,6 +134,8 @@ class Sender:
         )
         self.retention_s = retention_s
         self.tracker = ConfirmTracker(confirm_timeout_s)
+        if confirm == "broker" and outbox.release_acked():
+            log.info("outbox.confirm broker: results the broker acknowledged count as delivered")
         self.tracker.earlier_run(outbox.unconfirmed())
         self.counts = collections.Counter[str]()
         self.connected = False  # set by the callbacks
@@ -152,7 +153,9 @@ class Sender:
         self._inflight_rows: set[int] = set()
         self._sent_unmarked: list[int] = []
         self._status_mids: set[int] = set()
-        self._state_pending: dict[str, bytes] = {}
+        self._retained = RetainedStates()  # state and exam messages waiting to be sent
+        self.subscriptions: Subscriptions | None = None  # more topics, renewed on connect
+        self._more_mid = -1  # the SUBSCRIBE of those topics on this connection
         self._props: dict[int | None, Properties] = {}
         self._logged_error: str | None = None
         self._next_resend = 0.0
@@ -216,7 +219,14 @@ class Sender:
             elif isinstance(event, ConnectFailed):
                 self.record_error(event.message, event.fatal)
             elif isinstance(event, Subscribed):
-                if event.failure is not None:
+                if event.failure is not None and event.mid == self._more_mid:
+                    self.record_error(
+                        f"the broker refused a subscription to {self.subscriptions} "
+                        f"({event.failure}): exam commands cannot arrive; the broker's ACL must "
+                        "let a device read its <camera>/exam/set (config/mosquitto/acl)",
+                        False,
+                    )
+                elif event.failure is not None:
                     self.record_error(
                         f"the broker refused the subscription to {self.topics.stored_filter} "
                         f"({event.failure}): no logger confirmation can arrive; the broker's ACL "
@@ -288,6 +298,8 @@ class Sender:
         log.info("connected to MQTT broker %s:%d", self.cfg.host, self.cfg.port)
         if self.mode != "broker":  # subscribe before publishing: confirmations of this
             self.client.subscribe(self.topics.stored_filter, qos=1)  # connection's sends
+        if self.subscriptions is not None:
+            self._more_mid = self.subscriptions.renew(self.client)  # a clean start forgets them
         info = self.client.publish(self.topics.status, "online", qos=1, retain=True)
         self._status_mids.add(info.mid)
 
@@ -310,17 +322,18 @@ class Sender:
             except queue.Empty:
                 return
             if isinstance(command, State):
-                self._state_pending[command.camera_id] = command.payload
+                self._retained.offer(command)
             elif self._online:
                 self.client.publish(self.topics.stats, command.payload, qos=0, retain=False)
             else:
                 self.counts["stats_dropped"] += 1
 
     def _send_states(self) -> None:
-        for camera_id, data in self._state_pending.items():
-            topic = f"{self.topics.prefix}{camera_id}/state"
-            self.client.publish(topic, data, qos=1, retain=True, properties=self._properties(None))
-        self._state_pending.clear()
+        for item in self._retained.take():
+            c = item.correlation  # an answer to a command carries the command's correlation
+            props = self._properties(None) if c is None else answer_properties(c)
+            topic = f"{self.topics.prefix}{item.camera_id}/{item.kind}"
+            self.client.publish(topic, item.payload, qos=1, retain=True, properties=props)
 
     def _send_rows(self) -> None:
         room = INFLIGHT_WINDOW - len(self._inflight)
@@ -403,7 +416,7 @@ class Sender:
     # -- the end ---------------------------------------------------------------------------
 
     def done(self) -> bool:
-        return self.outbox.pending == 0 and self.feed.empty() and not self._state_pending
+        return self.outbox.pending == 0 and self.feed.empty() and not self._retained
 
     def flush(self, timeout_s: float) -> None:
         """Until the deadline: keep sending, acking and confirming, then say `stopped`."""

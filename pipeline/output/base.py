@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.types import Prediction, ThermalStats
+from pipeline.types import Frame, Prediction, ThermalStats
 from pipeline.uri import has_control, parse_network_uri, redact
 
 U8 = npt.NDArray[np.uint8]
@@ -46,20 +46,48 @@ class Output(Protocol):
 
     def write(
         self,
+        frame: Frame,
         gray8: U8,
         prediction: Prediction | None,
         thermal: ThermalStats | None,
-        frame_index: int,
+        info: OverlayInfo | None,
     ) -> None: ...
 
     def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
+class VerdictLine:
+    """One verdict as the overlay shows it: label, score, the threshold it was held against."""
+
+    label: str
+    score: float
+    threshold: float | None
+    frames: int
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class OverlayInfo:
+    """What the operator sees beside the frame, computed in the publish thread: the exam (state,
+    view, acclimatization), the rolling verdict (live display) and the exam's verdict, the gates
+    this frame failed, and whether the model is a synthetic demo."""
+
+    exam_id: str | None = None
+    exam_state: str | None = None  # None: no exam at this camera yet
+    view: str | None = None
+    acclimatization: str | None = None  # e.g. "rest 4:10 of 15:00, drift 0.12 C/min"
+    rolling: VerdictLine | None = None
+    exam: VerdictLine | None = None
+    rejected: tuple[str, ...] = ()  # the quality gates this frame failed
+    synthetic_model: bool = False
+
+
+@dataclass(frozen=True)
 class OutputOptions:
     """How annotations look and which encoder runs."""
 
-    window_c: tuple[float, float] | None = None  # scale labels; None: the frame's t_min/t_max
+    window_c: tuple[float, float] | None = None  # palette span (C); None: each frame's own range
     colormap: int | None = cv2.COLORMAP_INFERNO  # None: gray
     jetson: bool = False
     bitrate: int = 2_000_000

@@ -3,8 +3,12 @@
 `open_output(uri, width, height, fps)` returns an `Output`; `write()` draws the overlay
 (`pipeline.output.overlay`) on the equalized frame and pushes it into GStreamer:
 
-    file://out.mp4  appsrc ! videoconvert ! avenc_mpeg4 ! mp4mux ! filesink location=out.mp4
-                    (.mkv: matroskamux, .avi: avimux; EOS on close so the file is finalised)
+    file://out.mp4  appsrc ! videoconvert ! video/x-raw,format=I420 ! x264enc ! video/x-h264,
+                    profile=main ! mp4mux faststart=true ! filesink location=out.mp4
+                    (H.264 Main, 4:2:0: plays in every browser; where x264enc is installed,
+                    Debian's gstreamer1.0-plugins-ugly, else avenc_mpeg4 as for the others)
+    file://out.mkv  appsrc ! videoconvert ! avenc_mpeg4 ! matroskamux ! filesink ...
+                    (.avi: avimux; EOS on close so the file is finalised)
     rtp://host:port appsrc ! videoconvert ! video/x-raw,format=I420 ! jpegenc quality=85
                     ! rtpjpegpay pt=26
                     ! udpsink host=HOST port=PORT
@@ -50,11 +54,12 @@ from pipeline.output.base import (
     Output,
     OutputError,
     OutputOptions,
+    OverlayInfo,
     frame_rate,
     parse_output_uri,
 )
 from pipeline.output.overlay import annotate
-from pipeline.types import Prediction, ThermalStats
+from pipeline.types import Frame, Prediction, ThermalStats
 from pipeline.uri import redact
 
 log = logging.getLogger(__name__)
@@ -68,6 +73,37 @@ def _appsrc(width: int, height: int, fps: float) -> str:
     return f'appsrc name=src format=time is-live=false block=true caps="{caps}"'
 
 
+H264_SUFFIXES = (".mp4", ".m4v")  # browsers play H.264 in MP4
+
+
+def has_element(name: str) -> bool:
+    """Whether a GStreamer element is installed (e.g. x264enc from plugins-ugly)."""
+    return Gst.ElementFactory.find(name) is not None
+
+
+def uses_h264(uri: str, options: OutputOptions = DEFAULT_OPTIONS) -> bool:
+    """A file output that gets browser-playable H.264 from x264enc (Jetson: its own encoder)."""
+    parsed = parse_output_uri(uri)
+    if parsed.scheme != "file" or parsed.path is None or options.jetson:
+        return False
+    return parsed.path.suffix.lower() in H264_SUFFIXES and has_element("x264enc")
+
+
+def _file_encoder(uri: str, fps: float, options: OutputOptions) -> str:
+    if options.jetson:
+        return (
+            "video/x-raw,format=I420 ! nvvidconv ! video/x-raw(memory:NVMM),format=NV12 "
+            f"! nvv4l2h264enc bitrate={int(options.bitrate)} ! h264parse"
+        )
+    if uses_h264(uri, options):
+        key = max(1, round(2 * fps))  # a key frame every 2 s: a browser can seek
+        return (
+            f"video/x-raw,format=I420 ! x264enc bitrate={max(1, int(options.bitrate) // 1000)} "
+            f"speed-preset=veryfast bframes=0 key-int-max={key} ! video/x-h264,profile=main"
+        )
+    return f"avenc_mpeg4 name={RESTAMP} max-bframes=0 bitrate={int(options.bitrate)}"
+
+
 def output_launch(
     uri: str, width: int, height: int, fps: float, options: OutputOptions = DEFAULT_OPTIONS
 ) -> Launch:
@@ -77,15 +113,10 @@ def output_launch(
     head = f"{_appsrc(width, height, fps)} ! videoconvert"
     if parsed.scheme == "file":
         assert parsed.path is not None
-        if options.jetson:
-            enc = (
-                "video/x-raw,format=I420 ! nvvidconv ! video/x-raw(memory:NVMM),format=NV12 "
-                f"! nvv4l2h264enc bitrate={int(options.bitrate)} ! h264parse"
-            )
-        else:
-            enc = f"avenc_mpeg4 name={RESTAMP} max-bframes=0 bitrate={int(options.bitrate)}"
+        enc = _file_encoder(uri, fps, options)
+        mux = f"{parsed.muxer} faststart=true" if parsed.muxer == "mp4mux" else parsed.muxer
         location = Prop("out", "location", str(parsed.path.expanduser().absolute()))
-        return Launch(f"{head} ! {enc} ! {parsed.muxer} ! filesink name=out", (location,))
+        return Launch(f"{head} ! {enc} ! {mux} ! filesink name=out", (location,))
     if parsed.scheme == "rtp":
         if options.jetson:
             enc = (
@@ -178,15 +209,14 @@ class GstOutput:
 
     def write(
         self,
+        frame: Frame,
         gray8: U8,
         prediction: Prediction | None,
         thermal: ThermalStats | None,
-        frame_index: int,
+        info: OverlayInfo | None,
     ) -> None:
         """Annotate one frame and push it; blocks while the encoder catches up (no drops)."""
-        image = annotate(
-            gray8, prediction, thermal, frame_index, self.options, (self.width, self.height)
-        )
+        image = annotate(frame, prediction, info, self.options, (self.width, self.height))
         self.push_bgr(image)
 
     def push_bgr(self, image: U8) -> None:
@@ -238,5 +268,7 @@ def open_output(
     """Start an output pipeline for annotated frames of width x height at fps."""
     if width <= 0 or height <= 0:
         raise OutputError(f"output '{redact(uri)}': size must be positive, got {width}x{height}")
+    if uses_h264(uri, options or DEFAULT_OPTIONS):  # 4:2:0 needs even sides
+        width, height = width + width % 2, height + height % 2
     out: Output = GstOutput(uri, width, height, fps, options or OutputOptions())
     return out

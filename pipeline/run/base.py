@@ -1,21 +1,24 @@
 """The run stage's contracts: what the stages hand each other and what they need from outside.
 
-`ResultSink` is what the publish stage needs from the MQTT publisher; `FrameConsumer` is how
-more per-frame work (the screening exam's tracker, the console's live view) joins the publish
-thread without another queue or lock.
+`ResultSink` is what the publish stage needs from the MQTT publisher (`ExamSink` what the
+screening exam needs beside it); `ExamHook` is the exam's part of the publish thread (it tags each
+result before it is published); `FrameConsumer` is how more per-frame work (the console's live
+view) joins the publish thread without another queue or lock.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 from pipeline.mqtt.publisher import PublisherStats
+from pipeline.output.base import OverlayInfo
 from pipeline.run.session import EndReason
-from pipeline.types import Frame, FrameResult, ModelInfo, Prediction, ThermalStats
+from pipeline.types import ExamTag, Frame, FrameResult, ModelInfo, Prediction, ThermalStats
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,7 @@ class Classified:
     prediction: Prediction
     thermal: ThermalStats | None  # None for frames without temperature (8-bit video)
     capture_to_result_ms: float
+    overlay: OverlayInfo | None = None  # what the annotated output draws beside the frame
 
 
 class ResultSink(Protocol):
@@ -45,6 +49,43 @@ class ResultSink(Protocol):
     def stop(self, flush_timeout_s: float) -> bool: ...
 
     def stats(self) -> PublisherStats: ...
+
+
+@runtime_checkable
+class ExamSink(Protocol):
+    """What the screening exam needs from the MQTT publisher beside results."""
+
+    def publish_exam_state(
+        self, camera_id: str, payload: dict[str, Any], correlation: bytes | None = None
+    ) -> None: ...
+
+    def publish_exam_summary(self, camera_id: str, payload: dict[str, Any]) -> None: ...
+
+    def subscribe(
+        self, topic_filter: str, handler: Callable[[str, bytes, bytes | None], None]
+    ) -> None: ...
+
+    def topic(self, *parts: str) -> str: ...
+
+
+class ExamHook(Protocol):
+    """The screening exam's part of the publish thread (pipeline.run.exam.ExamTracker)."""
+
+    def assess(self, item: Classified) -> ExamTag:
+        """The exam, view and quality of one classified frame, before its result is published."""
+        ...
+
+    def overlay(self, item: Classified, rolling: dict[str, Any] | None) -> OverlayInfo:
+        """What the annotated output shows with this frame (exam state, verdicts, banner)."""
+        ...
+
+    def idle(self) -> None:
+        """Between results (and while none come): acclimatization ticks, periodic state."""
+        ...
+
+    def on_end(self, reason: EndReason) -> None:
+        """The session is ending: an open exam is closed (a replay's) or aborted."""
+        ...
 
 
 class FrameConsumer(Protocol):

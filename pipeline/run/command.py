@@ -21,16 +21,23 @@ import logging
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import DISCLAIMER
 from pipeline.config import AppConfig, ConfigError, load_config
+from pipeline.console.config import ConsoleError
+from pipeline.exam.commands import VIEWS
 from pipeline.mqtt.client import add_broker_arguments, broker_overrides
 from pipeline.mqtt.delivery import format_ranges
+from pipeline.run.exam import ExamPlan
+from pipeline.run.live import LiveView
 from pipeline.run.malloc import tune_malloc
 from pipeline.run.stats import EXIT_BAD_INPUT, RunSummary
 from pipeline.run.wiring import RunError, run
 from pipeline.signals import stop_on_signals
+
+if TYPE_CHECKING:
+    from pipeline.console.server import Console
 
 DEFAULT_CONFIG = Path("config/default.yaml")
 EPILOG = (
@@ -89,12 +96,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="use the model's preprocessing when the config's differs",
     )
+    _add_exam_arguments(parser)
     parser.add_argument("--max-frames", type=int, help="stop after N captured frames")
     _add_outbox_arguments(parser)
     parser.add_argument(
         "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level"
     )
     parser.epilog = EPILOG
+
+
+def _add_exam_arguments(parser: argparse.ArgumentParser) -> None:
+    """The screening exam's flags and the operator console's."""
+    parser.add_argument(
+        "--console",
+        metavar="HOST:PORT",
+        help="serve the operator console (live view, exam controls, /healthz, /metrics) on "
+        "HOST:PORT, e.g. 127.0.0.1:8080; any address but loopback needs "
+        "$THERMOSCREEN_CONSOLE_PASSWORD (config console.listen)",
+    )
+    parser.add_argument(
+        "--exam",
+        metavar="ID",
+        help="start exam ID (an accession code, never a name) at once, capturing --view; the "
+        "record says acclimatization was not observed. A DMR-IR folder replay makes one exam "
+        "per patient, ID-T<patient>",
+    )
+    parser.add_argument(
+        "--view", choices=VIEWS, help="the view of --exam (default frontal; alone: a new id)"
+    )
+    parser.add_argument(
+        "--exams-dir", type=Path, help="folder of exam records (config exam.exams_dir)"
+    )
+    parser.add_argument(
+        "--allow-synthetic-model",
+        action="store_true",
+        default=None,
+        help="let a synthetic demo model serve a live camera (it still says SYNTHETIC MODEL "
+        "everywhere); refused otherwise",
+    )
 
 
 def _add_outbox_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,13 +162,23 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "capture.realtime": args.realtime,
         "capture.fps": args.fps,
         "model.follow_manifest": args.follow_manifest,
+        "model.allow_synthetic": args.allow_synthetic_model,
+        "exam.exams_dir": args.exams_dir,
         "outbox.path": args.outbox,
         "outbox.confirm": args.confirm,
         "flush_timeout_s": args.flush_timeout,
         "log_level": args.log_level,
+        "console.listen": args.console,
     }
     flat.update(broker_overrides(args))
     return {k: v for k, v in flat.items() if v is not None}
+
+
+def exam_plan(args: argparse.Namespace) -> ExamPlan | None:
+    """`--exam ID` and/or `--view V`: the exam the run starts by itself."""
+    if args.exam is None and args.view is None:
+        return None
+    return ExamPlan(exam_id=args.exam, view=args.view or "frontal")
 
 
 def check_max_frames(value: int | None) -> None:
@@ -162,6 +211,13 @@ def print_summary(summary: RunSummary, cfg: AppConfig) -> None:
     )
     for line in delivery_lines(summary, cfg):
         print(line, file=sys.stderr if line.startswith(_ATTENTION) else sys.stdout)
+    if summary.exams is not None and (summary.exams["closed"] or summary.exams["aborted"]):
+        print(
+            f"exams: {summary.exams['closed']} closed, {summary.exams['aborted']} aborted; "
+            f"records and reports in {cfg.exam.exams_dir}"
+        )
+    if summary.synthetic_model:
+        print("SYNTHETIC MODEL: trained on generated thermograms; a demo, not a medical model")
     print(f"Note: {DISCLAIMER}")
 
 
@@ -225,13 +281,48 @@ def main(args: argparse.Namespace) -> int:
         cfg.log_level
     )  # the CLI set logging up; the config may name a level
     stop = threading.Event()
+    live = LiveView() if cfg.console.listen else None
+    try:
+        console = None if live is None else start_console(cfg, live)
+    except ConsoleError as exc:
+        print(f"thermoscreen run: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if console is not None:
+        announce(console)
     try:
         with stop_on_signals(stop):
-            summary = run(cfg, stop=stop, max_frames=args.max_frames)
+            summary = run(
+                cfg,
+                stop=stop,
+                max_frames=args.max_frames,
+                exam_plan=exam_plan(args),
+                consumers=() if console is None else console.consumers,
+                live=live,
+            )
     except RunError as exc:
         print(f"thermoscreen run: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        if console is not None:
+            console.stop()
     return finish(summary, cfg)
+
+
+def start_console(cfg: AppConfig, live: LiveView) -> Console | None:
+    """The operator console, loaded only when asked for: its web server (aiohttp, Prometheus)
+    is a large part of the start-up of a run that has no console."""
+    from pipeline.console.server import open_console  # optional: aiohttp
+
+    return open_console(cfg, live)
+
+
+def announce(console: Console) -> None:
+    """The console's address, on stdout before the first frame (scripts may read it)."""
+    print(
+        f"operator console: {console.url} (exams {console.url}exams, health "
+        f"{console.url}healthz, metrics {console.url}metrics)",
+        flush=True,
+    )
 
 
 def finish(summary: RunSummary, cfg: AppConfig) -> int:

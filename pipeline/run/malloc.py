@@ -11,14 +11,14 @@ M_TOP_PAD = -2
 
 
 def tune_malloc(
-    arenas: int = 1, mmap_threshold_bytes: int = 4 << 20, top_pad_bytes: int = 16 << 20
+    arenas: int = 1, mmap_threshold_bytes: int = 4 << 20, top_pad_bytes: int = 8 << 20
 ) -> bool:
     """One arena: a frame freed by the publisher thread is reused by the capture thread instead
     of sitting in another thread's own heap, which keeps the peak resident memory down.
 
     Frame-sized blocks stay in the heap and are reused: a float32 DMR-IR matrix (1.2 MB), its
     decompressed text (2-3 MB) and the rendering's scratch buffers are all under the 4 MB mmap
-    threshold, and the 16 MB top pad keeps free room at the top of the heap to cut them from.
+    threshold, and the 8 MB top pad keeps free room at the top of the heap to cut them from.
     With a 1 MB threshold and no pad, each of them was mapped afresh, faulted in page by page
     and handed back to the system when freed, several times a frame (`tests/integration/
     test_malloc_faults.py` counts it). Blocks of 4 MB and more (ONNX Runtime's load-time

@@ -33,7 +33,8 @@ class PublishOptions:
 
     device_id: str
     camera_id: str
-    state_every_frames: int = 1  # the retained state after every N results
+    state_interval_s: float = 0.5  # the retained state at most this often (0: every result),
+    # and at once when the rolling verdict's label changes
     stats_interval_s: float = 10.0  # a `stats` message at most this often
 
 

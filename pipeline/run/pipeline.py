@@ -21,7 +21,7 @@ from pipeline.classify.base import Classifier
 from pipeline.classify.factory import model_info
 from pipeline.mqtt.outbox import OutboxError
 from pipeline.mqtt.publisher import PublisherStopped
-from pipeline.run.base import FrameConsumer, ResultSink
+from pipeline.run.base import ExamHook, FrameConsumer, ResultSink
 from pipeline.run.inbox import CommandInbox
 from pipeline.run.options import StageOptions
 from pipeline.run.queues import POLL_S, Control, Queues
@@ -62,6 +62,7 @@ class Pipeline:
         consumers: Sequence[FrameConsumer] = (),
         commands: CommandInbox | None = None,
         stop: threading.Event | None = None,
+        exam: ExamHook | None = None,
     ) -> None:
         self.options = options
         self.source = source
@@ -93,6 +94,7 @@ class Pipeline:
             consumers,
             commands,
             with_output=output_factory is not None,
+            exam=exam,
         )
         self.output = (
             OutputStage(output_factory, self.queues, self.counters) if output_factory else None

@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pipeline.mqtt.payload import rfc3339_ms
-from pipeline.types import Frame, FrameResult, ModelInfo, Prediction, ThermalStats
+from pipeline.types import NO_EXAM, ExamTag, Frame, FrameResult, ModelInfo, Prediction, ThermalStats
 
-SCHEMA_VERSION = 1  # the state message
-SUMMARY_SCHEMA_VERSION = 2  # the session summary (2: `dropped_seq`)
+SCHEMA_VERSION = 2  # the state message (2: `verdict` became `rolling_verdict`, with its scope)
+SUMMARY_SCHEMA_VERSION = 3  # the session summary (2: `dropped_seq`; 3: `rolling_verdict`, exams)
+ROLLING_SCOPE = "rolling: the last {n} frames; live display only, never an exam's result"
+SCORE_IS = "probability of the positive class ({label}), over every frame of the session"
 EndReason = Literal["eos", "stopped", "error"]
 Mode = Literal["live", "replay"]
 
@@ -87,6 +89,7 @@ class Verdict:
 
     def to_dict(self, policy: VerdictPolicy) -> dict[str, Any]:
         return {
+            "scope": ROLLING_SCOPE.format(n=policy.window_frames),
             "label": self.label,
             "score": round(self.score, 6),
             "positive": self.positive,
@@ -162,6 +165,7 @@ class Session:
         self._score_sum = 0.0
         self._score_max = 0.0
         self._last: FrameResult | None = None
+        self.exams: dict[str, None] = {}  # exam ids seen in this session, in order
 
     @property
     def next_seq(self) -> int:
@@ -173,8 +177,10 @@ class Session:
         prediction: Prediction,
         thermal: ThermalStats | None,
         capture_to_result_ms: float,
+        exam: ExamTag = NO_EXAM,
     ) -> FrameResult:
-        """Record one classified frame; the result gets the next seq (0, 1, 2, …)."""
+        """Record one classified frame; the result gets the next seq (0, 1, 2, …) and carries
+        the exam it belongs to (`exam`) and the file of a folder replay."""
         if self.ended_ts is not None:
             raise RuntimeError(f"session {self.session_id} has ended; start a new one")
         result = FrameResult(
@@ -188,7 +194,11 @@ class Session:
             prediction=prediction,
             thermal=thermal,
             capture_to_result_ms=capture_to_result_ms,
+            exam=exam,
+            file=frame.file,
         )
+        if exam.exam_id is not None:
+            self.exams[exam.exam_id] = None
         self.frames += 1
         self.counts[prediction.label] += 1
         self._window.append(tuple(prediction.scores))
@@ -222,7 +232,7 @@ class Session:
             "state": "ended" if self.ended_ts is not None else "running",
             "updated": rfc3339_ms(self.updated_ts if self.ended_ts is None else self.ended_ts),
             "frames": self.frames,
-            "verdict": verdict.to_dict(self.policy) if verdict else None,
+            "rolling_verdict": verdict.to_dict(self.policy) if verdict else None,
         }
         if self._last is not None:
             payload["last"] = {
@@ -251,8 +261,10 @@ class Session:
             "source": self.source,
             "frames": self.frames,
             "counts": {label: self.counts[label] for label in sorted(self.counts)},
-            "verdict": verdict.to_dict(self.policy) if verdict else None,
+            "counts_are": "per-frame top-1 labels over every frame of the session",
+            "rolling_verdict": verdict.to_dict(self.policy) if verdict else None,
             "score": {
+                "is": self._score_is(),
                 "label": self.policy.positive_label,
                 "mean": round(self._score_sum / self.frames, 6) if self.frames else None,
                 "max": round(self._score_max, 6) if self.frames else None,
@@ -260,7 +272,14 @@ class Session:
             "drops": {k: int(v) for k, v in sorted((drops or {}).items())},
             "dropped_seq": [[int(lo), int(hi)] for lo, hi in dropped_seq],
             "model": _model_dict(self.model),
+            "synthetic_model": bool(self.model and self.model.synthetic),
+            "exams": list(self.exams),
         }
+
+    def _score_is(self) -> str:
+        if self.policy.positive_index is None:
+            return "top-1 probability, over every frame of the session (no positive class)"
+        return SCORE_IS.format(label=self.policy.positive_label)
 
     def _header(self) -> dict[str, Any]:
         return {

@@ -13,19 +13,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from pipeline.capture.base import EndOfStream, Source, SourceError
 from pipeline.classify.base import Classifier
 from pipeline.mqtt.publisher import PublisherStopped
-from pipeline.output.base import Output, OutputError
+from pipeline.output.base import Output, OutputError, OverlayInfo, VerdictLine
 from pipeline.preprocess import render
-from pipeline.run.base import Classified, FrameConsumer, ResultSink
+from pipeline.run.base import Classified, ExamHook, FrameConsumer, ResultSink
 from pipeline.run.inbox import CommandInbox
 from pipeline.run.options import CaptureOptions, ClassifyOptions, PublishOptions
 from pipeline.run.queues import Control, End, Queues
 from pipeline.run.session import Session
 from pipeline.run.stats import Counters, StatsReporter
-from pipeline.types import Frame, ModelInfo, ThermalStats
+from pipeline.types import NO_EXAM, Frame, ModelInfo, ThermalStats
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +135,9 @@ class ClassifyWorker:
 
 
 class PublishStage:
-    """Takes results in capture order, adds them to the session, publishes result, state and
-    stats, feeds the consumers and the output; runs queued commands between results."""
+    """Takes results in capture order, lets the exam tag them, adds them to the session,
+    publishes result, state and stats, feeds the consumers and the output; runs queued commands
+    (and the exam's timers) between results."""
 
     def __init__(
         self,
@@ -149,6 +151,7 @@ class PublishStage:
         consumers: Sequence[FrameConsumer] = (),
         commands: CommandInbox | None = None,
         with_output: bool = False,
+        exam: ExamHook | None = None,
     ) -> None:
         self.options = options
         self.session = session
@@ -161,6 +164,10 @@ class PublishStage:
         self.consumers = tuple(consumers)
         self.commands = commands
         self.with_output = with_output
+        self.exam = exam
+        self._verdict_key: tuple[str, bool | None] | None = None
+        self._state_mono = float("-inf")  # when the last state went out
+        self._state_behind = False  # results added since the last state
 
     def run(self) -> None:
         turn = 0
@@ -172,6 +179,7 @@ class PublishStage:
             if item is not None:
                 self.publish(item)
                 turn = (turn + 1) % self.queues.workers
+            self._maybe_state()
             self._maybe_stats()
 
     def finish(self) -> None:
@@ -181,27 +189,70 @@ class PublishStage:
         self._end_session()
 
     def publish(self, item: Classified) -> None:
+        tag = self.exam.assess(item) if self.exam is not None else NO_EXAM
         result = self.session.add(
-            item.frame, item.prediction, item.thermal, item.capture_to_result_ms
+            item.frame, item.prediction, item.thermal, item.capture_to_result_ms, tag
         )
         self.publisher.publish_result(result, self.model)
         self.counters.published += 1
-        if result.seq % self.options.state_every_frames == 0:
-            self.publisher.publish_state(self.options.camera_id, self.session.state_payload())
+        self._state_after_result()
+        if self.with_output or self.consumers:
+            item = replace(item, overlay=self._overlay(item))
         for consumer in self.consumers:
             consumer.on_result(item, result)
         if self.with_output:
             self.counters.output_dropped += self.queues.to_output(item)
 
+    def _state_after_result(self) -> None:
+        """The retained state goes out at once when the rolling verdict's label changes (and
+        with the first result), else when `_maybe_state` finds it due: a second QoS 1 message
+        after every result cost about a tenth of the pipeline's own CPU."""
+        verdict = self.session.verdict()
+        key = None if verdict is None else (verdict.label, verdict.positive)
+        self._state_behind = True
+        if key != self._verdict_key or self._state_mono == float("-inf"):
+            self._verdict_key = key
+            self._publish_state()
+        else:
+            self._maybe_state()
+
+    def _maybe_state(self) -> None:
+        """Between results too: a state that is behind goes out once `state_interval_s` has
+        passed, so the retained state is never older than that while the session runs."""
+        interval = self.options.state_interval_s
+        if self._state_behind and time.monotonic() - self._state_mono >= interval:
+            self._publish_state()
+
+    def _publish_state(self) -> None:
+        self.publisher.publish_state(self.options.camera_id, self.session.state_payload())
+        self._state_mono = time.monotonic()
+        self._state_behind = False
+
+    def _overlay(self, item: Classified) -> OverlayInfo:
+        verdict = self.session.verdict()
+        rolling = verdict.to_dict(self.session.policy) if verdict is not None else None
+        if self.exam is not None:
+            return self.exam.overlay(item, rolling)
+        line = None
+        if rolling is not None:
+            line = VerdictLine(
+                rolling["label"], rolling["score"], rolling["threshold"], rolling["frames"]
+            )
+        return OverlayInfo(rolling=line, synthetic_model=self.model.synthetic)
+
     def _run_commands(self) -> None:
         if self.commands is not None:
             self.commands.drain()
+        if self.exam is not None:
+            self.exam.idle()
 
     def _end_session(self) -> None:
         """Last commands, then the consumers, the final state, the summary and the stats."""
         if self.commands is not None:
             self.commands.drain()
             self.commands.close()
+        if self.exam is not None:
+            self.exam.on_end(self.control.end_reason)
         self.session.end(self.control.end_reason)
         for consumer in self.consumers:
             consumer.on_end(self.control.end_reason)
@@ -253,7 +304,7 @@ class OutputStage:
                 continue
             try:
                 self._out = self._out or self.factory(item.gray.shape[1], item.gray.shape[0])
-                self._out.write(item.gray, item.prediction, item.thermal, item.frame.index)
+                self._out.write(item.frame, item.gray, item.prediction, item.thermal, item.overlay)
             except OutputError as exc:
                 log.error("%s; going on without the annotated output", exc)
                 self.counters.output_errors += 1

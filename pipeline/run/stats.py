@@ -88,13 +88,17 @@ class Counters:
             self.inference_ms.append(inference_ms)
 
     def latency(self) -> Percentiles:
-        """Capture -> result percentiles over the newest LATENCY_WINDOW frames."""
+        """Capture -> result percentiles over the newest LATENCY_WINDOW frames. Only the copy
+        holds the lock: a reader (stats, the console) never makes a classify worker wait for
+        the percentiles."""
         with self.lock:
-            return Percentiles.of(list(self.latencies_ms))
+            values = list(self.latencies_ms)
+        return Percentiles.of(values)
 
     def inference(self) -> Percentiles:
         with self.lock:
-            return Percentiles.of(list(self.inference_ms))
+            values = list(self.inference_ms)
+        return Percentiles.of(values)
 
 
 @dataclass
@@ -117,6 +121,8 @@ class RunSummary:
     error_kind: str = ""  # "source" (bad input: exit 2) or "stage" (exit 1)
     broker_error: str | None = None  # the publisher's last connection error
     delivery: Delivery = field(default_factory=lambda: Delivery())
+    exams: dict[str, int] | None = None  # the exam tracker's counters; None: exams off
+    synthetic_model: bool = False  # the model is a synthetic demo
 
     @property
     def exit_code(self) -> int:

@@ -1,17 +1,20 @@
 """From an `AppConfig` to a running session: the one place that reads the config for `run`.
 
 It maps the config onto each stage's small options (`pipeline.run.options`), checks the model
-(sha256, labels, graph) and its preprocessing, opens the source, the classifier, the publisher
-and the output, and hands them to `Pipeline`. Nothing here runs per frame.
+(sha256, labels, graph) and its preprocessing, refuses a synthetic demo model on a live camera
+unless allowed, opens the source, the classifier, the publisher, the output and the screening
+exam's tracker, and hands them to `Pipeline`. Nothing here runs per frame.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 
 from pipeline.capture.base import Source, SourceError, SourceOptions
 from pipeline.capture.factory import open_source
@@ -26,13 +29,20 @@ from pipeline.classify.factory import (
     threads_per_worker,
 )
 from pipeline.config import AppConfig, OutboxConfig
+from pipeline.exam.commands import CommandError, check_exam_id
+from pipeline.exam.machine import ExamContext, ExamController
+from pipeline.exam.record import RecordError
+from pipeline.exam.store import exam_id_taken
+from pipeline.exam.verdict import ExamModel
 from pipeline.manifest import ModelError
 from pipeline.mqtt.outbox import OutboxError
 from pipeline.mqtt.publisher import Publisher
 from pipeline.output.base import Output, OutputError, OutputOptions, check_output
 from pipeline.preprocess import PreprocessConfig
-from pipeline.run.base import FrameConsumer, ResultSink
+from pipeline.run.base import ExamSink, FrameConsumer, ResultSink
+from pipeline.run.exam import MAX_PREFIX, PATIENT_SEP, ExamPlan, ExamTracker
 from pipeline.run.inbox import CommandInbox
+from pipeline.run.live import LiveView
 from pipeline.run.options import (
     CaptureOptions,
     ClassifyOptions,
@@ -44,6 +54,7 @@ from pipeline.run.pipeline import Pipeline
 from pipeline.run.session import Session, VerdictPolicy
 from pipeline.run.stages import OutputFactory
 from pipeline.run.stats import Delivery, RunSummary
+from pipeline.uri import redact
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +123,7 @@ def stage_options(
         publish=PublishOptions(
             device_id=cfg.device_id,
             camera_id=cfg.camera_id,
-            state_every_frames=cfg.session.state_every_frames,
+            state_interval_s=cfg.session.state_interval_s,
             stats_interval_s=cfg.mqtt.stats_interval_s,
         ),
     )
@@ -166,6 +177,89 @@ def make_publisher(cfg: AppConfig, live: bool) -> ResultSink:
     return publisher
 
 
+SYNTHETIC_REFUSED = (
+    "{root}: model '{name}' is SYNTHETIC (trained on generated thermograms: a pipeline demo, not "
+    "a medical model) and {uri} is a live camera; use a model trained on real thermograms "
+    "(`make evaluate` builds models/dmr-lite0-probe), or pass --allow-synthetic-model "
+    "(model.allow_synthetic: true) to run the demo on a camera anyway"
+)
+
+
+def check_synthetic(cfg: AppConfig, classifier: Classifier, source: Source, live: bool) -> None:
+    """A synthetic demo model never silently serves a live camera (DESIGN.md, "The screening
+    exam"): RunError unless allowed. The synthetic `test://` stream is not a camera."""
+    manifest = classifier.model.manifest
+    if not manifest.synthetic:
+        return
+    camera = live and not source.uri.startswith("test://")
+    if camera and not cfg.model.allow_synthetic:
+        raise RunError(
+            SYNTHETIC_REFUSED.format(
+                root=classifier.model.root, name=manifest.name, uri=redact(source.uri)
+            )
+        )
+    log.warning(
+        "SYNTHETIC MODEL %s: trained on generated thermograms, a pipeline demo and not a "
+        "medical model; every result, exam and overlay says so",
+        manifest.name,
+    )
+
+
+def check_plan(cfg: AppConfig, plan: ExamPlan | None) -> None:
+    """`--exam ID`: a valid accession code (or per-patient prefix) that no exam used before."""
+    if plan is None or plan.exam_id is None:
+        return
+    try:
+        exam_id = check_exam_id(plan.exam_id, "--exam")
+    except CommandError as exc:
+        raise RunError(str(exc)) from exc
+    if len(exam_id) > MAX_PREFIX:
+        raise RunError(
+            f"--exam {exam_id}: at most {MAX_PREFIX} characters (a folder replay appends "
+            f"{PATIENT_SEP}<patient> per patient)"
+        )
+    root = cfg.exam.exams_dir
+    if (root / exam_id).exists() or any(root.glob(f"{exam_id}{PATIENT_SEP}*")):
+        raise RunError(
+            f"--exam {exam_id}: already used in {root}; every exam needs a new accession code"
+        )
+
+
+def make_exam_tracker(
+    cfg: AppConfig,
+    parts: _Parts,
+    sink: ResultSink,
+    inbox: CommandInbox,
+    plan: ExamPlan | None,
+) -> ExamTracker | None:
+    """The exam tracker of this camera; None (exams off, logged) when the publisher cannot carry
+    exams or the model has no positive class to hold against a threshold."""
+    if not isinstance(sink, ExamSink):
+        log.info("exams off: the result sink does not publish exam messages")
+        return None
+    try:
+        model = ExamModel.from_manifest(parts.classifier.model.manifest, cfg.session.threshold)
+    except ValueError as exc:
+        if plan is not None:
+            raise RunError(f"--exam: {exc}") from exc
+        log.warning("exams off for this model: %s", exc)
+        return None
+    context = ExamContext(
+        device_id=cfg.device_id,
+        camera_id=cfg.camera_id,
+        source=redact(parts.source.uri),
+        profile=cfg.capture.profile,
+    )
+    exams_dir = cfg.exam.exams_dir
+    controller = ExamController(cfg.exam, model, context, id_taken=exam_id_taken(exams_dir))
+    tracker = ExamTracker(controller, sink, exams_dir, inbox, plan)
+    tracker.attach(cfg.exam.ambient_topic)
+    recovered = tracker.recover()
+    if recovered:
+        log.warning("%d exam(s) left open by an earlier run were marked aborted", recovered)
+    return tracker
+
+
 # --- opening the parts and running ------------------------------------------------------------
 
 
@@ -205,30 +299,27 @@ def run(
     publisher: ResultSink | None = None,
     consumers: Sequence[FrameConsumer] = (),
     commands: CommandInbox | None = None,
+    exam_plan: ExamPlan | None = None,
+    live: LiveView | None = None,
 ) -> RunSummary:
     """Check the model, open the source, run one session and flush the publisher.
 
     Raises RunError (one line) when the run cannot start. `stop` ends it early (signals).
-    `consumers` see every published result in the publish thread; `commands` run there too.
+    `consumers` see every published result in the publish thread; `commands` run there too, as
+    do the screening exam's commands (MQTT `exam/set`); `exam_plan` starts an exam at once.
+    `live` (the operator console's window onto the run) sees every frame and the exam state.
     """
     if cfg.source is None:
         raise RunError("no source: give SOURCE on the command line or `source:` in the config")
+    check_plan(cfg, exam_plan)
     parts = _build_parts(cfg)
+    inbox = commands if commands is not None else CommandInbox()
     with ExitStack() as cleanup:
         cleanup.callback(parts.classifier.close)
-        try:
-            preprocess = resolve_preprocessing(
-                parts.classifier.model, cfg.preprocess, cfg.model.follow_manifest
-            )
-            outputs = output_factory(cfg, preprocess)
-        except (ModelError, OutputError) as exc:
-            raise RunError(str(exc)) from exc
+        preprocess, outputs = _preprocess_and_output(cfg, parts)
+        check_synthetic(cfg, parts.classifier, parts.source, parts.live)
         sink = publisher or make_publisher(cfg, parts.live)
-        try:
-            session = new_session(cfg, parts.classifier, parts.source.uri, parts.live)
-        except ValueError as exc:  # e.g. an operating threshold without a positive label
-            sink.stop(0.0)
-            raise RunError(f"{parts.classifier.model.root}: {exc}") from exc
+        session, tracker = _session_and_exams(cfg, parts, sink, inbox, exam_plan)
         try:
             parts.source.open()
         except SourceError as exc:
@@ -237,6 +328,7 @@ def run(
         cleanup.callback(parts.source.close)
         _log_start(parts, preprocess)
         options = stage_options(cfg, parts.live, parts.workers, preprocess, max_frames)
+        consumers = (*consumers, live) if live is not None else consumers
         pipeline = Pipeline(
             options,
             parts.source,
@@ -245,10 +337,83 @@ def run(
             sink,
             outputs,
             consumers,
-            commands,
+            inbox,
             stop,
+            tracker,
         )
-        return _run_session(pipeline, sink, cfg.flush_timeout_s)
+        if live is not None:
+            _bind_live(live, pipeline, tracker)
+            # the same colours as the annotated output: the palette over the rendering window
+            live.options = OutputOptions(window_c=preprocess.window_c, jetson=cfg.capture.jetson)
+        summary = _run_session(pipeline, sink, cfg.flush_timeout_s)
+        summary.synthetic_model = parts.classifier.model.manifest.synthetic
+        summary.exams = None if tracker is None else dataclasses.asdict(tracker.counters)
+        return summary
+
+
+def _preprocess_and_output(
+    cfg: AppConfig, parts: _Parts
+) -> tuple[PreprocessConfig, OutputFactory | None]:
+    try:
+        preprocess = resolve_preprocessing(
+            parts.classifier.model, cfg.preprocess, cfg.model.follow_manifest
+        )
+        return preprocess, output_factory(cfg, preprocess)
+    except (ModelError, OutputError) as exc:
+        raise RunError(str(exc)) from exc
+
+
+def _session_and_exams(
+    cfg: AppConfig,
+    parts: _Parts,
+    sink: ResultSink,
+    inbox: CommandInbox,
+    plan: ExamPlan | None,
+) -> tuple[Session, ExamTracker | None]:
+    """The session and the exam tracker; the publisher is stopped when either cannot start."""
+    try:
+        session = new_session(cfg, parts.classifier, redact(parts.source.uri), parts.live)
+        return session, make_exam_tracker(cfg, parts, sink, inbox, plan)
+    except ValueError as exc:  # e.g. an operating threshold without a positive label
+        sink.stop(0.0)
+        raise RunError(f"{parts.classifier.model.root}: {exc}") from exc
+    except (RunError, RecordError, OSError) as exc:
+        sink.stop(0.0)
+        if isinstance(exc, RunError):
+            raise
+        raise RunError(f"exam records in {cfg.exam.exams_dir}: {exc}") from exc
+
+
+def _bind_live(live: LiveView, pipeline: Pipeline, tracker: ExamTracker | None) -> None:
+    """The console's window: health numbers, exam commands and the exam state as it changes."""
+    live.bind(tracker, lambda: health_numbers(pipeline, tracker))
+    if tracker is not None:
+        tracker.on_state = live.on_exam_state
+        live.on_exam_state(dict(tracker.controller.state_payload()))
+
+
+def health_numbers(pipeline: Pipeline, tracker: ExamTracker | None) -> dict[str, Any]:
+    """What /healthz and /metrics read about a running pipeline (any thread; plain reads)."""
+    counters, control = pipeline.counters, pipeline.control
+    source = pipeline.source.stats
+    outbox = pipeline.publisher.stats()
+    return {
+        "capture": {
+            "frames": counters.captured,
+            "dropped": int(source.dropped) + counters.handoff_dropped,
+            "rebuilds": source.rebuilds,
+            "errors": source.errors,
+        },
+        "classify": {
+            "frames": counters.classified,
+            "latency_ms": counters.latency().as_dict(),
+        },
+        "results": {"published": counters.published, "output_dropped": counters.output_dropped},
+        "mqtt": dataclasses.asdict(outbox),
+        "failed": control.failed.is_set(),
+        "error": control.error,
+        "exam": None if tracker is None else dataclasses.asdict(tracker.counters),
+    }
 
 
 def _log_start(parts: _Parts, preprocess: PreprocessConfig) -> None:

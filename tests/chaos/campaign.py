@@ -61,6 +61,7 @@ class Rig:
     model: Path
     recording: Path
     frames: int
+    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def broker(self, config_text: str | None = None) -> Broker:
         port = free_port()
@@ -76,7 +77,10 @@ class Rig:
         self, broker: Broker, db: Path | None = None, env: dict[str, str] | None = None
     ) -> LoggerProcess:
         args = ["--broker", f"127.0.0.1:{broker.port}", "--db", str(db or self.db)]
-        return LoggerProcess(self.root, args, env=env).start()
+        logger = LoggerProcess(self.root, args, env=env).start()
+        assert logger.proc is not None
+        self.started.append(logger.proc)
+        return logger
 
     @property
     def db(self) -> Path:
@@ -92,6 +96,7 @@ class Rig:
             self.recording, self.model, broker.port, self.outbox, *CONFIRM, *extra,
             env=env, log_path=log,
         )  # fmt: skip
+        self.started.append(proc)
         return Proc(proc, log)
 
 
@@ -112,7 +117,14 @@ def rig(root: Path, frames: int) -> Iterator[Rig]:
     root.mkdir(parents=True, exist_ok=True)
     model = make_tiny_model_dir(root / "model")
     recording = make_png16_recording(root / "rec", frames)
-    yield Rig(root, model, recording, frames)
+    r = Rig(root, model, recording, frames)
+    try:
+        yield r
+    finally:  # a case that failed half-way leaves no process behind
+        for proc in r.started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def _seq_counts(dbs: list[Path], session: str | None = None) -> dict[str, dict[int, int]]:

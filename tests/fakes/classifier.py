@@ -51,7 +51,8 @@ class ClassifierExploded(RuntimeError):
 
 
 class FakeClassifier:
-    """Always `scores`; call k sleeps `delay_s(k)`; the first call waits for `gate`."""
+    """Always `scores` (or `scores_at(k)` for call k); call k sleeps `delay_s(k)`; the first
+    call waits for `gate`."""
 
     backend = "fake"
 
@@ -61,6 +62,7 @@ class FakeClassifier:
         delay_s: Callable[[int], float] = lambda _k: 0.0,
         gate: threading.Event | None = None,
         fail_on_call: int | None = None,
+        scores_at: Callable[[int], tuple[float, ...]] | None = None,
     ) -> None:
         self.model = fake_model_dir()
         self.labels = self.model.labels
@@ -68,6 +70,7 @@ class FakeClassifier:
         self.delay_s = delay_s
         self.gate = gate
         self.fail_on_call = fail_on_call
+        self.scores_at = scores_at
         self.started = threading.Event()  # the first call has begun
         self.threads: list[str] = []
         self.closed = False
@@ -86,8 +89,9 @@ class FakeClassifier:
         if call == self.fail_on_call:
             raise ClassifierExploded(f"fake classifier exploded on call {call}")
         time.sleep(self.delay_s(call))
-        best = int(np.argmax(self.scores))
-        return Prediction(self.labels[best], best, self.scores[best], self.scores)
+        scores = self.scores if self.scores_at is None else self.scores_at(call)
+        best = int(np.argmax(scores))
+        return Prediction(self.labels[best], best, scores[best], scores)
 
     def close(self) -> None:
         self.closed = True

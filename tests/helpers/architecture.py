@@ -15,9 +15,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Third-party packages a runtime install may lack: a function-level import may defer them.
+# Third-party packages a runtime install may lack, or that only an optional feature needs: a
+# function-level import may defer them. aiohttp is the operator console's web server: `run`
+# loads it (and the console) only with --console, since importing it is a large part of the
+# start-up of every run without one (docs/benchmark.md). Everything else that `run` needs still
+# sits at the top of its modules.
 OPTIONAL_DEPENDENCIES = frozenset(
-    {"gi", "jetson_inference", "jetson_utils", "torch", "torchvision"}
+    {"aiohttp", "gi", "jetson_inference", "jetson_utils", "torch", "torchvision"}
 )
 
 

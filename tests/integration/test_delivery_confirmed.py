@@ -154,7 +154,10 @@ def test_live_drops_at_a_full_outbox_are_counted_and_named_everywhere(
 
     def summary_stored() -> bool:
         with sqlite3.connect(outbox) as conn:
-            return bool(conn.execute("SELECT 1 FROM outbox WHERE kind = 'session'").fetchall())
+            try:
+                return bool(conn.execute("SELECT 1 FROM outbox WHERE kind = 'session'").fetchall())
+            except sqlite3.OperationalError:  # the file is there, its table not yet
+                return False
 
     wait_until(lambda: outbox.exists() and summary_stored(), 60, "the end of the session")
     broker.start()

@@ -75,7 +75,7 @@ def test_bad_input_is_kept_in_rejects_and_the_logger_keeps_running(
     # thermoscreen/# also delivers topics outside the contract, which must be rejected, not lost
     logger = _logger(broker, tmp_path, db, "--subscribe", "thermoscreen/#").start()
     logger.wait_subscribed()
-    wrong_version = make_payload(0) | {"schema": 2}
+    wrong_version = make_payload(0) | {"schema": 3}
     missing_field = make_payload(1)
     del missing_field["result"]
     oversized = b'{"pad":"' + b"x" * (70 * 1024) + b'"}'
@@ -85,7 +85,7 @@ def test_bad_input_is_kept_in_rejects_and_the_logger_keeps_running(
         (
             "thermoscreen/edge-01/cam0/result",
             encode(wrong_version),
-            "result schema: schema: 1 was expected",
+            "result schema: schema: 3 is not one of [1, 2]",
         ),
         ("thermoscreen/edge-01/cam0/result", encode(missing_field), "'result' is a required"),
         ("thermoscreen/edge-01/cam0/result", oversized, "oversized: 71690 bytes"),
@@ -143,7 +143,7 @@ def test_states_sessions_and_statuses_are_kept(broker: Broker, tmp_path: Path) -
     logger = _logger(broker, tmp_path, db).start()
     logger.wait_subscribed()
     state1, state2, summary = _session_messages()
-    assert summary["verdict"]["label"] == "sick"
+    assert summary["rolling_verdict"]["label"] == "sick"
     with Publisher(broker.host, broker.port) as pub:
         mids = [
             pub.publish("thermoscreen/edge-01/status", "online", retain=True),
@@ -250,16 +250,16 @@ def test_logger_writes_to_postgresql(broker: Broker, tmp_path: Path) -> None:
             store.close()
 
 
+CONTRACT = ["t/+/+/result", "t/+/+/state", "t/+/+/session", "t/+/+/exam", "t/+/+/exam/summary"]
+
+
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        ((), ["t/+/+/result", "t/+/+/state", "t/+/+/session", "t/+/status"]),
+        ((), [*CONTRACT, "t/+/status"]),
         (("t/#",), ["t/#"]),  # overlapping filters would deliver each message twice
-        (("t/+/+/+",), ["t/+/status", "t/+/+/+"]),
-        (
-            ("other/#", "other/#"),
-            ["t/+/+/result", "t/+/+/state", "t/+/+/session", "t/+/status", "other/#"],
-        ),
+        (("t/+/+/+",), ["t/+/+/exam/summary", "t/+/status", "t/+/+/+"]),
+        (("other/#", "other/#"), [*CONTRACT, "t/+/status", "other/#"]),
     ],
 )
 def test_subscriptions_never_overlap(extra: tuple[str, ...], expected: list[str]) -> None:

@@ -21,19 +21,10 @@ from pipeline.logger.validate import MAX_DEPTH, Reject, classify
 from pipeline.logger.writer import Counters, Incoming, Limits, store_batch
 from pipeline.mqtt.payload import encode
 from tests.helpers.mqtt_logger import make_payload
-from tests.helpers.postgres import fresh_database, postgres_server, unavailable_reason
+from tests.helpers.postgres import fresh_database
 
 LIMITS = Limits()
 TOPIC = "thermoscreen/edge-01/cam0/result"
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[str]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with postgres_server() as url:
-        yield url
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -174,6 +165,8 @@ SAME_TYPE = {
     str: ANY_TEXT,
     int: st.integers() | st.integers(min_value=2**62, max_value=2**70),
     float: st.floats() | st.floats(min_value=0, max_value=1),
+    bool: st.booleans(),
+    type(None): st.none() | ANY_TEXT,  # optional fields (exam_id, view): null or any text
 }
 
 

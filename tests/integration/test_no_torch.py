@@ -1,7 +1,9 @@
-"""A replay through `thermoscreen run` never loads torch, training or the tools.
+"""A replay through `thermoscreen run` never loads torch, training or the tools, and a run
+without --console never loads the console's web server (aiohttp, Prometheus): importing it was a
+large part of every run's start-up.
 
-tests/unit/test_architecture.py proves it from the source (every import, function-level ones
-included); this runs it: a real replay to a real broker, then a look at what Python loaded.
+tests/unit/test_architecture.py proves the first from the source (every import, function-level
+ones included); this runs it: a real replay to a real broker, then a look at what Python loaded.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ loaded = sorted(
     m for m in sys.modules if m.split(".")[0] in roots or m.startswith("pipeline.devtools")
 )
 print("BANNED_MODULES", loaded)
+unasked = {"aiohttp", "prometheus_client"}
+print("UNASKED_MODULES", sorted({m.split(".")[0] for m in sys.modules} & unasked))
+print("CONSOLE_MODULES", sorted(m for m in sys.modules if m.startswith("pipeline.console.server")))
 """
 
 
@@ -58,3 +63,5 @@ def test_a_replay_loads_no_torch_training_or_tools(
     assert done.returncode == 0, done.stderr
     assert "3 results from 3 frames" in done.stdout
     assert "BANNED_MODULES []" in done.stdout
+    assert "UNASKED_MODULES []" in done.stdout
+    assert "CONSOLE_MODULES []" in done.stdout

@@ -4,11 +4,14 @@ retained state and one session summary; and a live `thermoscreen run` stopped by
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,8 @@ from pipeline.preprocess import PreprocessConfig, render
 from pipeline.run.stats import RunSummary
 from pipeline.run.wiring import run
 from pipeline.types import Frame, FrameKind
-from tests.conftest import REPO, Broker
+from tests.conftest import REPO, Broker, free_port
+from tests.helpers.wait import wait_until
 from training.synth import SynthPlan
 from training.synth import run as synth
 
@@ -257,7 +261,38 @@ def test_demo_reports_every_result_and_stops_its_broker(
     assert "results received    10 (seq 0..9, none missing: True)" in out
     assert "/10 frames agree (synthetic truth)" in out
     assert "not a medical model" in out and "adjunct to mammography" in out
+    assert out.index("operator console: http://127.0.0.1:") < out.index("seq ")  # before frames
+    assert "live SYNTHETIC camera" not in out  # not a terminal: no live phase
     port = int(out.split("mosquitto on 127.0.0.1:")[1].split(";")[0])
     with pytest.raises(OSError):  # the demo's broker is gone
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     assert (tmp_path / "recording" / "recording.mp4").is_file()
+
+
+def test_demo_keeps_the_console_on_a_live_camera_when_asked(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    from pipeline.devtools.demo import main as demo
+
+    port = free_port()
+    args = ["--model", str(tiny_model), "--workdir", str(tmp_path), "--frames", "10"]
+    args += ["--console", f"127.0.0.1:{port}", "--live-seconds", "30"]
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(demo(args)))
+    thread.start()
+    url = f"http://127.0.0.1:{port}/api/state"
+
+    def live_camera_shown() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                state = json.loads(answer.read())
+        except OSError:
+            return False
+        return state["camera_id"] == "live" and state["exams_enabled"] is True
+
+    try:
+        wait_until(lambda: live_camera_shown() or not thread.is_alive(), 120, "the live phase")
+        assert live_camera_shown(), f"the demo ended first (exit {codes})"
+    finally:
+        thread.join(120)
+    assert codes == [0]

@@ -29,6 +29,16 @@ pytestmark = pytest.mark.timeout(180)
 MAX_RSS_KB = 700_000
 
 
+# The peak RSS of `run` itself, measured by a small parent: a child forked from pytest starts
+# with pytest's pages resident (a whole suite's worth) before it execs, which its own ru_maxrss
+# would count.
+MEASURE = (
+    "import resource, subprocess, sys; rc = subprocess.call(sys.argv[2:]); "
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
+    "sys.exit(rc)"
+)
+
+
 def run(tmp_path: Path, model: Path, *args: str) -> tuple[int, list[str], int]:
     """(exit status, stderr lines that come from thermoscreen, peak RSS in KB)."""
     (tmp_path / "none.yaml").write_text("{}\n")
@@ -39,16 +49,22 @@ def run(tmp_path: Path, model: Path, *args: str) -> tuple[int, list[str], int]:
         cmd += ["--config", str(tmp_path / "none.yaml")]
     env = {k: v for k, v in os.environ.items() if not k.startswith("THERMOSCREEN_")}
     err_path = tmp_path / "stderr.txt"
+    rss_path = tmp_path / "maxrss.txt"
     with err_path.open("wb") as err:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+        done = subprocess.run(
+            [sys.executable, "-c", MEASURE, str(rss_path), *cmd],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            check=False,
+        )
     lines = [
         line
         for line in err_path.read_text(errors="replace").splitlines()
         if line.startswith("thermoscreen run:")
     ]
-    return proc.returncode, lines, usage.ru_maxrss
+    return done.returncode, lines, int(rss_path.read_text())
 
 
 def record(path: Path, frames: int, width: int, height: int) -> Path:

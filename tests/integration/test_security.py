@@ -4,19 +4,25 @@ connect with credentials from the environment, and bad credentials or CAs fail w
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import sqlite3
 import ssl
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from pipeline.config import load_config
+from pipeline.run.examctl import Exchange
 from tests.conftest import REPO, Broker, free_port
 from tests.helpers.mqtt_logger import (
     LoggerProcess,
@@ -36,6 +42,8 @@ PASSWORDS = {
     "edge-02": "dev2-secret",
     "logger": "log-secret",
     "dashboard": "dash-secret",
+    "operator": "op-secret",
+    "sensor": "sensor-secret",
 }
 
 
@@ -384,3 +392,67 @@ def test_pipeline_without_tls_at_the_tls_port_says_why_its_results_wait(
     text = log.read_text()
     assert "closed the connection before answering CONNECT: if that port is a TLS listener" in text
     assert "messages are still waiting in the outbox" in text
+
+
+def test_shipped_acl_lets_operators_drive_exams_and_sensors_report_the_room(
+    secure_broker: Broker,
+    pki: Pki,
+    tiny_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A device reads the exam commands for its cameras and its rooms' sensors; an operator
+    sends commands and reads the answers; a sensor publishes the room; other devices and
+    dashboards can do neither."""
+    port, ca = secure_broker.port, pki.ca
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        **_client_env("edge-01", PASSWORDS["edge-01"], ca),
+        "THERMOSCREEN_EXAM__AMBIENT_TOPIC": "thermoscreen/edge-01/cam0/ambient",
+    }
+    args = ["run", "test://?fps=5&width=96&height=72", "--model", str(tiny_model)]
+    args += ["--broker", f"127.0.0.1:{port}", "--device-id", "edge-01", "--log-level", "ERROR"]
+    args += ["--outbox", str(tmp_path / "outbox.sqlite"), "--exams-dir", str(tmp_path / "exams")]
+    device = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], env=env, cwd=REPO)
+    monkeypatch.setenv("THERMOSCREEN_MQTT_PASSWORD", PASSWORDS["operator"])
+    settings = {"device_id": "edge-01", "mqtt.port": port, "mqtt.username": "operator"}
+    settings |= {"mqtt.tls.enabled": True, "mqtt.tls.ca_file": str(ca)}
+    operator = load_config(None, settings, env={})
+
+    def command(**data: Any) -> dict[str, Any]:
+        exchange = Exchange(operator, data)
+        exchange.run(60)
+        assert exchange.failure is None and exchange.answer is not None, "no answer"
+        return exchange.answer
+
+    try:
+        watch = _Subscriber(port, ca, "operator")  # it may read the cameras' exam states
+        try:
+            up = "thermoscreen/edge-01/cam0/exam"
+            wait_until(lambda: up in watch.received, 60, "the device's retained exam state")
+        finally:
+            watch.close()  # one client id per account: the commands below reuse it
+        assert command(action="start", exam_id="SEC-1")["state"] == "acclimatizing"
+        with Publisher("127.0.0.1", port, "sensor", "sensor", PASSWORDS["sensor"], ca) as room:
+            room.wait_acked(
+                [room.publish("thermoscreen/edge-01/cam0/ambient", '{"ambient_c": 23.5}')]
+            )
+            assert room.acked == {m: "Success" for m in room.acked}
+        # a refused command changes nothing and answers with the state: the sensor's reading
+        assert wait_until(lambda: command(action="close")["ambient_c"] == 23.5, 30, "ambient")
+        strangers = [
+            Publisher("127.0.0.1", port, "edge-02", "edge-02", PASSWORDS["edge-02"], ca),
+            Publisher("127.0.0.1", port, "dash-pub", "dashboard", PASSWORDS["dashboard"], ca),
+        ]
+        for stranger in strangers:
+            with stranger:
+                mid = stranger.publish("thermoscreen/edge-01/cam0/exam/set", '{"action":"abort"}')
+                stranger.wait_acked([mid])
+                assert stranger.acked[mid] == "Not authorized"
+        assert command(action="ready", reason="ACL test")["state"] == "ready"
+        assert command(action="view", view="frontal")["state"] == "capturing"
+        assert command(action="close")["state"] == "closed"
+    finally:
+        device.send_signal(signal.SIGTERM)
+        device.wait(60)

@@ -3,36 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from pipeline.logger.report import report_from_store
-from pipeline.logger.store import PostgresStore, SqliteStore, Store, StoreError, _redact, open_store
+from pipeline.logger.store import PostgresStore, SqliteStore, StoreError, _redact, open_store
 from tests.helpers.mqtt_logger import make_payload
-from tests.helpers.postgres import fresh_database, postgres_server, unavailable_reason
-
-Opener = Callable[[], Store]
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[str]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with postgres_server() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
-    """A function that opens (and re-opens) the same database, so tests can see what persisted."""
-    if request.param == "sqlite":
-        path = tmp_path / "results.sqlite"
-        return lambda: open_store(path)
-    url = fresh_database(request.getfixturevalue("pg_server"))
-    return lambda: open_store(url)
+from tests.helpers.postgres import fresh_database
+from tests.integration.conftest import Opener
 
 
 def test_a_result_is_stored_once_and_its_duplicates_are_counted_per_session(
@@ -175,7 +154,7 @@ def test_report_reads_both_engines_alike(opener: Opener) -> None:
     assert report.verdict is None  # the summary carries no verdict: shown as such, not guessed
     assert report.labels == {"healthy": 2, "sick": 2}
     assert report.missing_seq == [(2, 2), (4, 4)]
-    assert (report.score_min, report.score_max) == (0.75, 0.9)
+    assert (report.top1_score_min, report.top1_score_max) == (0.75, 0.9)
 
 
 def test_sqlite_database_and_new_folders_are_private(tmp_path: Path) -> None:

@@ -94,11 +94,13 @@ def rtsp_camera(tmp_path: Path) -> Iterator[int]:
 
 def _run_process(tmp_path: Path, model: Path, source: str) -> tuple[int, str, bytes]:
     outbox = tmp_path / "outbox.sqlite"
+    # The tiny test model is synthetic: a live camera needs the explicit consent flag.
     (tmp_path / "none.yaml").write_text("{}\n")
     cmd = [sys.executable, "-m", "pipeline.cli", "run", source, "--model", str(model),
            "--broker", f"127.0.0.1:{free_port()}", "--outbox", str(outbox), "--max-frames", "5",
            "--config", str(tmp_path / "none.yaml"), "--log-level", "DEBUG",
-           "--flush-timeout", "1"]  # fmt: skip
+           "--flush-timeout", "1",
+           "--allow-synthetic-model"]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("THERMOSCREEN_")}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, timeout=120, check=False)
     text = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")

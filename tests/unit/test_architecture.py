@@ -221,6 +221,27 @@ def test_checker_allows_function_imports_only_to_defer_optional_dependencies(
     assert function_level_imports(tree, exempt=["app.factory", "app.loaded"]) == []
 
 
+def test_checker_lets_the_console_server_load_late_and_nothing_else_on_its_coat_tails(
+    tmp_path: Path,
+) -> None:
+    """aiohttp (the console's web server) is optional for `run`: a function may defer the module
+    that loads it; a module that loads only required packages must still sit at the top."""
+    tree = _package(
+        tmp_path,
+        {
+            "app/server.py": "import aiohttp\nfrom app import config\n",
+            "app/config.py": "import pydantic\n",
+            "app/command.py": (
+                "def console():\n    from app import server\n"  # defers aiohttp: allowed
+                "def settings():\n    from app import config\n"  # defers nothing of its own
+            ),
+        },
+    )
+    assert function_level_imports(tree) == [
+        "app.command line 4: imports app.config inside a function"
+    ]
+
+
 def test_checker_measures_modules_and_functions(tmp_path: Path) -> None:
     body = [f"    x{i} = {i}" for i in range(60)]
     method = ["class K:", "    @staticmethod", "    def long():", *("    " + b for b in body)]

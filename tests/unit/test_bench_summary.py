@@ -7,6 +7,7 @@ tests/integration/test_bench_smoke.py.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from pipeline.devtools.bench.cpu import (
 )
 from pipeline.devtools.bench.live import latency_trend
 from pipeline.devtools.bench.summary import summarize
+from pipeline.devtools.bench.variants import REFERENCE, REPLAY_WAY, Variant, summarize_variants
 
 MS = 1_000_000  # ns
 
@@ -108,10 +110,11 @@ def test_cpu_breakdown_counts_native_pools_as_the_model() -> None:
     assert cpu is not None
     assert cpu["cpu_ms_per_frame"][NATIVE] == pytest.approx(10.0)
     assert cpu["non_model_ms_per_frame"] == pytest.approx(1.0)
-    # a window too short for two samples: the nearest samples around it
-    around = [_sample(500, 0, before), _sample(1500, 5, before), _sample(2500, 10, after)]
+    # a window too short for two samples starts at the sample before it, never ends after it
+    # (the stage threads may be gone by then)
+    around = [_sample(500, 0, before), _sample(1500, 5, after), _sample(2500, 10, {})]
     wide = breakdown(_window(), {"pid": 100, "samples": around})
-    assert wide is not None and wide["frames"] == 10 and wide["window_s"] == 2.0
+    assert wide is not None and wide["frames"] == 5 and wide["window_s"] == 1.0
     # no frame between the samples: nothing to divide
     same = [_sample(1000, 3, before), _sample(2000, 3, after)]
     assert breakdown(_window(), {"pid": 100, "samples": same}) is None
@@ -239,3 +242,64 @@ def test_an_int8_model_is_compared_with_the_model_it_was_made_from() -> None:
         (140 / 95 + 150 / 60) / 2
     )
     assert not any("lite0-int8" in t["target"] for t in s["targets"])
+
+
+def test_the_console_rows_compare_the_watched_replay_with_the_plain_one_in_each_repeat() -> None:
+    report = _report()
+    for rep, fps in zip(report["repeats"], (93.1, 54.0), strict=True):  # plain mp4: 95 and 60
+        rep["models"]["lite0"]["replay_console"] = {
+            "source": "mp4",
+            "fps": fps,
+            "console": {"frames_streamed": 40, "stream_fps": 14.5},
+        }
+    live = {**report["live"][0], "latency_ms": {"p99": 21.0}}
+    report["live_console"] = [live]
+    s = summarize(report)
+    assert s["console_source"] == "mp4"
+    assert s["console_replay_vs_plain"]["min"] == pytest.approx(0.90)
+    assert s["console_replay_vs_plain"]["max"] == pytest.approx(0.98)
+    met = {t["target"]: t["met"] for t in s["targets"]}
+    assert met["lite0 mp4 replay, console watched / not"] is False  # median 0.94 < 0.95
+    # the same bound as the plain live run: 1.5 x 11.25 + 5 = 21.9 ms
+    assert met["lite0 live 30 fps p99 latency, console watched (ms)"] is True
+    report["repeats"][1]["models"]["lite0"]["replay_console"]["fps"] = 58.8  # 0.98
+    report["live_console"][0]["latency_ms"] = {"p99": 25.0}
+    met = {t["target"]: t["met"] for t in summarize(report)["targets"]}
+    assert met["lite0 mp4 replay, console watched / not"] is True  # median 0.98
+    assert met["lite0 live 30 fps p99 latency, console watched (ms)"] is False
+
+
+def test_a_bench_without_the_console_has_no_console_rows() -> None:
+    s = summarize(_report())
+    assert "console_replay_vs_plain" not in s
+    assert not any("console" in t["target"] for t in s["targets"])
+
+
+def test_variants_are_kept_only_when_faster_every_round_and_within_tolerance() -> None:
+    model = Path("m.onnx")
+    names = [REFERENCE, REPLAY_WAY, "fast but different", "fast and equal", "equal, once slower"]
+    ref_probs = [[0.2, 0.8], [0.6, 0.4]]
+
+    def run(fps: float, probs: list[list[float]] | None = None) -> dict[str, Any]:
+        return {"fps": fps, "cpu_ms_per_frame": 10.0, "load_s": 0.1, "providers": ["cpu"],
+                "onnxruntime": "x", "probs": probs or ref_probs}  # fmt: skip
+
+    shifted = [[0.2 + 2e-4, 0.8 - 2e-4], [0.4, 0.6]]
+    runs = {
+        REFERENCE: [run(10), run(20)],
+        REPLAY_WAY: [run(12), run(25)],
+        "fast but different": [run(20, shifted), run(40, shifted)],
+        "fast and equal": [run(11, [[0.2 + 5e-5, 0.8], [0.6, 0.4]]), run(21)],
+        "equal, once slower": [run(12), run(19)],
+    }
+    got = {
+        v["variant"]: v
+        for v in summarize_variants([Variant(n, model) for n in names], runs)["variants"]
+    }
+    assert got["fast but different"]["max_abs_diff"] == pytest.approx(0.2)
+    assert got["fast but different"]["top1_agreement"] == 0.5
+    assert not got["fast but different"]["worth_an_option"]
+    assert got["fast and equal"]["within_tolerance"] and got["fast and equal"]["worth_an_option"]
+    assert got["fast and equal"]["fps_vs_reference"] == pytest.approx((1.1 + 1.05) / 2)
+    assert not got["equal, once slower"]["worth_an_option"]  # 0.95 in the second round
+    assert not got[REPLAY_WAY]["worth_an_option"]  # what the pipeline does already

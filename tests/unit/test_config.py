@@ -61,6 +61,9 @@ def test_shipped_configs_differ_where_they_should() -> None:
     replay = load_config(REPO / "config" / "replay.yaml", env={})
     assert jetson.model.backend == "jetson" and jetson.capture.jetson
     assert replay.mode == "replay" and replay.outbox.when_full == "block"
+    # a camera config never points at the synthetic demo, and none lets a demo serve a camera
+    assert jetson.model.dir.name != "demo" and not jetson.model.allow_synthetic
+    assert not load_config(REPO / "config" / "default.yaml", env={}).model.allow_synthetic
 
 
 def test_layers_override_in_order(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from pipeline.data import dmr
 from pipeline.data.dmr import (
     DataError,
     DmrName,
@@ -260,3 +261,18 @@ def test_list_thermograms_natural_order_and_filter(tmp_path: Path) -> None:
     assert names == ["frame_1.png", "frame_2.png", "frame_10.png", "T0001.JPG", "T0003.txt.gz"]
     with pytest.raises(DataError, match="not a folder"):
         list_thermograms(tmp_path / "nope")
+
+
+def test_a_gzip_bomb_is_refused_before_it_fills_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small .txt.gz that inflates past the text limit stops with one line on both paths."""
+    monkeypatch.setattr(dmr, "MAX_MATRIX_TEXT_BYTES", 1 << 20)
+    bomb = tmp_path / "T0001.txt.gz"
+    bomb.write_bytes(gzip.compress(b"30.00 " * 400_000))  # 2.4 MB of text, 1 MB allowed
+    with pytest.raises(DataError, match=r"T0001\.txt\.gz: inflates to more than 1 MiB"):
+        dmr.read_matrix(bomb)
+    plain = tmp_path / "T0002.txt"
+    plain.write_bytes(b"30.00 " * 400_000)
+    with pytest.raises(DataError, match=r"T0002\.txt: inflates to more than 1 MiB"):
+        dmr.read_matrix(plain)

@@ -326,3 +326,13 @@ def test_a_full_disk_is_one_line_naming_the_outbox(tmp_path: Path) -> None:
         for _ in range(200):
             ob.put(TOPIC, b"x" * 4000)
     ob.close()
+
+
+def test_only_what_loggers_confirm_waits_for_them() -> None:
+    ob = Outbox(MEMORY)
+    result = ob.put(TOPIC, b"r", key=_key(0))
+    other = ob.put("t/exam/summary", b"e", droppable=False)  # no key: no logger confirms it
+    assert ob.settle([result, other], (), keep_acked=True) == 2
+    assert ob.pending == 1 and ob.unconfirmed() == [(result, "s1")]
+    assert ob.release_acked() == 1  # outbox.confirm broker: acknowledged is delivered
+    assert ob.pending == 0 and ob.acked_unconfirmed == 0

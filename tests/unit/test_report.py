@@ -84,8 +84,8 @@ def test_json_report_per_session(db: Path, tmp_path: Path) -> None:
     assert (s1["device"], s1["frames"], s1["reported_frames"]) == ("edge-01", 4, 8)
     assert (s1["verdict"], s1["verdict_source"]) == ("sick", "session")
     assert s1["labels"] == {"healthy": 2, "sick": 2}
-    assert s1["score_mean"] == pytest.approx((0.6 + 0.9 + 0.7 + 0.5) / 4)
-    assert (s1["score_min"], s1["score_max"]) == (0.5, 0.9)
+    assert s1["top1_score_mean"] == pytest.approx((0.6 + 0.9 + 0.7 + 0.5) / 4)
+    assert (s1["top1_score_min"], s1["top1_score_max"]) == (0.5, 0.9)
     # seq 2-3 never arrived; 6-7 were classified (summary says 8 frames) but are missing too
     assert s1["missing_seq"] == [[2, 3], [6, 7]]
     assert s1["missing_count"] == 4
@@ -111,7 +111,8 @@ def test_csv_report(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_table_report_and_device_filter(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _run(db, "--device", "edge-01") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:4] == ["device", "session", "frames", "verdict"]
+    assert lines[0].split()[:5] == ["device", "session", "frames", "rolling", "verdict"]
+    assert "top-1 score mean/min/max" in lines[0] and "P(positive) mean" in lines[0]
     assert len(lines) == 3  # header, one session, footer
     assert lines[1].split()[:6] == ["edge-01", "s1", "4", "sick", "(session)", "healthy=2;sick=2"]
     assert "2-3,6-7" in lines[1]

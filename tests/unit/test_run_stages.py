@@ -59,13 +59,16 @@ def make_pipeline(
     consumers: Sequence[FrameConsumer] = (),
     commands: CommandInbox | None = None,
     stop: threading.Event | None = None,
+    state_interval_s: float = 0.0,
 ) -> Pipeline:
     live = source.is_live
     options = StageOptions(
         queues=QueueOptions(live, workers, per_worker, per_worker, output=2),
         capture=CaptureOptions(read_timeout_s=0.05, stall_s=0.0 if live else 20.0),
         classify=ClassifyOptions(PreprocessConfig()),
-        publish=PublishOptions("dev", "cam", stats_interval_s=3600.0),
+        publish=PublishOptions(
+            "dev", "cam", state_interval_s=state_interval_s, stats_interval_s=3600.0
+        ),
     )
     session = Session(
         mode="live" if live else "replay",
@@ -149,7 +152,7 @@ def test_end_of_stream_ends_a_replay_with_everything_published() -> None:
     assert frame_indices(sink) == list(range(7))
     [session] = sink.sessions
     assert session["end_reason"] == "eos" and session["frames"] == 7
-    assert session["verdict"]["label"] == "sick"
+    assert session["rolling_verdict"]["label"] == "sick"
     assert sink.stats_messages[-1]["frames"] == {"captured": 7, "results": 7}
     assert recorder.ends == ["eos"]
 
@@ -215,3 +218,24 @@ def test_commands_run_in_the_publish_thread_and_fail_after_the_run() -> None:
     assert summaries[0].error is None  # a failing command is the caller's, not the run's
     with pytest.raises(InboxClosed):
         inbox.submit(lambda: None)
+
+
+def test_the_retained_state_follows_each_verdict_change_and_ends_right() -> None:
+    """With a long state interval the state goes out with the first result, at every change
+    of the rolling verdict's label (window of 4) and at the end; nothing in between."""
+    runs = [(0.3, 0.7)] * 8 + [(0.8, 0.2)] * 8 + [(0.3, 0.7)] * 8  # sick, healthy, sick
+    classifier = FakeClassifier(scores_at=lambda k: runs[k])
+    sink = MemorySink()
+    make_pipeline(FakeSource(len(runs)), classifier, sink, state_interval_s=3600.0).run()
+
+    labels = [s["rolling_verdict"]["label"] for s in sink.states]
+    assert labels == ["sick", "healthy", "sick", "sick"]
+    assert [s["frames"] for s in sink.states] == [1, 10, 19, len(runs)]
+    assert [s["state"] for s in sink.states] == ["running"] * 3 + ["ended"]
+
+
+def test_a_zero_state_interval_sends_the_state_after_every_result() -> None:
+    sink = MemorySink()
+    make_pipeline(FakeSource(6), FakeClassifier(), sink, state_interval_s=0.0).run()
+    assert [s["frames"] for s in sink.states] == [1, 2, 3, 4, 5, 6, 6]
+    assert sink.states[-1]["state"] == "ended"

@@ -125,14 +125,16 @@ def test_state_and_summary_payloads_match_their_schemas() -> None:
     s = make_session(policy)
     state0 = s.state_payload()
     assert schema_errors(state0, "state") == []
-    assert state0["verdict"] is None and state0["frames"] == 0
+    assert state0["rolling_verdict"] is None and state0["frames"] == 0
     thermal = ThermalStats(t_min_c=25.0, t_max_c=35.5, t_mean_c=30.1)
     for i, p in enumerate([0.9, 0.2, 0.7, 0.8]):
         s.add(frame(i), pred(p), thermal, 2.0)
     state = s.state_payload()
     assert schema_errors(state, "state") == []
     assert state["state"] == "running"
-    assert state["verdict"]["label"] == "sick" and state["verdict"]["positive"] is True
+    rolling = state["rolling_verdict"]
+    assert rolling["label"] == "sick" and rolling["positive"] is True
+    assert rolling["scope"].startswith("rolling: the last 2 frames")
     assert state["last"] == {"seq": 3, "frame_index": 3, "label": "sick", "score": 0.8}
 
     with pytest.raises(RuntimeError):
@@ -143,6 +145,10 @@ def test_state_and_summary_payloads_match_their_schemas() -> None:
     assert summary["end_reason"] == "eos"
     assert summary["frames"] == 4
     assert summary["counts"] == {"healthy": 1, "sick": 3}
+    assert summary["counts_are"] == "per-frame top-1 labels over every frame of the session"
+    assert "verdict" not in summary and summary["rolling_verdict"]["frames"] == 2
+    assert summary["score"]["is"].startswith("probability of the positive class (sick)")
+    assert (summary["synthetic_model"], summary["exams"]) == (False, [])
     assert summary["score"]["mean"] == pytest.approx((0.9 + 0.2 + 0.7 + 0.8) / 4)
     assert summary["score"]["max"] == pytest.approx(0.9)
     assert summary["drops"] == {"capture": 0, "handoff": 2}
@@ -161,3 +167,23 @@ def test_schema_rejects_patient_fields_and_bad_reason() -> None:
     assert schema_errors({**summary, "patient_name": "x"}, "session")
     assert schema_errors({**summary, "end_reason": "crashed"}, "session")
     assert schema_errors({**s.state_payload(), "patient_id": "T001"}, "state")
+
+
+def test_version_1_state_and_session_payloads_stay_valid() -> None:
+    """Loggers accept every version still in the field: a v1 payload (`verdict`) is valid, the
+    current one (state 2, session 3) must use `rolling_verdict`, and the two names never mix."""
+    s = make_session(VerdictPolicy(LABELS, window_frames=2, threshold=0.5, positive_label="sick"))
+    s.add(frame(0), pred(0.9), None, 1.0)
+    s.end("eos")
+    current = ((s.state_payload(), "state"), (s.summary_payload(), "session"))
+    assert [p["schema"] for p, _ in current] == [2, 3]
+    for payload, kind in current:
+        dropped = ("counts_are", "synthetic_model", "exams", "dropped_seq")
+        old = {k: v for k, v in payload.items() if k not in dropped}
+        old["schema"], old["verdict"] = 1, old.pop("rolling_verdict")
+        old["verdict"].pop("scope")
+        if kind == "session":
+            old["score"].pop("is")
+        assert schema_errors(old, kind) == []
+        assert schema_errors({**old, "schema": payload["schema"]}, kind) != []
+        assert schema_errors({**payload, "verdict": payload["rolling_verdict"]}, kind) != []

@@ -82,17 +82,19 @@ def run_child(
     env: dict[str, str] | None = None,
     until: Callable[[float], bool] | None = None,
     on_poll: Poll | None = None,
+    cwd: Path | None = None,
 ) -> ChildRun:
     """Run `cmd`; with `stop_after_s` (or when `until(seconds since start)` turns true) send
     SIGINT for a clean stop.
     `on_poll` is called every few milliseconds while the child runs (CPU sampling).
 
     Peak RSS is the child's VmHWM, read while it runs: wait4's ru_maxrss would also count the
-    pages the child shared with this (large) process between fork and exec.
+    pages the child shared with this (large) process between fork and exec. `cwd` matters for
+    `python -m`, which imports from the working directory before PYTHONPATH.
     """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.monotonic()
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=env)
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=env, cwd=cwd)
         watch = _Watch(proc, start, timeout_s, stop_after_s, until, on_poll)
         try:
             status = None

@@ -8,6 +8,7 @@ kind), so machine noise hits them alike; live runs follow the repeats. Writes `b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -22,6 +23,11 @@ from typing import Any
 from pipeline import DISCLAIMER
 from pipeline.devtools.bench.bare import F32, measure_bare
 from pipeline.devtools.bench.collector import BenchError, Collector
+from pipeline.devtools.bench.console import (
+    console_source,
+    measure_console_live,
+    measure_console_replay,
+)
 from pipeline.devtools.bench.live import measure_live
 from pipeline.devtools.bench.machine import describe_machine, describe_model, or_none
 from pipeline.devtools.bench.replay import Rig, measure_naive, measure_replay
@@ -34,6 +40,7 @@ from pipeline.devtools.bench.sources import (
     prepare,
 )
 from pipeline.devtools.bench.summary import summarize
+from pipeline.devtools.bench.variants import measure_variants
 from pipeline.devtools.broker import BrokerError, LocalBroker
 from pipeline.devtools.compute import sgemm_gflops_per_core
 from pipeline.manifest import ModelDir, ModelError, load_model_dir
@@ -58,6 +65,9 @@ class Settings:
     sources: tuple[str, ...]
     data: Path
     data_files: int | None
+    variants: bool = False  # other ways to run the first model (`variants`)
+    openvino_python: str | None = None
+    console: bool = True  # the operator console's rows: replay and live, watched
 
 
 @dataclass(frozen=True)
@@ -95,10 +105,15 @@ def measure_repeat(rig: Rig, plan: Plan, r: int) -> dict[str, Any]:
     rep: dict[str, Any] = {"models": {}}
     for i, m in enumerate(plan.models):
         row: dict[str, Any] = {"bare": measure_bare(m.model.root, m.tensors, s.frames, s.threads)}
+        watched = s.console and i == 0  # the console's rows: the shipped model only
+        if watched and r % 2 == 1:  # the order of plain and watched alternates per repeat
+            row["replay_console"] = console_replay(rig, plan, m, r)
         row["replay"] = {
             kind: measure_replay(rig, m.model.root, rec, s.frames, f"bench-m{i}-{kind}-r{r}")
             for kind, rec in plan.recordings.items()
         }
+        if watched and r % 2 == 0:
+            row["replay_console"] = console_replay(rig, plan, m, r)
         rep["models"][m.key] = row
         log.info(
             "repeat %d, %s: bare %.1f, %s",
@@ -122,6 +137,23 @@ def measure_repeat(rig: Rig, plan: Plan, r: int) -> dict[str, Any]:
     return rep
 
 
+def console_replay(rig: Rig, plan: Plan, m: BenchModel, r: int) -> dict[str, Any]:
+    kind = console_source(plan.recordings)
+    rec, frames = plan.recordings[kind], plan.settings.frames
+    return measure_console_replay(rig, m.model.root, rec, frames, f"bench-console-{kind}-r{r}")
+
+
+def measure_console_live_run(rig: Rig, plan: Plan) -> list[dict[str, Any]]:
+    """The shipped model live at the first rate with the console open and watched."""
+    s, m = plan.settings, plan.models[0]
+    if not s.console:
+        return []
+    fps = s.live_fps[0]
+    log.info("live %s at %d fps for %.0f s, console watched", m.key, fps, s.live_seconds)
+    run = measure_console_live(rig, m.model.root, fps, s.live_seconds, f"bench-console-{fps}")
+    return [{"model": m.key, **run}]
+
+
 def naive_model(plan: Plan) -> BenchModel | None:
     if not plan.settings.naive:
         return None
@@ -138,6 +170,18 @@ def measure_live_runs(rig: Rig, plan: Plan) -> list[dict[str, Any]]:
             run = measure_live(rig, m.model.root, fps, s.live_seconds, f"bench-live-m{i}-{fps}")
             runs.append({"model": m.key, **run})
     return runs
+
+
+def measure_other_ways(plan: Plan, tmp: Path, int8_dir: Path | None) -> dict[str, Any] | None:
+    """The first model run other ways (`--variants`), after the repeats, before live."""
+    s = plan.settings
+    if not s.variants:
+        return None
+    first = plan.models[0]
+    log.info("other ways to run %s", first.key)
+    return measure_variants(
+        first.model.root, first.tensors, s.frames, s.repeats, tmp, int8_dir, s.openvino_python
+    )
 
 
 def plan_models(
@@ -178,7 +222,9 @@ def run_bench(
                 for r in range(settings.repeats):
                     log.info("repeat %d/%d", r + 1, settings.repeats)
                     repeats.append(measure_repeat(rig, plan, r))
+                variants = measure_other_ways(plan, tmp, int8_dir)
                 live = measure_live_runs(rig, plan)
+                live_console = measure_console_live_run(rig, plan)
             finally:
                 collector.close()
             machine["mosquitto"] = broker.version()
@@ -194,7 +240,9 @@ def run_bench(
         "settings": settings_dict(settings, recordings),
         "parse": parse,
         "repeats": repeats,
+        "variants": variants,
         "live": live,
+        "live_console": live_console,
     }
     report["summary"] = summarize(report)
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -213,10 +261,17 @@ def settings_dict(settings: Settings, recordings: dict[str, Recording]) -> dict[
         "sources": list(recordings),
         "recordings": {k: {"uri": r.uri, "files": r.frames} for k, r in recordings.items()},
         "data": str(settings.data),
+        "console": settings.console,
     }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_input_arguments(parser)
+    add_run_arguments(parser)
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """What is measured: models, recordings, data."""
     parser.add_argument(
         "--model",
         type=Path,
@@ -249,6 +304,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data-files", type=int, default=None, help="only the first N matrices of --data"
     )
     parser.add_argument("--out", type=Path, default=Path("results"), help="bench.json/.md here")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """How long and how often: frames, repeats, live runs, the optional measurements."""
     parser.add_argument("--frames", type=int, default=300, help="frames per replay and bare run")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of bare and replays")
     parser.add_argument(
@@ -269,11 +328,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="weights for the naive loop's PyTorch model (default: random, same architecture; "
         "its cost does not depend on the weights)",
     )
-    parser.add_argument("--no-naive", action="store_true", help="skip the naive loop (no torch)")
+    _add_skips(parser)
+    parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="also run the first model other ways (threads, spinning, INT8, OpenVINO) and "
+        "check their results against the model card's tolerance",
+    )
+    parser.add_argument(
+        "--openvino-python",
+        default=None,
+        help="a Python with onnxruntime-openvino installed, for the OpenVINO variant",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
         help="smoke run: 20 frames, 1 repeat, 12 matrices, 4 s live at 30 fps",
+    )
+
+
+def _add_skips(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive loop (no torch)")
+    parser.add_argument(
+        "--no-console",
+        action="store_true",
+        help="skip the operator console's rows (a replay and a live run with the console open "
+        "and a viewer on its live view)",
     )
 
 
@@ -289,9 +369,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
         sources=tuple(dict.fromkeys(args.sources)),
         data=args.data,
         data_files=args.data_files,
+        variants=args.variants,
+        openvino_python=args.openvino_python,
+        console=not args.no_console,
     )
     if args.quick:
-        return Settings(20, 1, 4.0, (30,), 1, s.threads, s.naive, s.sources, s.data, 12)
+        return dataclasses.replace(
+            s, frames=20, repeats=1, live_seconds=4.0, live_fps=(30,), live_models=1, data_files=12
+        )
     return s
 
 

@@ -100,19 +100,17 @@ class SteadyWindow:
 
 
 def _within(samples: list[dict[str, Any]], first: Mark, last: Mark) -> tuple[Any, Any] | None:
-    """The first and the last of the child's samples inside the window; for a window too short
-    to hold two, the nearest samples around it."""
-    inside = [s for s in samples if first.mono_ns <= s["mono_ns"] <= last.mono_ns]
-    a: dict[str, Any] | None
-    b: dict[str, Any] | None
-    if len(inside) >= 2:
-        a, b = inside[0], inside[-1]
-    else:
-        before = [s for s in samples if s["mono_ns"] <= first.mono_ns]
-        after = [s for s in samples if s["mono_ns"] >= last.mono_ns]
-        a = before[-1] if before else (samples[0] if samples else None)
-        b = after[0] if after else (samples[-1] if samples else None)
-    if a is None or b is None or b["frames"] <= a["frames"]:
+    """The first and the last of the child's samples inside the window. A window too short to
+    hold two starts at the sample before it instead; it never ends after it, where the stage
+    threads may have ended (and their CPU with them)."""
+    ending = [s for s in samples if s["mono_ns"] <= last.mono_ns]
+    if not ending:
+        return None
+    b = ending[-1]
+    inside = [s for s in ending if first.mono_ns <= s["mono_ns"] < b["mono_ns"]]
+    before = [s for s in ending if s["mono_ns"] < first.mono_ns]
+    a = inside[0] if inside else (before[-1] if before else None)
+    if a is None or b["frames"] <= a["frames"]:
         return None
     return a, b
 

@@ -31,9 +31,12 @@ STARTUP_LIMIT_S = 120.0  # a live child that has not ended this long after its t
 
 
 def live_source(fps: int, width: int = 640, height: int = 480) -> str:
+    """A live camera stand-in that hands over 8-bit gray frames as a thermal camera does, so the
+    test source's own drawing and colour conversion weigh as little as they can in the
+    pipeline's CPU (its threads are the `gstreamer` group)."""
     return (
         f"gst://videotestsrc is-live=true pattern=ball ! "
-        f"video/x-raw,width={width},height={height},framerate={fps}/1"
+        f"video/x-raw,format=GRAY8,width={width},height={height},framerate={fps}/1"
     )
 
 
@@ -109,10 +112,13 @@ def measure_live(
     seconds: float,
     device: str,
     env: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    cwd: Path | None = None,
 ) -> dict[str, Any]:
     """A live source at `fps` for `seconds`: latency to delivery, drops, trend, CPU per frame.
-    `env` runs another checkout of the code (its PYTHONPATH) for A/B comparisons."""
-    cfg = runner_config(rig, device, model_dir, "live")
+    `env` and `cwd` run another checkout of the code, `overrides` other settings, for A/B
+    comparisons."""
+    cfg = runner_config(rig, device, model_dir, "live", overrides=overrides)
     record = rig.workdir / f"{device}.probe.json"
     rig.collector.take()
     clock = LiveClock(seconds, lambda: rig.collector.results)

@@ -8,7 +8,7 @@
   (finished calls, and the one running now from its start);
 - a sampler thread reads, every SAMPLE_S, each thread's CPU clock and, for the classify threads,
   the model's share of it, at the same instant per thread. The samples (with CLOCK_MONOTONIC
-  times, comparable across processes) are written to RECORD.json at exit.
+  times, comparable across processes) go to RECORD.json as they are taken, one JSON line each.
 
 Sampling inside the process is what makes the numbers hold on a loaded machine: a sampler in
 another process may be descheduled between taking the time and reading the threads. The probe
@@ -129,29 +129,42 @@ def process_counters() -> dict[str, int]:
 
 
 class Sampler:
-    def __init__(self, clock: ModelClock) -> None:
+    """Writes a sample a line to the record as it goes (JSON lines; the first line names the
+    process), so a ten-minute run keeps none of them in the memory being measured."""
+
+    def __init__(self, clock: ModelClock, record: Path) -> None:
         self.clock = clock
-        self.samples: list[dict[str, Any]] = []
+        self._out = record.open("w", encoding="utf-8")
+        self._out.write(json.dumps({"pid": os.getpid()}) + "\n")
+        self._out.flush()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=SAMPLER_NAME, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         names: dict[int, str] = {}
+        taken = 0
         while not self._stop.wait(SAMPLE_S):
-            if len(self.samples) % NAMES_EVERY == 0:
+            if taken % NAMES_EVERY == 0:
                 names.clear()
-            self.samples.append(sample(self.clock, names))
+            line = json.dumps(sample(self.clock, names)) + "\n"
+            with self._lock:
+                if self._out.closed:
+                    return
+                self._out.write(line)
+                self._out.flush()
+            taken += 1
 
-    def dump(self, path: Path) -> None:
+    def close(self) -> None:
         """At exit; no last sample: the stage threads have ended by now, their CPU with them."""
         self._stop.set()
-        record = {"pid": os.getpid(), "samples": self.samples}
-        path.write_text(json.dumps(record), encoding="utf-8")
+        with self._lock:
+            self._out.close()
 
 
 def install(record: Path) -> Sampler:
-    """Name threads as they start, clock the model's CPU, sample; write the record at exit."""
+    """Name threads as they start, clock the model's CPU, sample into the record."""
     start = threading.Thread.run
 
     def named_run(thread: threading.Thread) -> None:
@@ -163,8 +176,8 @@ def install(record: Path) -> Sampler:
     OnnxRuntimeClassifier.run_tensor = clock.timed(  # type: ignore[method-assign,assignment]
         OnnxRuntimeClassifier.run_tensor
     )
-    sampler = Sampler(clock)
-    atexit.register(sampler.dump, record)
+    sampler = Sampler(clock, record)
+    atexit.register(sampler.close)
     return sampler
 
 

@@ -42,35 +42,56 @@ class Rig:
         return {"broker": proc.pid} if proc is not None else {}
 
 
-def runner_config(rig: Rig, device: str, model_dir: Path, mode: str, loop: bool = False) -> Path:
-    """The YAML the child `thermoscreen run` reads: our broker, a private outbox, this model.
-    Written as `<workdir>/<device>.yaml`, with the outbox beside it."""
+def runner_config(
+    rig: Rig,
+    device: str,
+    model_dir: Path,
+    mode: str,
+    loop: bool = False,
+    overrides: dict[str, Any] | None = None,
+) -> Path:
+    """The YAML the child `thermoscreen run` reads: our broker, a private outbox, this model,
+    and `overrides` (dotted keys, e.g. {"session.state_interval_s": 0}). Written as
+    `<workdir>/<device>.yaml`, with the outbox beside it."""
     rig.workdir.mkdir(parents=True, exist_ok=True)
     path, outbox = rig.workdir / f"{device}.yaml", rig.workdir / f"{device}.sqlite"
     tree: dict[str, Any] = {
         "device_id": device,
         "camera_id": "cam0",
         "mode": mode,
-        "model": {"dir": str(model_dir), "backend": "onnxruntime"},
+        # a benchmark, not a clinic: a synthetic demo model may run on a live test source
+        "model": {
+            "dir": str(model_dir.resolve()),
+            "backend": "onnxruntime",
+            "allow_synthetic": True,
+        },
         "mqtt": {"host": "127.0.0.1", "port": rig.broker.port},
         "outbox": {"enabled": True, "path": str(outbox)},
         "log_level": "WARNING",
     }
     if loop:
         tree["capture"] = {"loop": True}
+    for dotted, value in (overrides or {}).items():
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
     path.write_text(yaml.safe_dump(tree, sort_keys=False), encoding="utf-8")
     return path
 
 
 def probe_record(path: Path) -> dict[str, Any]:
-    """What the probe wrote at the child's exit: its pid and its CPU samples."""
+    """What the probe wrote: its pid (first line) and its CPU samples (a line each)."""
     try:
-        record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(record["pid"], int) or not isinstance(record["samples"], list):
-            raise ValueError("pid and samples expected")
-    except (OSError, ValueError, KeyError) as exc:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        pid = int(json.loads(lines[0])["pid"])
+        if lines[-1:] and not lines[-1].endswith("}"):
+            lines.pop()  # a line cut short by the end of the process
+        samples = [json.loads(line) for line in lines[1:] if line.strip()]
+    except (OSError, ValueError, KeyError, IndexError) as exc:
         raise BenchError(f"{path}: the probed run left no CPU samples ({exc})") from None
-    return record
+    return {"pid": pid, "samples": samples}
 
 
 def measure_replay(
@@ -80,11 +101,14 @@ def measure_replay(
     frames: int,
     device: str,
     env: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    cwd: Path | None = None,
 ) -> dict[str, Any]:
     """`thermoscreen run SOURCE --max-frames N` to completion; throughput where the results
-    arrive; CPU per result over the steady part (10% to 90% of the results). `env` runs
-    another checkout of the code (its PYTHONPATH) for A/B comparisons."""
-    cfg = runner_config(rig, device, model_dir, "replay", loop=recording.loop)
+    arrive; CPU per result over the steady part (10% to 90% of the results). `env` and `cwd`
+    run another checkout of the code (its PYTHONPATH and folder), `overrides` other settings,
+    for A/B comparisons."""
+    cfg = runner_config(rig, device, model_dir, "replay", recording.loop, overrides)
     record = rig.workdir / f"{device}.probe.json"
     rig.collector.take()
     margin = max(2, frames // 10)
@@ -97,7 +121,7 @@ def measure_replay(
     cmd = [*probed_cmd(record), "run", recording.uri, "--config", str(cfg)]
     cmd += ["--max-frames", str(frames)]
     what = f"thermoscreen run ({recording.kind} replay)"
-    run = checked(run_child(cmd, timeout_s=60 + frames, env=env, on_poll=window), what)
+    run = checked(run_child(cmd, 60 + frames, env=env, on_poll=window, cwd=cwd), what)
     time.sleep(SETTLE_S)
     results = results_of(rig.collector.take(), device)
     if not results:

@@ -79,6 +79,17 @@ def throughput(report: dict[str, Any]) -> list[str]:
             row(f"{name} peak RSS (MB)", s["replay_max_rss_mb"][src], 0),
             row(f"{name} start to first result (s)", s["first_result_s"][src], 2),
         ]
+    if "console_replay_vs_plain" in s:
+        name = SOURCE_NAMES.get(s["console_source"], s["console_source"])
+        lines += [
+            row(f"{name} replay, console watched (frames/s)", {keys[0]: s["console_replay_fps"]}),
+            row(
+                f"**{name} replay, console watched / not**",
+                {keys[0]: s["console_replay_vs_plain"]},
+                2,
+            ),
+            row("console live view sent (frames/s)", {keys[0]: s["console_stream_fps"]}),
+        ]
     if s["bare_vs_sgemm"]:
         lines.append(row("bare GFLOP/s per core", s["bare_gflops_per_core"]))
         lines.append(row("bare / one core's FP32 sgemm rate", s["bare_vs_sgemm"], 2))
@@ -100,17 +111,20 @@ def naive(report: dict[str, Any]) -> list[str]:
 
 
 def live(report: dict[str, Any]) -> list[str]:
-    if not report["live"]:
+    runs = [*report["live"], *({**lv, "watched": True} for lv in report.get("live_console", []))]
+    if not runs:
         return []
     lines = [
         "| live | latency p50 / p95 / p99 / max (ms) | dropped / seen | trend (ms/min), flat | "
         "non-model CPU (ms/frame) | peak RSS (MB) |",
         "|---|---|---|---|---|---|",
     ]
-    for lv in report["live"]:
+    for lv in runs:
         lat, cpu = lv["latency_ms"], lv.get("cpu") or {}
+        watched = ", console watched" if lv.get("watched") else ""
         lines.append(
-            f"| {lv['model']} {lv['source_fps']} fps, {lv['seconds']:.0f} s | {lat['p50']:.1f} / "
+            f"| {lv['model']} {lv['source_fps']} fps{watched}, {lv['seconds']:.0f} s | "
+            f"{lat['p50']:.1f} / "
             f"{lat['p95']:.1f} / {lat['p99']:.1f} / {lat['max']:.1f} | {lv['dropped']} / "
             f"{lv['frames_seen']} ({lv['drop_ratio']:.1%}) | "
             f"{fmt(lv['trend']['slope_ms_per_min'])}, {lv['trend']['flat']} | "
@@ -160,6 +174,30 @@ def cpu_breakdown(report: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def variants(report: dict[str, Any]) -> list[str]:
+    """The first model run other ways, against the pipeline's ways and the tolerance."""
+    found = report.get("variants")
+    if not found:
+        return []
+    lines = [
+        f"Other ways to run {report['summary']['models'][0]} (medians over {found['rounds']} "
+        f"round(s); results against the reference, tolerance {found['tolerance']:g} on any "
+        "probability):",
+        "",
+        "| way | frames/s | vs reference | CPU per frame (ms) | load (s) | max prob. difference "
+        "| top-1 agreement | faster in every round, within tolerance |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for v in found["variants"]:
+        lines.append(
+            f"| {v['variant']} | {v['fps_median']:.1f} | {v['fps_vs_reference']:.2f} | "
+            f"{v['cpu_ms_per_frame_median']:.1f} | {v['load_s_median']:.2f} | "
+            f"{v['max_abs_diff']:.1e} | {v['top1_agreement']:.0%} | "
+            f"{'yes' if v['worth_an_option'] else 'no'} |"
+        )
+    return [*lines, ""]
+
+
 def targets(report: dict[str, Any]) -> list[str]:
     lines = ["| target | value | goal | met |", "|---|---|---|---|"]
     for t in report["summary"]["targets"]:
@@ -173,7 +211,9 @@ NOTES = [
     "start-up (imports, model load, connect) is reported apart. Live latency runs from "
     "`capture_ts` to delivery at the bench's subscriber, an upper bound of "
     "capture-to-broker-acknowledgement. Non-model CPU is the pipeline process's CPU per result "
-    "minus its inferences' own thread CPU (and native pools: ONNX Runtime's intra-op threads).",
+    "minus its inferences' own thread CPU (and native pools: ONNX Runtime's intra-op threads). "
+    '"Console watched": the run serves the operator console (`--console`) and a viewer in the '
+    "bench reads its MJPEG live view for the whole run, as an operator's browser would.",
     "",
 ]
 
@@ -183,6 +223,7 @@ def markdown(report: dict[str, Any]) -> str:
         header(report),
         throughput(report),
         naive(report),
+        variants(report),
         live(report),
         cpu_breakdown(report),
         targets(report),
