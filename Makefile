@@ -11,11 +11,13 @@ APT_PACKAGES := gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugin
 	mosquitto mosquitto-clients openssl postgresql \
 	gstreamer1.0-plugins-ugly chromium chromium-driver gir1.2-gst-rtsp-server-1.0
 DEMO_MODEL := models/demo
-SHIPPED_MODEL := models/dmr-lite0-probe
+SHIPPED_MODEL := models/dmr
+DMR_DATA := ../shared/data/dmr-ir-frontal
+STUDY_DIR := results/evaluation
 DEMO_DIR := var/demo
 
-.PHONY: setup apt test test-fast lint format demo model bench evaluate evaluate-cnn chaos clean \
-	exam-screenshot screenshots
+.PHONY: setup apt test test-fast lint format demo model bench evaluate evaluate-finetune model-dmr \
+	chaos clean exam-screenshot screenshots
 
 setup: $(STAMP)
 
@@ -80,22 +82,27 @@ chaos: setup
 # fps, other ways to run the shipped model (about 30 min on 2 idle cores; docs/benchmark.md)
 bench: model
 	@test -f $(SHIPPED_MODEL)/model.json || { echo "make bench: $(SHIPPED_MODEL) is missing;" \
-		"build the shipped model first (make evaluate)"; exit 2; }
+		"build the shipped model first (make model-dmr)"; exit 2; }
 	$(BIN)/thermoscreen bench --model $(SHIPPED_MODEL) --model $(DEMO_MODEL) \
 		--torch-checkpoint $(DEMO_DIR)/run/best.pt --data ../shared/data/dmr-ir-frontal \
 		--frames 300 --repeats 3 --live-seconds 600 --live-fps 30 120 --variants --out results
 
-# the frozen-Lite0 study: nested CV over 5 split seeds, checks, export, hold-out (605 s measured
-# on one thread)
+# the candidates compared under one nested, patient-grouped protocol over split seeds 0-2, with
+# the rendering-robustness and shortcut checks (frozen backbones; resumable, caches in OUT/cache)
 evaluate: setup
-	$(BIN)/python -m training.study --data ../shared/data/dmr-ir-frontal --out results/evaluation
+	$(BIN)/python -m training.study --data $(DMR_DATA) --out $(STUDY_DIR)
 
-# the CNNs trained end to end, same hold-out and seed-0 folds, budget 4 epochs x 128 samples per
-# fold (~50 min on 2 cores); the shipped model is not touched
-evaluate-cnn: setup
-	$(BIN)/python -m training.study --data ../shared/data/dmr-ir-frontal \
-		--out results/evaluation-cnn --cnn-only --split-seeds 0 \
-		--cnn-archs mobilenet_v3_small,resnet18,efficientnet_b0,efficientnet_lite0:imagenet
+# the end-to-end candidates (Lite0 fine-tuned, early stopping and fold ensembles on inner folds);
+# hours on a small CPU, resumable; `make evaluate` then lists them beside the frozen ones
+evaluate-finetune: setup
+	$(BIN)/python -m training.study --data $(DMR_DATA) --out $(STUDY_DIR) --fine-tune
+
+# the shipped DMR-IR model: the study's chosen candidate fitted on every development patient and
+# exported with its threshold (uses $(STUDY_DIR)/study.json when present)
+model-dmr: $(SHIPPED_MODEL)/model.json
+$(SHIPPED_MODEL)/model.json: | setup
+	$(BIN)/python -m training.study --data $(DMR_DATA) --out $(STUDY_DIR) --ship \
+		--model-out $(SHIPPED_MODEL)
 
 clean:
 	rm -rf var results .pytest_cache .mypy_cache .ruff_cache

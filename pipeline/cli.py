@@ -2,7 +2,9 @@
 
 Modules are imported only when their subcommand runs, so `thermoscreen run` never imports torch and
 a runtime-only install (no `[train]` extra) still runs the pipeline. Each module provides
-`add_arguments(parser)` and `main(args) -> int`, and may set `LOG_LEVEL` (default INFO).
+`add_arguments(parser)` and `main(args) -> int`, and may set `LOG_LEVEL` (default INFO). A command
+listed in `ARGUMENTS` takes its flags from a lighter module, so its `--help` answers without
+importing torch.
 
 Logging is set up here, once, for every command (`setup_logging`): one format on stderr, at the
 level of the command's `--log-level` flag when it has one, else its `LOG_LEVEL`. A command whose
@@ -16,6 +18,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pipeline import DISCLAIMER, __version__
 
@@ -48,6 +51,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("training.export", "export a checked ONNX model directory with manifest"),
     "quantize": ("training.quantize", "INT8 static quantization of an exported model"),
 }
+
+# name -> module with `add_arguments` when that is not the command's module (no torch import)
+ARGUMENTS: dict[str, str] = {"train": "training.train_config"}
 
 TRAINING_HINT = "install the training extra: pip install -e '.[train]' (or `make setup`)"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -99,20 +105,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     name, rest = argv[0], argv[1:]
     module_name, text = COMMANDS[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or "?"
-        hint = TRAINING_HINT if module_name.startswith("training") else "run `make setup`"
-        print(f"thermoscreen {name}: missing Python package '{missing}'; {hint}", file=sys.stderr)
+    flags = _load(name, ARGUMENTS.get(name, module_name))
+    if flags is None:
         return 2
     parser = argparse.ArgumentParser(
         prog=f"thermoscreen {name}", description=f"{text}.\n\n{DISCLAIMER}"
     )
-    module.add_arguments(parser)
+    flags.add_arguments(parser)
     args = parser.parse_args(rest)
+    module = _load(name, module_name)
+    if module is None:
+        return 2
     setup_logging(_log_level(args, module))
     return int(module.main(args))
+
+
+def _load(name: str, module_name: str) -> Any:
+    """The module, or None after one line naming the missing package and how to install it."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or "?"
+        hint = TRAINING_HINT if module_name.startswith("training") else "run `make setup`"
+        print(f"thermoscreen {name}: missing Python package '{missing}'; {hint}", file=sys.stderr)
+        return None
 
 
 if __name__ == "__main__":

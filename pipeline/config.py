@@ -181,6 +181,12 @@ class ModelConfig(_Strict):
         description="Model directory (model.onnx, labels.txt, model.json); relative to the "
         "working directory.",
     )
+    fallback_dir: Path | None = Field(
+        default=None,
+        description="Model directory used when `dir` holds no model.json yet (e.g. the synthetic "
+        "demo until `make model-dmr` has built the real model); the synthetic guard still "
+        "applies to it. null: no fallback. `--model` on the command line disables it.",
+    )
     backend: Literal["auto", "onnxruntime", "jetson"] = Field(
         default="auto",
         description="Inference backend; auto picks jetson when jetson-inference "
@@ -216,6 +222,14 @@ class ModelConfig(_Strict):
         "medical model) serve a live camera; everything it produces still says SYNTHETIC MODEL. "
         "Replays never need it.",
     )
+
+
+def model_dir(model: ModelConfig) -> Path:
+    """The directory to load: `dir` when it holds a model.json or no fallback is set (loading then
+    names what is missing), else `fallback_dir`."""
+    if model.fallback_dir is None or (model.dir / "model.json").is_file():
+        return model.dir
+    return model.fallback_dir
 
 
 class SessionConfig(_Strict):

@@ -32,13 +32,11 @@ import torch
 from torch import nn
 
 from pipeline.preprocess import model_input
-from training.lite0 import EfficientNetLite0
+from training.lite import EfficientNetLite
 
 U8 = npt.NDArray[np.uint8]
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
-
-MID_BLOCK = 10  # output of _blocks[10]: 112 channels at 1/16 resolution (14x14 for 224 input)
 
 
 @dataclass(frozen=True)
@@ -60,13 +58,13 @@ FEATURE_SETS = (
 BY_NAME = {fs.name: fs for fs in FEATURE_SETS}
 
 
-def tap_maps(model: EfficientNetLite0, x: torch.Tensor) -> dict[str, torch.Tensor]:
+def tap_maps(model: EfficientNetLite, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Feature maps of the head (after its activation) and of the mid block, for a batch x."""
     h = model.act(model._bn0(model._conv_stem(model.adapter(x))))
     mid = h
     for i, block in enumerate(model._blocks):
         h = block(h)
-        if i == MID_BLOCK:
+        if i == model.mid_block:
             mid = h
     head = model.act(model._bn1(model._conv_head(h)))
     return {"head": head, "mid": mid}
@@ -89,7 +87,7 @@ def pooled(
 
 
 @torch.no_grad()
-def extract(model: EfficientNetLite0, tensors: F32, batch: int = 8) -> dict[str, F32]:
+def extract(model: EfficientNetLite, tensors: F32, batch: int = 8) -> dict[str, F32]:
     """For [N, 3, H, W] model inputs: every feature set's [N, D] features, plus `last@flip` (the
     head features of the mirrored input: the training copies of the `last` set)."""
     out: dict[str, list[F32]] = {fs.name: [] for fs in FEATURE_SETS}
@@ -116,7 +114,7 @@ class BilateralProbe(nn.Module):
     exporter, so p(sick) = sigmoid of the probe's logit, calibration included)."""
 
     def __init__(
-        self, backbone: EfficientNetLite0, fs: FeatureSet, w: F64, b: float, mu: F64, sd: F64
+        self, backbone: EfficientNetLite, fs: FeatureSet, w: F64, b: float, mu: F64, sd: F64
     ) -> None:
         super().__init__()
         self.backbone = backbone.eval()
@@ -140,3 +138,19 @@ class BilateralProbe(nn.Module):
         mirrored = {k: v[n:] for k, v in both.items()}
         logits: torch.Tensor = self.head(pooled(self.fs, mine, mirrored))
         return logits
+
+
+class ProbeEnsemble(nn.Module):
+    """Several probes' calibrated p(sick) averaged inside one graph. Its output are the
+    log-probabilities [log(1 - p), log(p)], so the exporter's softmax gives back exactly
+    [1 - p, p]."""
+
+    def __init__(self, members: list[BilateralProbe]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = [torch.softmax(m(x), dim=1)[:, 1:] for m in self.members]
+        p = torch.stack(probs, dim=0).mean(dim=0).clamp(1e-7, 1.0 - 1e-7)
+        out: torch.Tensor = torch.cat([torch.log1p(-p), torch.log(p)], dim=1)
+        return out

@@ -28,7 +28,8 @@ from pipeline.classify.onnx import OnnxRuntimeClassifier
 from pipeline.data.dmr import DataError
 from pipeline.manifest import ModelError, load_model_dir
 from pipeline.preprocess import PreprocessConfig, render
-from training import datasets, metrics, train
+from training import datasets, metrics, runs, train
+from training import evaluate_plots as plots
 from training.models import ModelBuildError
 
 log = logging.getLogger(__name__)
@@ -233,10 +234,10 @@ def score_with_model_dir(model_dir: Path, items: list[Any]) -> Scored:
 
 def score_with_run(run_dir: Path, items: list[Any], checkpoint: str) -> Scored:
     """Scores a training run's checkpoint in PyTorch (same tensors as serving: EvalPreset)."""
-    run = train.read_run(run_dir)
+    run = runs.read_run(run_dir)
     labels = tuple(run["labels"])
     targets = label_targets([it.label for it in items], labels, str(run_dir))
-    model = train.load_run_model(run_dir, checkpoint)
+    model = runs.load_run_model(run_dir, checkpoint)
     cfg = PreprocessConfig.model_validate(run["preprocessing"])
     images = [render(it.load(), cfg) for it in items]
     probs = train.predict(model, images)
@@ -276,54 +277,31 @@ def write_outputs(report: dict[str, Any], scored: Scored, out: Path) -> None:
 
 
 def plot(report: dict[str, Any], scored: Scored, out: Path) -> dict[str, str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = list(scored.labels)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
-    for ax, level in zip(axes, ("per_image", "per_patient"), strict=True):
-        cm = np.asarray(report["all"][level]["confusion_matrix"])
-        ax.imshow(cm, cmap="Blues")
-        for (r, c), v in np.ndenumerate(cm):
-            dark = v > cm.max() / 2
-            ax.text(c, r, str(v), ha="center", va="center", color="white" if dark else "black")
-        ax.set_xticks(range(len(labels)), labels)
-        ax.set_yticks(range(len(labels)), labels)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(level.replace("_", " "))
-    fig.suptitle("Confusion matrices (adjunct to mammography only)")
-    fig.tight_layout()
-    fig.savefig(out / "confusion.png", dpi=100)
-    plt.close(fig)
-
-    pos = scored.positive
+    """confusion.png (with the decision rule), roc.png (with the operating point) and
+    reliability.png, all patients."""
+    labels, pos = list(scored.labels), scored.positive
     _, groups = metrics.group_indices(scored.patient_ids)
     y_img = (scored.targets == pos).astype(np.int64)
-    p_probs = metrics.mean_by_group(scored.probs, groups)
     y_pat = np.asarray([y_img[g[0]] for g in groups], dtype=np.int64)
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for name, y, s in (
-        ("per image", y_img, scored.probs[:, pos]),
-        ("per patient", y_pat, p_probs[:, pos]),
-    ):
-        fpr, tpr, _ = metrics.roc_curve(y, s)
-        ax.plot(fpr, tpr, marker=".", label=f"{name} (AUC {metrics.roc_auc(y, s):.3f})")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    ax.set_xlabel("1 - specificity")
-    ax.set_ylabel("sensitivity")
-    ax.set_title(f"ROC, positive class '{scored.labels[pos]}'")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out / "roc.png", dpi=100)
-    plt.close(fig)
-    return {"confusion": "confusion.png", "roc": "roc.png"}
+    p_pat = metrics.mean_by_group(scored.probs, groups)[:, pos]
+    curves = {"per image": (y_img, scored.probs[:, pos]), "per patient": (y_pat, p_pat)}
+    rule = plots.decision_rule(labels, pos, scored.threshold)
+    plots.confusion_figure(report, labels, rule, out / "confusion.png")
+    plots.roc_figure(curves, labels[pos], scored.threshold, out / "roc.png")
+    plots.reliability_figure(curves, out / "reliability.png")
+    return {"confusion": "confusion.png", "roc": "roc.png", "reliability": "reliability.png"}
+
+
+SECTION_TITLES = {
+    "all": "All patients",
+    "id_below_300": "Pre-2018 acquisitions only (DMR-IR ID < 300, where no era shortcut exists)",
+    "per_image": "per image",
+    "per_patient": "per patient (mean score of its images)",
+}
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
-    """Human-readable summary for the terminal."""
+    """Human-readable summary for the terminal, one titled section per part."""
 
     def fmt(m: dict[str, Any]) -> str:
         v, (lo, hi) = m["value"], m["ci95"]
@@ -332,15 +310,18 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         ci = f"[{lo:.3f}, {hi:.3f}]" if lo is not None else "[n/a]"
         return f"{v:.3f} {ci}"
 
-    lines = []
+    lines = [f"Decision rule: {report['decision']}"]
+    if report.get("warning"):
+        lines.append(f"WARNING: {report['warning']}")
     for part in ("all", "id_below_300"):
         if part not in report:
             continue
         sec = report[part]
-        lines.append(f"{part}: {sec['n_patients']} patients, {sec['n_images']} images")
+        title = SECTION_TITLES[part]
+        lines.append(f"{title}: {sec['n_patients']} patients, {sec['n_images']} images")
         for level in ("per_image", "per_patient"):
             cells = "  ".join(f"{n} {fmt(sec[level][n])}" for n in metrics.METRIC_NAMES)
-            lines.append(f"  {level:<11} {cells}")
+            lines.append(f"  {SECTION_TITLES[level]}: {cells}")
     return lines
 
 
@@ -371,6 +352,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bootstrap", type=int, default=1000, help="bootstrap resamples (patients)"
     )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument(
+        "--allow-trained-patients",
+        action="store_true",
+        help="score patients the model was trained on (model.json data.trained_patients) anyway; "
+        "the report then carries a warning, because such scores overstate performance",
+    )
+
+
+def trained_patients(manifest_data: dict[str, Any]) -> set[str]:
+    """Patient keys the model was trained or tuned on: `trained_patients`, else the recorded
+    split's train and validation parts."""
+    ids = manifest_data.get("trained_patients")
+    if ids is None:
+        split = manifest_data.get("split_patients") or {}
+        ids = list(split.get("train", [])) + list(split.get("val", []))
+    return {patient_key(str(p)) for p in ids}
+
+
+def check_unseen(items: list[Any], trained: set[str], data: Path, allow: bool) -> str | None:
+    """Refuse (EvaluationError) patients the model was trained on; with `allow`, a warning."""
+    seen = sorted(
+        {str(it.patient_id) for it in items if patient_key(str(it.patient_id)) in trained}
+    )
+    if not seen:
+        return None
+    total = len({patient_key(str(it.patient_id)) for it in items})
+    what = f"{len(seen)} of the {total} patients in {data} (e.g. {', '.join(seen[:3])})"
+    if not allow:
+        raise EvaluationError(
+            f"{what} were used to train the model (model.json data.trained_patients); their "
+            "scores would overstate performance. Score unseen patients, use --split test, or "
+            "pass --allow-trained-patients"
+        )
+    warning = f"{what} were used to train the model: these metrics overstate its performance"
+    log.warning("%s", warning)
+    return warning
 
 
 def evaluate(
@@ -381,26 +398,30 @@ def evaluate(
     checkpoint: str = "best",
     n_boot: int = 1000,
     seed: int = 0,
+    allow_trained: bool = False,
 ) -> tuple[dict[str, Any], Scored]:
     """Score `data` with a model directory or a run and build the report."""
     if n_boot < 1:
         raise EvaluationError(f"--bootstrap must be >= 1, got {n_boot}")
     items = datasets.scan(data)
+    warning = None
     if model is not None:
         split = split or "all"
-        manifest_split = load_model_dir(model).manifest.data.get("split_patients")
-        chosen = _items_for_split(items, manifest_split, split)
+        m = load_model_dir(model).manifest
+        chosen = _items_for_split(items, m.data.get("split_patients"), split)
+        warning = check_unseen(chosen, trained_patients(m.data), data, allow_trained)
         scored = score_with_model_dir(model, chosen)
         source: dict[str, Any] = {"model": str(model), "backend": "onnxruntime"}
-        m = load_model_dir(model).manifest
         source.update(name=m.name, version=m.version, sha256=m.sha256, synthetic=m.synthetic)
     else:
         assert run is not None
         split = split or "test"
-        chosen = _items_for_split(items, train.read_split(run), split)
+        chosen = _items_for_split(items, runs.read_split(run), split)
         scored = score_with_run(run, chosen, checkpoint)
         source = {"run": str(run), "checkpoint": checkpoint, "backend": "pytorch"}
     report = {"disclaimer": DISCLAIMER, "source": source, "data": str(data), "split": split}
+    if warning:
+        report["warning"] = warning
     report.update(full_report(scored, n_boot, seed))
     return report, scored
 
@@ -408,8 +429,9 @@ def evaluate(
 def main(args: argparse.Namespace) -> int:
     try:
         report, scored = evaluate(
-            args.data, args.model, args.run, args.split, args.checkpoint, args.bootstrap, args.seed
-        )
+            args.data, args.model, args.run, args.split, args.checkpoint, args.bootstrap,
+            args.seed, args.allow_trained_patients,
+        )  # fmt: skip
         out = args.out or (
             args.run / f"eval-{report['split']}" if args.run else Path("results/evaluation")
         )

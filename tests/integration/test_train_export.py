@@ -21,7 +21,7 @@ import torch
 from pipeline.cli import main as cli
 from pipeline.manifest import load_model_dir, sha256_file
 from pipeline.preprocess import PreprocessConfig, model_input, render
-from training import datasets, export, train
+from training import datasets, export, runs, train
 
 FAST = ["--batch-size", "4", "--min-epoch-samples", "0"]
 
@@ -119,7 +119,7 @@ def test_synthetic_export_manifest_and_onnxruntime_parity(
     session = ort.InferenceSession(str(model_dir.onnx_path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["input_0"]
     assert [o.name for o in session.get_outputs()] == ["output_0"]
-    net = train.load_run_model(synth_model["run"], "best")
+    net = runs.load_run_model(synth_model["run"], "best")
     item = datasets.scan(synth_data)[0]
     x = model_input(render(item.load(), m.preprocessing))
     onnx_p = session.run(None, {"input_0": x})[0]
@@ -134,18 +134,24 @@ def test_evaluate_model_dir_report_is_consistent(
     synth_model: dict[str, Path], synth_data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = synth_model["root"] / "eval"
-    rc = cli(
-        ["evaluate", "--model", str(synth_model["model"]), "--data", str(synth_data),
-         "--out", str(out), "--bootstrap", "100", "--seed", "1"]
-    )  # fmt: skip
+    argv = ["evaluate", "--model", str(synth_model["model"]), "--data", str(synth_data)]
+    # the folder holds the patients the model was trained on: refused in one line ...
+    capsys.readouterr()
+    assert cli([*argv, "--out", str(out)]) == 2
+    err = _one_line_error(capsys)
+    assert "trained_patients" in err and "--allow-trained-patients" in err
+    # ... and scored, with a warning in the report, when asked to
+    rc = cli([*argv, "--out", str(out), "--bootstrap", "100", "--seed", "1",
+              "--allow-trained-patients"])  # fmt: skip
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
+    assert "overstate" in report["warning"]
     assert report["split"] == "all" and report["source"]["backend"] == "onnxruntime"
     assert report["all"]["n_patients"] == 12 and report["all"]["n_images"] == 12
     assert "id_below_300" not in report  # synthetic ids are all >= 9000
     for level in ("per_image", "per_patient"):
         _check_section(report["all"][level])
-    for png in ("confusion.png", "roc.png"):
+    for png in ("confusion.png", "roc.png", "reliability.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = (out / "predictions.csv").read_text().splitlines()
     assert len(rows) == 13 and rows[0].endswith("p_sick")
@@ -261,6 +267,7 @@ def test_real_dmr_patients_train_export_evaluate(shared_dmr: Path, tmp_path: Pat
                 str(out),
                 "--bootstrap",
                 "50",
+                "--allow-trained-patients",
             ]
         )
         == 0
@@ -284,9 +291,12 @@ def test_real_dmr_patients_train_export_evaluate(shared_dmr: Path, tmp_path: Pat
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    """The error is the last stderr line; the data summary logged before it may precede it."""
     err = capsys.readouterr().err.strip()
-    assert err and "\n" not in err, err
-    return err
+    assert err and "Traceback" not in err, err
+    last = err.splitlines()[-1]
+    assert last.startswith("thermoscreen "), err
+    return last
 
 
 def test_train_missing_data_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -376,3 +386,28 @@ def test_evaluate_refuses_data_labels_the_model_lacks(
     assert cli(argv) == 2
     err = _one_line_error(capsys)
     assert "'benign'" in err and "healthy" in err
+
+
+@pytest.mark.slow
+def test_export_chooses_the_threshold_on_validation_patients_and_records_relative_sources(
+    synth_model: dict[str, Path], synth_data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "model-thr"
+    rc = cli(
+        ["export", "--run", str(synth_model["run"]), "--out", str(out), "--name", "thr",
+         "--synthetic", "--bootstrap", "20", "--target-sensitivity", "0.9"]
+    )  # fmt: skip
+    assert rc == 0
+    manifest = load_model_dir(out).manifest
+    chosen = manifest.metrics["threshold"]
+    assert manifest.threshold == pytest.approx(chosen["value"])
+    assert chosen["sensitivity_on_validation"] >= 0.9
+    split = json.loads((synth_model["run"] / "split.json").read_text())["patients"]
+    assert chosen["n_positive"] + chosen["n_negative"] == len(split["val"])
+    assert sorted(manifest.data["trained_patients"]) == sorted(split["train"] + split["val"])
+    text = (out / "model.json").read_text()
+    assert str(synth_data.resolve()) not in text and manifest.data["source"] == synth_data.name
+    assert all(not f.startswith("/") for f in manifest.data["files"]["train"])
+    # the run without validation patients cannot choose one: one line naming the fix
+    assert cli(["export", "--run", str(synth_model["run"]), "--out", str(tmp_path / "x"),
+                "--name", "x", "--target-sensitivity", "1.5"]) == 2  # fmt: skip

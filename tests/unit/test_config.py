@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.capture.factory import describe_pipeline
-from pipeline.config import AppConfig, ConfigError, load_config
+from pipeline.config import AppConfig, ConfigError, load_config, model_dir
 from pipeline.run.wiring import RunError, run, source_options
 
 REPO = Path(__file__).resolve().parents[2]
@@ -181,3 +181,24 @@ def test_cli_flags_become_dotted_overrides() -> None:
     cfg = load_config(None, flat, env={"THERMOSCREEN_MQTT__PORT": "1"})
     assert (cfg.mqtt.host, cfg.mqtt.port, cfg.model.follow_manifest) == ("10.0.0.5", 8883, True)
     assert cfg.capture.realtime is False  # flags not given leave the lower layers alone
+
+
+def test_default_config_uses_the_real_model_once_built_else_the_demo(tmp_path: Path) -> None:
+    import argparse
+
+    from pipeline.run.command import add_arguments, overrides_from_args
+
+    shipped = load_config(REPO / "config" / "default.yaml", env={}).model
+    assert (shipped.dir, shipped.fallback_dir) == (Path("models/dmr"), Path("models/demo"))
+    real, demo = tmp_path / "dmr", tmp_path / "demo"
+    cfg = load_config(None, {"model.dir": str(real), "model.fallback_dir": str(demo)}, env={})
+    assert model_dir(cfg.model) == demo  # not built yet: the synthetic demo (guarded)
+    real.mkdir()
+    (real / "model.json").write_text("{}")
+    assert model_dir(cfg.model) == real
+    # --model names the one model to load: a typo there must not fall back to the demo
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    flat = overrides_from_args(parser.parse_args(["test://", "--model", str(tmp_path / "typo")]))
+    typo = load_config(REPO / "config" / "default.yaml", flat, env={}).model
+    assert model_dir(typo) == tmp_path / "typo"

@@ -12,18 +12,18 @@ import pytest
 import torch
 
 from pipeline.preprocess import model_input
-from training import datasets, train
+from training import datasets, train, train_config, train_data
 from training.datasets import ThermoItem
 
 
 def test_epoch_order_repeats_every_image_equally_with_distinct_indices() -> None:
-    order = train.epoch_order(5, 12, torch.Generator().manual_seed(0))
+    order = train_data.epoch_order(5, 12, torch.Generator().manual_seed(0))
     assert len(order) == 15 and len(set(order)) == 15
     assert Counter(i % 5 for i in order) == {i: 3 for i in range(5)}
-    again = train.epoch_order(5, 12, torch.Generator().manual_seed(0))
-    other = train.epoch_order(5, 12, torch.Generator().manual_seed(1))
+    again = train_data.epoch_order(5, 12, torch.Generator().manual_seed(0))
+    other = train_data.epoch_order(5, 12, torch.Generator().manual_seed(1))
     assert order == again and order != other
-    assert sorted(train.epoch_order(7, 0, torch.Generator().manual_seed(0))) == list(range(7))
+    assert sorted(train_data.epoch_order(7, 0, torch.Generator().manual_seed(0))) == list(range(7))
 
 
 def test_class_weights_balance_the_loss() -> None:
@@ -34,9 +34,9 @@ def test_class_weights_balance_the_loss() -> None:
 
 
 def test_label_space_keeps_healthy_sick_order() -> None:
-    assert train.label_space(["sick", "healthy", "sick"]) == ("healthy", "sick")
-    assert train.label_space(["sick"]) == ("healthy", "sick")  # then check_classes refuses it
-    assert train.label_space(["b", "a"]) == ("a", "b")
+    assert train_data.label_space(["sick", "healthy", "sick"]) == ("healthy", "sick")
+    assert train_data.label_space(["sick"]) == ("healthy", "sick")  # then check_classes refuses it
+    assert train_data.label_space(["b", "a"]) == ("a", "b")
 
 
 def _items(spec: dict[str, tuple[str, int]]) -> list[ThermoItem]:
@@ -60,8 +60,10 @@ def test_limit_images_takes_whole_patients_of_both_classes() -> None:
 
 def test_check_classes_names_the_empty_class() -> None:
     items = _items({"1": ("healthy", 1)})
-    with pytest.raises(train.TrainError, match="class 'sick' has no images in the train split"):
-        train.check_classes(items, ("healthy", "sick"), "train split", Path("data"))
+    with pytest.raises(
+        train_data.TrainError, match="class 'sick' has no images in the train split"
+    ):
+        train_data.check_classes(items, ("healthy", "sick"), "train split", Path("data"))
 
 
 def test_batchnorm_recalibration_gives_exact_training_statistics() -> None:
@@ -82,11 +84,13 @@ def test_batchnorm_recalibration_gives_exact_training_statistics() -> None:
 
 def test_config_from_args_window_minmax_and_bad_values() -> None:
     parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
+    train_config.add_arguments(parser)
     base = ["--data", "d", "--out", "o"]
-    cfg = train.config_from_args(parser.parse_args([*base, "--window", "25", "36"]))
+    cfg = train_config.config_from_args(parser.parse_args([*base, "--window", "25", "36"]))
     assert cfg.preprocessing.window_c == (25.0, 36.0)
-    cfg = train.config_from_args(parser.parse_args([*base, "--minmax", "--equalization", "clahe"]))
+    cfg = train_config.config_from_args(
+        parser.parse_args([*base, "--minmax", "--equalization", "clahe"])
+    )
     assert cfg.preprocessing.window_c is None and cfg.preprocessing.equalization == "clahe"
     with pytest.raises(ValueError, match="epochs"):
-        train.config_from_args(parser.parse_args([*base, "--epochs", "0"]))
+        train_config.config_from_args(parser.parse_args([*base, "--epochs", "0"]))

@@ -1,4 +1,9 @@
-"""`python -m training.study`: the command line of the study (see `training.study`)."""
+"""`python -m training.study`: the command line of the study (see `training.study`).
+
+Modes: the comparison (default), `--fine-tune` (the end-to-end candidates, resumable),
+`--ship` (`make model-dmr`: the chosen candidate fitted on every patient and exported), and
+`--model DIR` (score any labelled folder with an exported model).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,107 +23,64 @@ from pipeline.cli import setup_logging
 from pipeline.data.dmr import DataError
 from pipeline.manifest import ModelError
 from training import train
+from training.quantize import quantize_model_dir
 from training.study.cohort import StudyError
-from training.study.run import ALL_SETS, RANDOM_CONTROL, StudyConfig, development, run_study
-from training.study.ship import SHIPPED_DIR, score_model
-from training.study.shortcuts import random_control
-from training.study.tables import headline
+from training.study.compare import CANDIDATES, summarize_candidate
+from training.study.finetune import FineTune, run_fine_tune
+from training.study.probe import PROBE_LAMBDAS
+from training.study.run import StudyConfig, chosen_candidate, run_study, setup
+from training.study.ship import SHIPPED_DIR, score_model, ship
+from training.study.tables import headline, tables
 
 log = logging.getLogger(__name__)
+# the candidate `--ship` exports when no study.json names one (set from the study's result)
+DEFAULT_SHIPPED = CANDIDATES[1].name
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training.study",
-        description="Grouped-CV study of DMR-IR models with shortcut checks, or (--model) scoring "
-        f"of any labelled folder with a shipped model. {DISCLAIMER}",
+        description="Nested, patient-grouped comparison of DMR-IR models over several split "
+        f"seeds, shortcut and rendering checks; or ship / score a model. {DISCLAIMER}",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data", type=Path, required=True, help="labelled folder (../shared layout)")
-    p.add_argument("--out", type=Path, required=True, help="folder for study.json and plots")
-    p.add_argument("--model", type=Path, help="score --data with this exported model and stop")
-    p.add_argument(
-        "--model-out",
-        type=Path,
-        help=f"where the shipped model is exported (default {SHIPPED_DIR}; --quick exports only "
-        "when this is given, so a smoke run never replaces the shipped model)",
-    )
-    p.add_argument("--no-export", action="store_true", help="skip exporting the shipped model")
-    p.add_argument("--folds", type=int, default=5, help="outer CV folds")
-    p.add_argument("--seed", type=int, default=0, help="hold-out and headline split seed")
-    p.add_argument("--holdout-fraction", type=float, default=0.2)
-    p.add_argument(
-        "--cnn-archs",
-        default=",".join(StudyConfig.cnn_archs),
-        help="comma-separated ARCH[:WEIGHTS] trained end to end, e.g. mobilenet_v3_small,resnet18,"
-        "efficientnet_b0,efficientnet_lite0:imagenet (default none: `make evaluate-cnn` runs them)",
-    )
-    p.add_argument(
-        "--split-seeds",
-        default=",".join(str(s) for s in StudyConfig.split_seeds),
-        help="outer-CV fold seeds for the repeated nested procedure (the hold-out stays --seed's)",
-    )
+    p.add_argument("--out", type=Path, required=True, help="folder for study.json and caches")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--model", type=Path, help="score --data with this exported model and stop")
+    mode.add_argument("--fine-tune", action="store_true", help="run the end-to-end candidates")
+    mode.add_argument("--ship", action="store_true", help="fit the chosen candidate on every "
+                      "patient and export it to --model-out")  # fmt: skip
+    p.add_argument("--model-out", type=Path, default=SHIPPED_DIR, help="where --ship exports")
+    p.add_argument("--candidate", help="--ship this candidate instead of study.json's choice")
+    p.add_argument("--split-seeds", default="0,1,2", help="outer-CV split seeds")
+    p.add_argument("--candidates", default=",".join(str(i) for i in range(len(CANDIDATES))),
+                   help="indices of the frozen candidates to compare: " + "; ".join(
+                       f"{i} {c.name}" for i, c in enumerate(CANDIDATES)))  # fmt: skip
+    p.add_argument("--epochs", type=int, default=FineTune.epochs, help="--fine-tune: longest run")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: up to 4)")
-    p.add_argument("--cnn-epochs", type=int, default=StudyConfig.cnn_epochs)
-    p.add_argument(
-        "--cnn-epoch-samples",
-        type=int,
-        default=StudyConfig.cnn_epoch_samples,
-        help="an epoch repeats the (augmented) training images up to this many samples",
-    )
-    p.add_argument("--no-ablations", action="store_true", help="skip preprocessing checks")
-    p.add_argument(
-        "--cnn-only",
-        action="store_true",
-        help="only the --cnn-archs models (no probe study, no export, hold-out untouched)",
-    )
-    p.add_argument(
-        "--control-only",
-        action="store_true",
-        help="only the random-init Lite0 probe (the pre-training control); writes control.json",
-    )
+    p.add_argument("--no-ablations", action="store_true", help="skip the rendering/region checks")
     p.add_argument("--bootstrap", type=int, default=1000, help="patient bootstrap resamples")
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="smoke run: 10 patients, 2 folds, 1 epoch, mobilenet_v3_small, 3 variants",
-    )
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed of --model scoring")
+    p.add_argument("--quick", action="store_true", help="smoke run: 16 patients, 1 split seed, "
+                   "3 penalties, Lite0 only, 1-epoch fine-tuning")  # fmt: skip
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> StudyConfig:
-    """The flags as a StudyConfig (--quick: 10 patients, 2 folds, 1 epoch, 2 split seeds)."""
-    archs = tuple(a for a in args.cnn_archs.split(",") if a)
     seeds = tuple(int(x) for x in args.split_seeds.split(",") if x.strip())
-    if not seeds:
-        raise StudyError("--split-seeds: give at least one seed, e.g. 0,1,2,3,4")
+    chosen = tuple(CANDIDATES[int(i)].name for i in args.candidates.split(",") if i.strip())
+    if not seeds or not chosen:
+        raise StudyError("--split-seeds and --candidates need at least one value each")
     if args.quick:
         return StudyConfig(
-            folds=2,
-            seed=args.seed,
-            holdout_fraction=0.2,
-            cnn_archs=("mobilenet_v3_small",) if archs else (),
-            cnn_epochs=1,
-            cnn_epoch_samples=0,
-            ablations=not args.no_ablations,
-            bootstrap=50,
-            max_patients=10,
-            quick=True,
-            split_seeds=seeds[:2],
-            cnn_only=args.cnn_only,
-        )
+            split_seeds=seeds[:1], candidates=chosen[:2], bootstrap=50, max_patients=16,
+            ablations=not args.no_ablations, quick=True, lambdas=(10.0, 0.1, 1e-3),
+        )  # fmt: skip
     return StudyConfig(
-        folds=args.folds,
-        seed=args.seed,
-        holdout_fraction=args.holdout_fraction,
-        cnn_archs=archs,
-        cnn_epochs=args.cnn_epochs,
-        cnn_epoch_samples=args.cnn_epoch_samples,
-        ablations=not args.no_ablations,
-        bootstrap=args.bootstrap,
-        split_seeds=seeds,
-        cnn_only=args.cnn_only,
-    )
+        split_seeds=seeds, candidates=chosen, bootstrap=args.bootstrap,
+        ablations=not args.no_ablations, lambdas=PROBE_LAMBDAS,
+    )  # fmt: skip
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -129,27 +92,48 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
-def _control(args: argparse.Namespace, cfg: StudyConfig) -> int:
-    d = development(args.data, args.out, cfg)
-    summary, _ = random_control(d.images, d.dev, d.folds, cfg.seed, ALL_SETS, cfg.bootstrap)
-    args.out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({RANDOM_CONTROL: summary}, indent=2) + "\n"
-    (args.out / "control.json").write_text(text, encoding="utf-8")
-    print(headline(RANDOM_CONTROL, summary))
+def _fine_tune(args: argparse.Namespace, cfg: StudyConfig) -> int:
+    s = setup(args.data, args.out, cfg)
+    ft = FineTune(epochs=1 if cfg.quick else args.epochs, epoch_samples=16 if cfg.quick else 96)
+    rows = run_fine_tune(ft, s.cohort, s.cache.celsius, args.out / "fine_tune", cfg.split_seeds)
+    summaries = {n: summarize_candidate(s.cohort, r, cfg.bootstrap) for n, r in rows.items()}
+    (args.out / "fine_tuned.json").write_text(json.dumps(summaries, indent=2) + "\n", "utf-8")
+    for name, summary in summaries.items():
+        all_, old = (summary["matrix"][p]["auc"]["mean"] for p in ("all", "id_below_300"))
+        print(f"{name}: AUC all {all_}, ID < 300 {old} (mean over split seeds)")
     return 0
 
 
-def _print_report(report: dict[str, Any], out: Path) -> None:
-    for n, s in report["candidates"].items():
-        print(headline(n, s))
-    for n, s in report["ablations"].items():
-        print(headline(n, s))
-    if "chosen_preprocessing" in report:
-        print(f"chosen preprocessing: {report['chosen_preprocessing']['variant']}")
-    if "holdout" in report.get("shipped", {}):
-        print(headline("hold-out (shipped model)", report["shipped"]["holdout"]))
-    print(f"report: {out / 'study.json'}")
+def _ship(args: argparse.Namespace, cfg: StudyConfig) -> int:
+    t0 = time.monotonic()
+    study = args.out / "study.json"
+    report: dict[str, Any] = json.loads(study.read_text("utf-8")) if study.is_file() else {}
+    name = args.candidate or (chosen_candidate(report) or {}).get("candidate") or DEFAULT_SHIPPED
+    by_name = {c.name: c for c in CANDIDATES}
+    if name not in by_name:
+        raise StudyError(
+            f"--candidate {name!r}: not a shippable candidate; use one of {list(by_name)}"
+        )
+    development = report.get("candidates", {}).get(name, {}).get("matrix", {})
+    keep = {p: development[p]["auc"] for p in ("all", "id_below_300") if p in development}
+    s = setup(args.data, args.out, cfg)
+    summary = ship(s.comparison, by_name[name], args.data, args.model_out, {"auc_over_seeds": keep})
+    if report.get("int8", {}).get("quantize"):
+        int8_dir = args.model_out.with_name(args.model_out.name + "-int8")
+        quantize_model_dir(args.model_out, args.data, int8_dir, calib_split="all")
+        print(f"INT8 copy: {int8_dir} (development AUC change {report['int8']['change']})")
+    print(f"model: {summary['out']} ({name}; threshold {summary['threshold']['value']}; "
+          f"{time.monotonic() - t0:.0f} s)")  # fmt: skip
     print(DISCLAIMER)
+    return 0
+
+
+def _study(args: argparse.Namespace, cfg: StudyConfig) -> int:
+    report = run_study(args.data, args.out, cfg)
+    print(tables(report))
+    print(f"report: {args.out / 'study.json'}")
+    print(DISCLAIMER)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -163,12 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         else:
             train.set_threads()
-        if args.control_only:
-            return _control(args, cfg)
-        model_out = args.model_out or (None if args.quick else SHIPPED_DIR)
-        report = run_study(args.data, args.out, cfg, None if args.no_export else model_out)
+        if args.fine_tune:
+            return _fine_tune(args, cfg)
+        return _ship(args, cfg) if args.ship else _study(args, cfg)
     except (DataError, ModelError, StudyError, ValueError) as exc:
         print(f"training.study: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
-    _print_report(report, args.out)
-    return 0

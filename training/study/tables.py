@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-PROCEDURE = "efficientnet_lite0 imagenet, frozen + nested feature set + probe"
 HEAD = (
     "| {what} | patients (sick) | AUC [95% CI] | sens @ nested thr | spec @ nested thr "
     "| fold AUC mean ± sd | Brier |\n|---|---|---|---|---|---|---|\n"
 )
-PART_LABELS = (("all", "all patients"), ("id_below_300", "ID < 300 only"))
+PARTS = (("all", "all patients"), ("id_below_300", "ID < 300"))
 
 
 def cell(m: dict[str, Any] | None) -> str:
@@ -20,8 +19,15 @@ def cell(m: dict[str, Any] | None) -> str:
     return f"{m['value']:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{m['value']:.3f}"
 
 
+def spread(m: dict[str, Any] | None) -> str:
+    """`mean ± sd` over split seeds, or `n/a`."""
+    if not m or m.get("mean") is None:
+        return "n/a"
+    return f"{m['mean']:.3f} ± {m['sd']:.3f}"
+
+
 def rows(entries: dict[str, Any], part: str) -> str:
-    """One table row per entry that has `part`."""
+    """One row per summary (pooled out-of-fold metrics of one split seed) that has `part`."""
     out = ""
     for name, s in entries.items():
         sec = s.get(part)
@@ -37,92 +43,100 @@ def rows(entries: dict[str, Any], part: str) -> str:
     return out
 
 
-def spread_cell(r: dict[str, Any], part: str) -> str:
-    """`mean ± sd (min, max)` of the AUC over split seeds."""
-    a = r.get(part, {}).get("auc", {})
-    if a.get("mean") is None:
-        return "n/a"
-    return f"{a['mean']:.3f} ± {a['sd']:.3f} ({a['min']:.3f}, {a['max']:.3f})"
-
-
-def _main_tables(report: dict[str, Any]) -> str:
-    text = ""
-    for title, key in (
-        ("Candidates", "candidates"),
-        ("Each feature set forced (information only, not used to choose)", "feature_sets"),
-        ("Preprocessing and region checks (feature set `last`)", "ablations"),
-    ):
-        if not report.get(key):
-            continue
-        for part, label in PART_LABELS:
-            text += f"\n**{title}, development CV, {label}**\n\n"
-            text += HEAD.format(what="model" if key == "candidates" else "variant")
-            text += rows(report.get(key, {}), part)
-    return text
-
-
-def _repeated(rep: dict[str, Any]) -> str:
-    text = f"\n**{PROCEDURE}: outer 5-fold CV repeated over split seeds {rep['seeds']}**\n\n"
-    text += "| split seed | AUC all [95% CI] | AUC ID < 300 [95% CI] | sens all | spec all "
-    text += "| feature sets chosen (per fold) |\n|---|---|---|---|---|---|\n"
-    for seed, r in rep["per_seed"].items():
-        old_auc = r.get("id_below_300", {}).get("auc")
+def candidates_table(report: dict[str, Any]) -> str:
+    """Every candidate: AUC over split seeds (mean ± sd, and the seed-averaged AUC with its
+    patient-bootstrap interval), sensitivity/specificity at the nested thresholds, the rule."""
+    head = (
+        "| candidate | AUC all, mean ± sd | AUC all [95% CI] | AUC ID < 300, mean ± sd "
+        "| AUC ID < 300 [95% CI] | sens / spec all | criterion |\n|---|---|---|---|---|---|---|\n"
+    )
+    text = head
+    entries = {**report.get("candidates", {}), **report.get("fine_tuned", {})}
+    for name, r in entries.items():
+        m = r["matrix"]
+        both = [m[p]["auc"]["mean"] for p in ("all", "id_below_300")]
+        crit = f"{0.5 * sum(both):.3f}" if None not in both else "n/a"
+        sens = m["all"]["sensitivity"]["mean"]
+        spec = m["all"]["specificity"]["mean"]
+        ss = f"{sens:.2f} / {spec:.2f}" if sens is not None and spec is not None else "n/a"
+        sm = m.get("seed_mean_auc", {})
         text += (
-            f"| {seed} | {cell(r['all']['auc'])} | {cell(old_auc)} "
-            f"| {cell(r['all']['sensitivity'])} | {cell(r['all']['specificity'])} "
-            f"| {', '.join(r['feature_sets_chosen'])} |\n"
+            f"| {name} | {spread(m['all']['auc'])} | {cell(sm.get('all'))} "
+            f"| {spread(m['id_below_300']['auc'])} | {cell(sm.get('id_below_300'))} | {ss} "
+            f"| {crit} |\n"
         )
-    for part, label in (("all", "all"), ("id_below_300", "ID < 300")):
-        a = rep.get(part, {}).get("auc", {})
-        if a.get("mean") is not None:
-            text += (
-                f"\nAUC {label} across seeds: mean {a['mean']:.3f} ± {a['sd']:.3f} "
-                f"(min {a['min']:.3f}, max {a['max']:.3f})\n"
-            )
     return text
 
 
-def _seed_spreads(report: dict[str, Any]) -> str:
-    rep = report.get("repeated_cv")
-    seeds_rows = {PROCEDURE: rep} if rep else {}
-    for name, fs in report.get("feature_sets", {}).items():
-        if "repeated_cv" in fs:
-            seeds_rows[f"feature set {name} forced (information only)"] = fs["repeated_cv"]
-    for name, r in report.get("cnn_repeated_cv", {}).items():
-        seeds_rows[f"{name}, seeds {r['seeds']}"] = r
-    if not seeds_rows:
+def renderings_table(report: dict[str, Any]) -> str:
+    """The seed-averaged AUC of each candidate scored from the matrices and from 8-bit JPEGs."""
+    entries = {**report.get("candidates", {}), **report.get("fine_tuned", {})}
+    if not entries:
         return ""
-    text = "\n**AUC across outer split seeds: mean ± sd (min, max)**\n\n"
-    text += "| model | AUC all | AUC ID < 300 |\n|---|---|---|\n"
-    for name, r in seeds_rows.items():
-        text += f"| {name} | {spread_cell(r, 'all')} | {spread_cell(r, 'id_below_300')} |\n"
+    names = list(next(iter(entries.values())).keys() - {"choices"})
+    names = ["matrix", *sorted(n for n in names if n != "matrix")]
+    text = "| candidate | " + " | ".join(f"{n}: all / ID < 300" for n in names) + " |\n"
+    text += "|---|" + "---|" * len(names) + "\n"
+    for cand, r in entries.items():
+        cells = []
+        for n in names:
+            sm = r.get(n, {}).get("seed_mean_auc", {})
+            a, o = sm.get("all", {}).get("value"), sm.get("id_below_300", {}).get("value")
+            cells.append(f"{a:.3f} / {o:.3f}" if a is not None and o is not None else "n/a")
+        text += f"| {cand} | " + " | ".join(cells) + " |\n"
     return text
 
 
-def _checks(report: dict[str, Any]) -> str:
+def per_seed_table(name: str, r: dict[str, Any]) -> str:
+    """One candidate's pooled out-of-fold AUC per split seed, with its bootstrap interval."""
+    m = r["matrix"]
+    text = (
+        f"\n**{name}, per split seed**\n\n| split seed | AUC all [95% CI] | AUC ID < 300 [95% CI] "
+    )
+    text += "| sens all | spec all | choices per fold |\n|---|---|---|---|---|---|\n"
+    for seed, row in m["per_seed"].items():
+        choices = ", ".join(str(c) for c in r.get("choices", {}).get(seed, []))
+        text += (
+            f"| {seed} | {cell(row['all']['auc'])} | {cell(row['id_below_300']['auc'])} "
+            f"| {cell(row['all']['sensitivity'])} | {cell(row['all']['specificity'])} "
+            f"| {choices} |\n"
+        )
+    return text
+
+
+def checks_table(checks: dict[str, Any]) -> str:
+    """Era probe, ID < 300-only probe, the random-init control and the rendering/region rows."""
     text = ""
-    if "probe_trained_on_id_below_300" in report:
-        text += "\n**Probe trained and tested on ID < 300 only (5-fold CV)**\n\n"
-        text += HEAD.format(what="model")
-        text += rows({"lite0 probe, ID < 300 only": report["probe_trained_on_id_below_300"]}, "all")
-    if "shortcut_era_probe" in report:
-        text += "\nEra probe AUC (sick only, ID >= 300 vs < 300): "
-        text += f"{cell(report['shortcut_era_probe']['auc'])}\n"
-    hold = report.get("shipped", {}).get("holdout")
-    if hold:
-        text += "\n**Hold-out, shipped model through ONNX Runtime, manifest threshold**\n\n"
-        text += HEAD.format(what="part")
-        text += rows({"hold-out, all": hold}, "all")
-        text += rows({"hold-out, ID < 300": hold}, "id_below_300")
+    if "era_probe" in checks:
+        text += (
+            f"\nEra probe AUC (sick only, ID >= 300 vs < 300): {cell(checks['era_probe']['auc'])}\n"
+        )
+    singles: dict[str, Any] = {
+        k: checks[k]
+        for k in ("probe_trained_on_id_below_300", "random_init_control")
+        if k in checks
+    }
+    variants = checks.get("variants", {})
+    for part, label in PARTS:
+        if singles or variants:
+            text += f"\n**Shortcut checks (Lite0 features, split seed 0), {label}**\n\n"
+            text += HEAD.format(what="check") + rows({**singles, **variants}, part)
     return text
 
 
 def tables(report: dict[str, Any]) -> str:
     """Markdown tables of a study.json (what models/README.md quotes)."""
-    text = _main_tables(report)
-    if report.get("repeated_cv"):
-        text += _repeated(report["repeated_cv"])
-    return text + _seed_spreads(report) + _checks(report)
+    text = "**Candidates, nested CV over split seeds (matrices)**\n\n" + candidates_table(report)
+    text += "\n**Rendering robustness: seed-averaged AUC from matrices and from 8-bit JPEGs**\n\n"
+    text += renderings_table(report)
+    for name, r in {**report.get("candidates", {}), **report.get("fine_tuned", {})}.items():
+        text += per_seed_table(name, r)
+    text += checks_table(report.get("shortcut_checks", {}))
+    chosen = report.get("chosen")
+    if chosen:
+        text += f"\nChosen by the pre-declared rule: **{chosen['candidate']}** "
+        text += f"(criterion {chosen['criterion']:.3f})\n"
+    return text
 
 
 def headline(name: str, s: dict[str, Any]) -> str:

@@ -63,16 +63,15 @@ DEFAULT_VARIANT = variant((20.0, 38.0), "global")
 def ablation_variants(quick: bool) -> list[Variant]:
     """The preprocessing and region checks (fixed in advance; never used to choose)."""
     if quick:
-        return [
-            DEFAULT_VARIANT,
-            variant(None, "clahe"),
-            variant((20.0, 38.0), "global", "crop_breast"),
-        ]
-    eqs: tuple[Equalization, ...] = ("global", "clahe", "none")
-    out = [variant(w, eq) for w in ((20.0, 38.0), (26.0, 36.0), None) for eq in eqs]
-    out += [variant((20.0, 38.0), "global", r) for r in ("mask_marker", "crop_breast")]
-    out += [variant(None, "clahe", r) for r in ("mask_marker", "crop_breast")]
-    return out
+        return [DEFAULT_VARIANT, variant((20.0, 38.0), "global", "crop_breast")]
+    return [
+        DEFAULT_VARIANT,
+        variant((20.0, 38.0), "clahe"),
+        variant(None, "global"),
+        variant(None, "none"),
+        variant((20.0, 38.0), "global", "mask_marker"),
+        variant((20.0, 38.0), "global", "crop_breast"),
+    ]
 
 
 def _is_marker(stats: npt.NDArray[np.int32], shape: tuple[int, ...]) -> bool:

