@@ -39,6 +39,7 @@ from pipeline.mqtt.outbox import MEMORY, Outbox, OutboxError, OutboxRow
 log = logging.getLogger("pipeline.mqtt.publisher")
 
 INFLIGHT_WINDOW = 100  # new outbox rows handed to paho and not yet acked
+ACK_WAKE_INFLIGHT = INFLIGHT_WINDOW // 2  # from here on every PUBACK wakes the client thread
 TICK_S = 0.2  # the client thread wakes at least this often (stop, flush deadlines)
 RESEND_EVERY_S = 1.0  # how often the re-send check runs
 EXPIRE_EVERY_S = 60.0  # how often the retention check runs (a scan of the outbox)
@@ -166,6 +167,18 @@ class Sender:
     @property
     def inflight(self) -> int:
         return len(self._inflight)
+
+    def wants_acks_now(self) -> bool:
+        """Whether a PUBACK wakes this thread (paho's thread asks). Acknowledgements wait for
+        the group commit anyway, so they are taken at the next step (the next result, or
+        TICK_S) unless the in-flight window fills, producers wait for room in the outbox, or
+        the publisher is stopping: one wake-up per result instead of two."""
+        return (
+            len(self._inflight) >= ACK_WAKE_INFLIGHT
+            or self.outbox.waiting_for_room
+            or self.stopping.is_set()
+            or bool(self._status_mids)
+        )
 
     # -- the loop --------------------------------------------------------------------------
 
