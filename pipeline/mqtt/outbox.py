@@ -7,13 +7,21 @@ acknowledged (`settle(keep_acked=True)`) and deletes it when a logger's `stored`
 it (`confirm`). Whatever is still here at the next start is sent again; subscribers drop
 duplicates by `message_id` (at-least-once).
 
-SQLite in WAL mode with `synchronous=NORMAL` by default: a commit is in the WAL (the OS page
-cache) when `put` returns, so it survives a crash or SIGKILL of this process; only a power cut
-can lose the last commits. `synchronous="full"` also survives a power cut, at one fsync per put.
+A message is committed when `put` returns (WAL, `synchronous=NORMAL` by default: it survives a
+crash or SIGKILL of this process; see `pipeline.mqtt.outboxfile`).
+
+Group commit. The client thread hands its acknowledgements and send counts to `defer_settle`
+instead of committing them at once; the next `put` writes them in the same transaction as its
+message (one commit per result instead of two). They are committed on their own by `settle`
+when the client thread must see them applied (a new connection re-reads the rows; stop), when
+they have waited `settle_delay_s` (no new results), or when producers wait for room. Until
+then an acknowledged row is still in the file: a crash re-sends it (at-least-once, as before).
+The rows put lately are also kept in memory (`RECENT_ROWS`), so the client thread reads new
+rows without a query while it keeps up.
 
 One connection, guarded by a lock: producers `put` from their threads, the publisher's client
 thread reads, marks, acks and confirms. WAL checkpoints run every second in a thread of their
-own on a second connection (SQLite's automatic checkpoint stalled every few hundredth `put`).
+own on a second connection.
 The table is bounded by `max_messages`; at the bound `put` either blocks until deliveries make
 room (replay backpressure) or drops the oldest droppable row and records its seq (live).
 Session summaries are never dropped and never make room by dropping a result: the summary,
@@ -26,7 +34,7 @@ broker refuses for good (its ACL) move to the `refused` table, out of the sendin
 
 from __future__ import annotations
 
-import fcntl
+import collections
 import logging
 import os
 import sqlite3
@@ -34,61 +42,32 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pipeline.mqtt.delivery import SeqRange, to_ranges
+from pipeline.mqtt.outboxfile import (
+    MEMORY,
+    OutboxRow,
+    RowKey,
+    checkpoint_loop,
+    lock_exclusively,
+    open_database,
+    row_from_sql,
+)
 
 log = logging.getLogger(__name__)
 
-MEMORY = ":memory:"
+__all__ = ["MEMORY", "Outbox", "OutboxClosed", "OutboxError", "OutboxFull", "OutboxRow", "RowKey"]
+
 CHECKPOINT_INTERVAL_S = 1.0
-WAL_SIZE_LIMIT = 8 << 20  # bytes the WAL file is cut back to when SQLite rewinds it
-FILE_MODE = 0o600
-_SCHEMA_VERSION = 2
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    qos INTEGER NOT NULL,
-    retain INTEGER NOT NULL,
-    expiry_s INTEGER,
-    droppable INTEGER NOT NULL,
-    created REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    kind TEXT,
-    camera TEXT,
-    session TEXT,
-    seq INTEGER,
-    acked INTEGER NOT NULL DEFAULT 0)""",
-    """CREATE TABLE IF NOT EXISTS refused (
-    id INTEGER PRIMARY KEY,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    created REAL NOT NULL,
-    refused REAL NOT NULL,
-    reason TEXT NOT NULL)""",
-    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
-)
-_INDEX = "CREATE INDEX IF NOT EXISTS outbox_by_seq ON outbox (session, seq)"
-# Version 1 had no delivery columns: add them and fill them from each row's own payload.
-_MIGRATE_1 = (
-    "ALTER TABLE outbox ADD COLUMN kind TEXT",
-    "ALTER TABLE outbox ADD COLUMN camera TEXT",
-    "ALTER TABLE outbox ADD COLUMN session TEXT",
-    "ALTER TABLE outbox ADD COLUMN seq INTEGER",
-    "ALTER TABLE outbox ADD COLUMN acked INTEGER NOT NULL DEFAULT 0",
-    """UPDATE outbox SET
-    kind = CASE WHEN topic LIKE '%/result' THEN 'result' WHEN topic LIKE '%/session' THEN 'session'
-           END,
-    camera = json_extract(CAST(payload AS TEXT), '$.camera_id'),
-    session = json_extract(CAST(payload AS TEXT), '$.session_id'),
-    seq = CASE WHEN topic LIKE '%/result' THEN json_extract(CAST(payload AS TEXT), '$.seq') END
-    WHERE json_valid(CAST(payload AS TEXT))""",
-)
+RECENT_ROWS = 256  # rows put lately, kept in memory so the client thread reads them without SQL
 _COLUMNS = "id, topic, payload, qos, retain, expiry_s, created, attempts, session, acked"
+_INSERT = (
+    "INSERT INTO outbox (topic, payload, qos, retain, expiry_s, droppable, created, kind, camera,"
+    " session, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 class OutboxError(RuntimeError):
@@ -101,41 +80,6 @@ class OutboxClosed(RuntimeError):
 
 class OutboxFull(TimeoutError):
     """`put` waited `timeout_s` for room in a full outbox (when_full="block")."""
-
-
-@dataclass(frozen=True)
-class RowKey:
-    """What delivery confirmations match a row by: its session and, for results, its seq."""
-
-    kind: Literal["result", "session"]
-    camera: str
-    session: str
-    seq: int | None = None
-
-
-@dataclass(frozen=True)
-class OutboxRow:
-    """One stored message. `attempts` counts how often it was handed to the client before;
-    `acked` says the broker acknowledged it (kept until a logger confirms it)."""
-
-    id: int
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    expiry_s: int | None
-    created: float
-    attempts: int
-    session: str | None = None
-    acked: bool = False
-
-
-def _row(r: tuple[Any, ...]) -> OutboxRow:
-    return OutboxRow(
-        int(r[0]), str(r[1]), bytes(r[2]), int(r[3]), bool(r[4]),
-        None if r[5] is None else int(r[5]), float(r[6]), int(r[7]),
-        None if r[8] is None else str(r[8]), bool(r[9]),
-    )  # fmt: skip
 
 
 class Outbox:
@@ -152,14 +96,7 @@ class Outbox:
         when_full: Literal["block", "drop_oldest"] = "block",
         synchronous: Literal["normal", "full"] = "normal",
     ) -> None:
-        if max_messages < 1:
-            raise ValueError(f"outbox max_messages must be >= 1, got {max_messages}")
-        if when_full not in ("block", "drop_oldest"):
-            raise ValueError(
-                f"outbox when_full must be 'block' or 'drop_oldest', got {when_full!r}"
-            )
-        if synchronous not in ("normal", "full"):
-            raise ValueError(f"outbox synchronous must be 'normal' or 'full', got {synchronous!r}")
+        _check_arguments(max_messages, when_full, synchronous)
         self.path = str(path)
         self.max_messages = max_messages
         self.when_full = when_full
@@ -172,13 +109,20 @@ class Outbox:
         self._dropped_acked = 0
         self._lock_fd: int | None = None
         if self.path != MEMORY:
-            self._lock_fd = _lock_exclusively(Path(self.path))
+            self._lock_fd = _lock(Path(self.path))
+        # group commit: what the client thread settled and nobody has committed yet
+        self._deferred_acked: list[tuple[int]] = []
+        self._deferred_sent: list[tuple[int]] = []
+        self._deferred_keep = False
+        self._deferred_since: float | None = None
         try:
-            self._db = self._open(synchronous)
+            self._db = open_database(self.path, synchronous)
             count, acked, last = self._db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(acked), 0), COALESCE(MAX(id), 0) FROM outbox"
             ).fetchone()
             self._count, self._acked, self._last_id = int(count), int(acked), int(last)
+            self._recent: collections.deque[OutboxRow] = collections.deque()
+            self._recent_floor = self._last_id  # every row above this id is in _recent
         except sqlite3.OperationalError as exc:
             self._release_lock()
             raise OutboxError(
@@ -191,12 +135,7 @@ class Outbox:
                 "move the file aside to start with an empty outbox"
             ) from exc
         self._stop_checkpoints = threading.Event()
-        self._checkpointer: threading.Thread | None = None
-        if self.path != MEMORY:
-            self._checkpointer = threading.Thread(
-                target=self._checkpoint_loop, name="outbox-checkpoint", daemon=True
-            )
-            self._checkpointer.start()
+        self._checkpointer = self._start_checkpoints()
         if self._count:
             log.info(
                 "outbox %s holds %d undelivered messages from a previous run (%d acknowledged "
@@ -206,41 +145,17 @@ class Outbox:
                 self._acked,
             )
 
-    def _open(self, synchronous: str) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        if self.path != MEMORY:
-            db.execute("PRAGMA wal_autocheckpoint=0")  # _checkpoint_loop does it, off this path
-            db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")  # after a burst
-        version = int(db.execute("PRAGMA user_version").fetchone()[0])
-        if version not in (0, 1, _SCHEMA_VERSION):
-            db.close()
-            raise sqlite3.DatabaseError(
-                f"schema version {version}, this build reads {_SCHEMA_VERSION}"
-            )
-        db.execute("BEGIN")
-        if version == 1:
-            for stmt in _MIGRATE_1:
-                db.execute(stmt)
-        for stmt in _SCHEMA:
-            db.execute(stmt)
-        db.execute(_INDEX)
-        db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-        db.execute("COMMIT")
-        return db
-
-    def _checkpoint_loop(self) -> None:
-        """PASSIVE checkpoints never wait for the writer; the WAL stays small."""
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
-        try:
-            while not self._stop_checkpoints.wait(CHECKPOINT_INTERVAL_S):
-                try:
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error as exc:  # busy or I/O: the next round tries again
-                    log.debug("outbox %s: checkpoint skipped (%s)", self.path, exc)
-        finally:
-            db.close()
+    def _start_checkpoints(self) -> threading.Thread | None:
+        if self.path == MEMORY:
+            return None
+        thread = threading.Thread(
+            target=checkpoint_loop,
+            args=(self.path, self._stop_checkpoints, CHECKPOINT_INTERVAL_S),
+            name="outbox-checkpoint",
+            daemon=True,
+        )
+        thread.start()
+        return thread
 
     @contextmanager
     def _writing(self, transaction: bool = False) -> Iterator[None]:
@@ -284,33 +199,57 @@ class Outbox:
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._room:
-            while True:
-                if self._refusing:
-                    raise OutboxClosed(f"outbox {self.path} is closed: the publisher is stopping")
-                if self._count < self.max_messages:
-                    break
-                if self.when_full == "drop_oldest" and (
-                    not droppable or self._drop_oldest_locked()
-                ):
-                    break
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise OutboxFull(
-                        f"outbox {self.path} stayed full ({self.max_messages} messages) for "
-                        f"{timeout_s} s: the broker is not acknowledging"
-                    )
-                self._room.wait(remaining)
+            self._wait_for_room_locked(droppable, deadline, timeout_s)
             k = key or RowKey("result", "", "")
-            with self._writing():
+            created = time.time()
+            deferred = bool(self._deferred_acked or self._deferred_sent)
+            with self._writing(transaction=deferred):
                 cur = self._db.execute(
-                    "INSERT INTO outbox (topic, payload, qos, retain, expiry_s, droppable, created,"
-                    " kind, camera, session, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (topic, payload, qos, int(retain), expiry_s, int(droppable), time.time(),
+                    _INSERT,
+                    (topic, payload, qos, int(retain), expiry_s, int(droppable), created,
                      k.kind if key else None, k.camera or None, k.session or None, k.seq),
                 )  # fmt: skip
+                done = self._apply_deferred_locked() if deferred else (0, 0)
+            row_id = int(cur.lastrowid or 0)
             self._count += 1
-            self._last_id = int(cur.lastrowid or 0)
-            return self._last_id
+            self._last_id = row_id
+            self._applied_locked(*done)
+            self._remember_locked(
+                OutboxRow(row_id, topic, payload, qos, retain, expiry_s, created, 0,
+                          k.session or None)
+            )  # fmt: skip
+            return row_id
+
+    def _wait_for_room_locked(
+        self, droppable: bool, deadline: float | None, timeout_s: float | None
+    ) -> None:
+        while True:
+            if self._refusing:
+                raise OutboxClosed(f"outbox {self.path} is closed: the publisher is stopping")
+            if self._count < self.max_messages:
+                return
+            if self._deferred_acked:  # acknowledged rows that still count: make room first
+                self._commit_deferred_locked()
+                continue
+            if self.when_full == "drop_oldest" and (not droppable or self._drop_oldest_locked()):
+                return
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise OutboxFull(
+                    f"outbox {self.path} stayed full ({self.max_messages} messages) for "
+                    f"{timeout_s} s: the broker is not acknowledging"
+                )
+            self._room.wait(remaining)
+
+    def _remember_locked(self, row: OutboxRow) -> None:
+        self._recent.append(row)
+        if len(self._recent) > RECENT_ROWS:
+            self._recent_floor = self._recent.popleft().id
+
+    def _forget_recent_locked(self) -> None:
+        """Rows left the outbox other than by acknowledgement: read them from the file."""
+        self._recent.clear()
+        self._recent_floor = self._last_id
 
     def _drop_oldest_locked(self) -> bool:
         row = self._db.execute(
@@ -320,6 +259,7 @@ class Outbox:
             return False
         with self._writing():
             self._db.execute("DELETE FROM outbox WHERE id = ?", (row[0],))
+        self._forget_recent_locked()
         self._count -= 1
         self._acked -= int(row[3])
         self._dropped_count += 1
@@ -336,11 +276,15 @@ class Outbox:
         with self._lock:
             if self._closed or after_id >= self._last_id:
                 return []
+            if after_id >= self._recent_floor:  # every row above after_id is in memory
+                while self._recent and self._recent[0].id <= after_id:
+                    self._recent_floor = self._recent.popleft().id
+                return list(islice(self._recent, limit))
             cur = self._db.execute(
                 f"SELECT {_COLUMNS} FROM outbox WHERE id > ? AND acked = 0 ORDER BY id LIMIT ?",
                 (after_id, limit),
             )
-            return [_row(r) for r in cur.fetchall()]
+            return [row_from_sql(r) for r in cur.fetchall()]
 
     def rows(self, ids: Iterable[int]) -> list[OutboxRow]:
         """The rows with these ids that are still here, in id order."""
@@ -354,7 +298,7 @@ class Outbox:
             cur = self._db.execute(
                 f"SELECT {_COLUMNS} FROM outbox WHERE id IN ({marks}) ORDER BY id", wanted
             )
-            return [_row(r) for r in cur.fetchall()]
+            return [row_from_sql(r) for r in cur.fetchall()]
 
     def mark_sent(self, ids: Iterable[int]) -> None:
         """Count one more attempt for each row, so re-sends (also after a crash) are visible."""
@@ -368,35 +312,87 @@ class Outbox:
         """Delete `acked` rows (or, with `keep_acked`, mark results and session summaries
         acknowledged and keep them for a logger's confirmation; loggers confirm nothing else,
         so other rows still leave here) and count an attempt for `sent` rows, in one
-        transaction. Returns how many rows were deleted or newly marked."""
+        transaction with whatever `defer_settle` left waiting. Returns how many rows were
+        deleted or newly marked (the deferred ones included)."""
+        done = [(i,) for i in acked]
+        updates = [(i,) for i in sent]
+        with self._room:
+            if self._closed or not (done or updates or self._deferred_acked or self._deferred_sent):
+                return 0
+            if self._deferred_keep != keep_acked:
+                self._commit_deferred_locked()  # written with the mode they were acked in
+            self._deferred_acked += done
+            self._deferred_sent += updates
+            self._deferred_keep = keep_acked
+            return self._commit_deferred_locked()
+
+    def defer_settle(self, acked: Iterable[int], sent: Iterable[int], keep_acked: bool) -> None:
+        """`settle` at the next commit (group commit, see the module docstring)."""
         done = [(i,) for i in acked]
         updates = [(i,) for i in sent]
         if not done and not updates:
-            return 0
+            return
         with self._room:
             if self._closed:
-                return 0
-            kept = 0
-            with self._writing(transaction=True):
-                if keep_acked:
-                    before = self._db.total_changes
-                    self._db.executemany(
-                        "UPDATE outbox SET acked = 1 WHERE id = ? AND acked = 0 "
-                        "AND kind IN ('result', 'session')",
-                        done,
-                    )
-                    kept = self._db.total_changes - before
-                before = self._db.total_changes
-                self._db.executemany("DELETE FROM outbox WHERE id = ? AND acked = 0", done)
-                deleted = self._db.total_changes - before
-                self._db.executemany(
-                    "UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", updates
-                )
-            self._acked += kept
-            self._count -= deleted
-            if deleted:
-                self._room.notify_all()
-            return kept + deleted
+                return
+            if self._deferred_keep != keep_acked:
+                self._commit_deferred_locked()
+            self._deferred_acked += done
+            self._deferred_sent += updates
+            self._deferred_keep = keep_acked
+            if self._deferred_since is None:
+                self._deferred_since = time.monotonic()
+
+    def deferred_age_s(self) -> float | None:
+        """How long settled acknowledgements have waited for a commit (None: none wait)."""
+        since = self._deferred_since
+        return None if since is None else time.monotonic() - since
+
+    @property
+    def waiting_for_room(self) -> bool:
+        """The outbox is at its bound: producers may be waiting for acknowledged rows to go."""
+        return self._count >= self.max_messages
+
+    def _commit_deferred_locked(self) -> int:
+        with self._writing(transaction=True):
+            kept, deleted = self._apply_deferred_locked()
+        self._applied_locked(kept, deleted)
+        return kept + deleted
+
+    def _apply_deferred_locked(self) -> tuple[int, int]:
+        """The deferred settlements, inside the caller's transaction: (kept, deleted)."""
+        done, updates = self._deferred_acked, self._deferred_sent
+        kept = 0
+        if done and self._deferred_keep:
+            before = self._db.total_changes
+            self._db.executemany(
+                "UPDATE outbox SET acked = 1 WHERE id = ? AND acked = 0 "
+                "AND kind IN ('result', 'session')",
+                done,
+            )
+            kept = self._db.total_changes - before
+        before = self._db.total_changes
+        if done:
+            self._db.executemany("DELETE FROM outbox WHERE id = ? AND acked = 0", done)
+        deleted = self._db.total_changes - before
+        if updates:
+            self._db.executemany("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", updates)
+        return kept, deleted
+
+    def _applied_locked(self, kept: int, deleted: int) -> None:
+        """After the deferred settlements are committed: counts, waiting producers, and the
+        rows in memory (acknowledged rows and every row below them are read from the file)."""
+        if self._deferred_acked:
+            top = max(i for (i,) in self._deferred_acked)
+            if top > self._recent_floor:
+                self._recent_floor = top
+            while self._recent and self._recent[0].id <= self._recent_floor:
+                self._recent.popleft()
+        self._deferred_acked, self._deferred_sent, self._deferred_since = [], [], None
+        self._acked += kept
+        self._count -= deleted
+        if deleted:
+            self._room.notify_all()
 
     def confirm(
         self, camera: str, session: str, ranges: Iterable[SeqRange], summary: bool
@@ -424,6 +420,7 @@ class Outbox:
             self._count -= len(deleted)
             self._acked -= sum(int(a) for _, a in deleted)
             if deleted:
+                self._forget_recent_locked()
                 self._room.notify_all()
             return [int(i) for i, _ in deleted]
 
@@ -436,6 +433,7 @@ class Outbox:
             self._count -= gone
             self._acked -= gone
             if gone:
+                self._forget_recent_locked()
                 self._room.notify_all()
             return int(gone)
 
@@ -462,6 +460,7 @@ class Outbox:
             self._count -= len(gone)
             self._acked -= len(gone)
             if gone:
+                self._forget_recent_locked()
                 self._room.notify_all()
             return [(int(i), str(s), None if q is None else int(q)) for i, s, q in gone]
 
@@ -482,6 +481,7 @@ class Outbox:
                 self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for *_, i in wanted])
             self._count -= moved
             if moved:
+                self._forget_recent_locked()
                 self._room.notify_all()
             return moved
 
@@ -507,8 +507,9 @@ class Outbox:
 
     @property
     def acked_unconfirmed(self) -> int:
-        """Messages the broker acknowledged that no logger has confirmed yet."""
-        return self._acked
+        """Messages the broker acknowledged that no logger has confirmed yet (acknowledgements
+        waiting for the group commit included)."""
+        return self._acked + (len(self._deferred_acked) if self._deferred_keep else 0)
 
     @property
     def dropped(self) -> int:
@@ -552,6 +553,11 @@ class Outbox:
             if self._closed:
                 return
             self._refusing = True
+            if self._deferred_acked or self._deferred_sent:
+                try:
+                    self._commit_deferred_locked()
+                except OutboxError as exc:  # the next start sends those rows again
+                    log.error("%s", exc)
             self._closed = True
             self._room.notify_all()
             self._db.close()
@@ -563,26 +569,24 @@ class Outbox:
             self._lock_fd = None
 
 
-def _lock_exclusively(path: Path) -> int:
-    """One process per outbox: two publishers acking each other's rows would lose results.
+def _check_arguments(max_messages: int, when_full: str, synchronous: str) -> None:
+    if max_messages < 1:
+        raise ValueError(f"outbox max_messages must be >= 1, got {max_messages}")
+    if when_full not in ("block", "drop_oldest"):
+        raise ValueError(f"outbox when_full must be 'block' or 'drop_oldest', got {when_full!r}")
+    if synchronous not in ("normal", "full"):
+        raise ValueError(f"outbox synchronous must be 'normal' or 'full', got {synchronous!r}")
 
-    The lock is on the database file itself (its inode), so a symlink or a hard link to the
-    same file cannot open it twice. The flock dies with the process, so a SIGKILLed run does
-    not block the next one. The file is created 0600 (SQLite gives its -wal and -shm the same
-    mode).
-    """
+
+def _lock(path: Path) -> int:
+    """`outboxfile.lock_exclusively`, its failures as one OutboxError line."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        return lock_exclusively(path)
+    except BlockingIOError as exc:
+        raise OutboxError(
+            f"outbox {path} is in use by another process; give each pipeline its own outbox.path"
+        ) from exc
     except OSError as exc:
         raise OutboxError(
             f"outbox {path}: cannot create it ({exc.strerror}); check outbox.path"
         ) from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as exc:
-        os.close(fd)
-        raise OutboxError(
-            f"outbox {path} is in use by another process; give each pipeline its own outbox.path"
-        ) from exc
-    return fd

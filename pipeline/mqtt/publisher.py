@@ -390,8 +390,10 @@ class Publisher:
     ) -> None:
         if reason_code.is_failure:
             self._event(Acked(mid, *puback_refusal(reason_code)))
-        else:
-            self._event(Acked(mid, None))
+            return
+        self._sender.events.append(Acked(mid, None))
+        if self._sender.wants_acks_now():  # else the next step takes it (group commit)
+            self._sender.wake.set()
 
     def _on_subscribe(
         self,

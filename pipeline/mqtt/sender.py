@@ -3,11 +3,12 @@
 events here and never publish).
 
 Each step it takes the events the callbacks appended (connect, disconnect, PUBACK, SUBACK,
-`stored` messages), settles the outbox, sends what waits (state, stats, outbox rows in id order,
-at most `INFLIGHT_WINDOW` unacknowledged), and re-sends what the broker acknowledged but no
-logger confirmed (`ConfirmTracker`). paho keeps its unacknowledged messages across reconnects
-of one process and sends them again itself, so on a new connection every other unacknowledged
-row is offered again, never one row twice on one connection.
+`stored` messages), settles the outbox (group commit: see `Sender._settle`), sends what waits
+(state, stats, outbox rows in id order, at most `INFLIGHT_WINDOW` unacknowledged), and re-sends
+what the broker acknowledged but no logger confirmed (`ConfirmTracker`). paho keeps its
+unacknowledged messages across reconnects of one process and sends them again itself, so on a
+new connection every other unacknowledged row is offered again, never one row twice on one
+connection.
 
 `outbox.confirm`: `broker` deletes a row at its PUBACK; `logger` keeps it until a `stored`
 message covers it; `auto` is `broker` until the first `stored` message reaches this outbox
@@ -38,9 +39,11 @@ from pipeline.mqtt.outbox import MEMORY, Outbox, OutboxError, OutboxRow
 log = logging.getLogger("pipeline.mqtt.publisher")
 
 INFLIGHT_WINDOW = 100  # new outbox rows handed to paho and not yet acked
+ACK_WAKE_INFLIGHT = INFLIGHT_WINDOW // 2  # from here on every PUBACK wakes the client thread
 TICK_S = 0.2  # the client thread wakes at least this often (stop, flush deadlines)
 RESEND_EVERY_S = 1.0  # how often the re-send check runs
 EXPIRE_EVERY_S = 60.0  # how often the retention check runs (a scan of the outbox)
+SETTLE_DELAY_S = TICK_S  # the longest acks wait for a `put` to commit them (group commit)
 STOPPED_ACK_GRACE_S = 2.0  # wait for the `stopped` status ack even after a full flush timeout
 LOGGER_SEEN = "logger_seen"  # outbox meta: a logger has confirmed deliveries (auto mode)
 _JSON = "application/json"
@@ -165,6 +168,18 @@ class Sender:
     def inflight(self) -> int:
         return len(self._inflight)
 
+    def wants_acks_now(self) -> bool:
+        """Whether a PUBACK wakes this thread (paho's thread asks). Acknowledgements wait for
+        the group commit anyway, so they are taken at the next step (the next result, or
+        TICK_S) unless the in-flight window fills, producers wait for room in the outbox, or
+        the publisher is stopping: one wake-up per result instead of two."""
+        return (
+            len(self._inflight) >= ACK_WAKE_INFLIGHT
+            or self.outbox.waiting_for_room
+            or self.stopping.is_set()
+            or bool(self._status_mids)
+        )
+
     # -- the loop --------------------------------------------------------------------------
 
     def run(self) -> None:
@@ -185,11 +200,9 @@ class Sender:
 
     def step(self) -> None:
         now = time.monotonic()
+        conn = self._conn
         acked = self._handle_events(now)
-        # Acks are settled before rows are read again (after a reconnect the cursor restarts);
-        # the attempts of the previous step's sends ride in the same transaction.
-        self.outbox.settle([r for r, _ in acked], self._sent_unmarked, keep_acked=self.by_logger)
-        self._sent_unmarked = []
+        self._settle([r for r, _ in acked], at_once=self._conn != conn)
         if self.by_logger:
             for row, session in acked:
                 self.tracker.sent(row, session, self._conn, now)
@@ -203,6 +216,24 @@ class Sender:
         if now >= self._next_expiry:
             self._next_expiry = now + EXPIRE_EVERY_S
             self._expire()
+
+    def _settle(self, acked: list[int], at_once: bool) -> None:
+        """Acks and the attempts of the previous step's sends, by group commit: they ride in
+        the next `put`'s transaction. Committed now when rows are read again from the file (a
+        new connection restarts the cursor), when stopping, when producers may wait for room,
+        or when they have waited SETTLE_DELAY_S for a `put`. A crash before the commit sends
+        those rows again, as a crash between a PUBACK and its commit always did."""
+        age = self.outbox.deferred_age_s()
+        if (
+            at_once
+            or self.stopping.is_set()
+            or self.outbox.waiting_for_room
+            or (age is not None and age >= SETTLE_DELAY_S)
+        ):
+            self.outbox.settle(acked, self._sent_unmarked, keep_acked=self.by_logger)
+        else:
+            self.outbox.defer_settle(acked, self._sent_unmarked, keep_acked=self.by_logger)
+        self._sent_unmarked = []
 
     # -- events ----------------------------------------------------------------------------
 

@@ -1,14 +1,17 @@
 """End-to-end delivery: `thermoscreen run` replays a recording through a real mosquitto into
-`thermoscreen log`, and a broker outage, a SIGKILLed logger or a SIGKILLed pipeline loses no
-result and stores none twice. Run with `-s` to see the numbers each scenario produced."""
+`thermoscreen log`, and a broker outage, a SIGKILLed logger or a SIGKILLed pipeline (broker away,
+or broker up while results flow and acknowledgements wait for the outbox's group commit) loses
+no result and stores none twice. Run with `-s` to see the numbers each scenario produced."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from pipeline.logger.report import report_from_store
@@ -164,4 +167,74 @@ def test_pipeline_sigkilled_mid_replay_delivers_its_outbox_on_restart(
         acked_before_kill=len(delivered_before),
         pending_in_outbox=len(pending), pending_already_stored=len(set(pending) & delivered_before),
         stored=len(seqs), duplicates_dropped=_duplicates(db),
+    )  # fmt: skip
+
+
+class WireWatch:
+    """Every result message_id the broker delivers, seen by a plain subscriber of its own."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.ids: set[str] = set()
+        self._lock = threading.Lock()
+        subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("thermoscreen/+/+/result", 1)
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: subscribed.set()
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        assert subscribed.wait(30), "the wire watch could not subscribe"
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.ids.add(json.loads(msg.payload)["message_id"])
+
+    def seen(self) -> set[str]:
+        with self._lock:
+            return set(self.ids)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.mark.parametrize("confirm", ["broker", "logger"])
+def test_pipeline_sigkilled_while_publishing_loses_and_doubles_no_published_result(
+    broker: Broker, tmp_path: Path, recording: Path, tiny_model: Path, confirm: str
+) -> None:
+    """The broker stays up: the kill lands while results are classified, published and
+    acknowledged, so some acknowledgements are only in the process's memory (group commit).
+    Every result the broker delivered before the kill, and every one the first run stored in
+    its outbox, is stored by the logger exactly once after a second run on the same outbox."""
+    db, outbox = tmp_path / "results.sqlite", tmp_path / "outbox.sqlite"
+    logger = _logger(broker, tmp_path).start()
+    logger.wait_subscribed()
+    wire = WireWatch(broker)
+    mode = ("--confirm", confirm)
+    first = run_pipeline(recording, tiny_model, broker.port, outbox, "--realtime", *mode)
+    wait_until(lambda: count_rows(db, "results") >= 10 if db.exists() else False, 60, "10 results")
+    first.kill()
+    first.wait(timeout=30)
+    published = wire.seen()  # on the wire before the kill: these must never be lost
+    pending = _outbox_results(outbox)  # in the first run's outbox: these are sent again
+    stored_at_kill = stored_ids(db)
+    (first_session,) = _sessions(db)
+    second = run_pipeline(recording, tiny_model, broker.port, outbox, "--max-frames", "1", *mode)
+    assert second.wait(timeout=120) == 0, outbox.with_suffix(".log").read_text()
+    wait_until(lambda: (published | set(pending)) <= stored_ids(db), 60, "every published result")
+    assert logger.stop() == 0
+    wire.close()
+
+    assert published, "the kill came before any result was published: nothing was tested"
+    seqs = _sessions(db)[first_session]
+    last = max(seqs)
+    assert last < FRAMES - 1, "the kill came after the replay: nothing was tested"
+    assert seqs == list(range(last + 1))  # once each, no gap: nothing lost, nothing doubled
+    assert published <= stored_ids(db)
+    assert _outbox_results(outbox) == {}
+    _report(
+        f"pipeline SIGKILL, broker up, confirm {confirm}", published_before_kill=len(published),
+        stored_before_kill=len(stored_at_kill), in_outbox_at_kill=len(pending),
+        in_outbox_already_stored=len(set(pending) & stored_at_kill), stored=len(seqs),
+        duplicates_dropped=_duplicates(db),
     )  # fmt: skip

@@ -278,7 +278,7 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         required=True,
         help="model directory; repeat for more models. The first is the shipped model (its "
-        "rows come first and the targets are about it), e.g. --model models/dmr-lite0-probe "
+        "rows come first and the targets are about it), e.g. --model models/dmr "
         "--model models/demo",
     )
     parser.add_argument(
