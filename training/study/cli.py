@@ -118,7 +118,13 @@ def _ship(args: argparse.Namespace, cfg: StudyConfig) -> int:
     development = report.get("candidates", {}).get(name, {}).get("matrix", {})
     keep = {p: development[p]["auc"] for p in ("all", "id_below_300") if p in development}
     s = setup(args.data, args.out, cfg)
-    summary = ship(s.comparison, by_name[name], args.data, args.model_out, {"auc_over_seeds": keep})
+    record: dict[str, Any] = (
+        {"auc_over_seeds": keep}
+        if keep
+        else {"note": "no study.json with this candidate where it was built: its development "
+              "estimate is in models/README.md"}
+    )  # fmt: skip
+    summary = ship(s.comparison, by_name[name], args.data, args.model_out, record)
     if report.get("int8", {}).get("quantize"):
         int8_dir = args.model_out.with_name(args.model_out.name + "-int8")
         quantize_model_dir(args.model_out, args.data, int8_dir, calib_split="all")
