@@ -13,6 +13,7 @@ from training.study import cv, probe
 from training.study.cohort import Cohort
 from training.study.finetune import JPEG, rows_of_fold
 from training.study.renderings import MATRIX, Rendering, jpeg_round_trip, random_rendering
+from training.study.run import chosen_candidate
 
 
 def _cohort(n: int = 40) -> Cohort:
@@ -136,3 +137,12 @@ def test_early_stopping_reads_inner_scores_only() -> None:
     flip = rows["early stopping + flip averaging"]
     np.testing.assert_allclose(flip.prob, (tests["test"][2] + tests["test_flip"][2]) / 2)
     np.testing.assert_array_equal(rows["4 epochs, no early stopping"].prob, tests["test"][3])
+
+
+def test_ship_rule_picks_the_best_complete_candidate_and_none_without_a_study() -> None:
+    def row(all_: float | None, old: float) -> dict[str, object]:
+        return {"matrix": {"all": {"auc": {"mean": all_}}, "id_below_300": {"auc": {"mean": old}}}}
+
+    assert chosen_candidate({}) is None  # a fresh clone: `--ship` falls back to its default
+    report = {"candidates": {"a": row(0.9, 0.7), "b": row(0.85, 0.8), "c": row(None, 0.9)}}
+    assert chosen_candidate(report)["candidate"] == "b"  # (0.85 + 0.8) / 2 > (0.9 + 0.7) / 2

@@ -33,8 +33,9 @@ from training.study.ship import SHIPPED_DIR, score_model, ship
 from training.study.tables import headline, tables
 
 log = logging.getLogger(__name__)
-# the candidate `--ship` exports when no study.json names one (set from the study's result)
-DEFAULT_SHIPPED = CANDIDATES[1].name
+# the candidate `--ship` exports when no study.json names one: the study's choice under its
+# pre-declared rule (models/README.md, "Candidates"), so a fresh clone ships it without the study
+DEFAULT_SHIPPED = CANDIDATES[4].name
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -121,7 +121,7 @@ def chosen_candidate(report: dict[str, Any]) -> dict[str, Any] | None:
     """The pre-declared rule over the candidates that ran on every split seed."""
     done = {
         n: criterion_mean(r["matrix"])
-        for n, r in report["candidates"].items()
+        for n, r in report.get("candidates", {}).items()  # none: no study has run here
         if r["matrix"]["all"]["auc"]["mean"] is not None and r.get("complete", True)
     }
     if not done:
