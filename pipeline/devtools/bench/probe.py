@@ -96,8 +96,12 @@ def _name(tid: int) -> str:
 
 def sample(clock: ModelClock, names: dict[int, str]) -> dict[str, Any]:
     """Every thread now: name, CPU ns, and the model's ns of it (read at once per thread).
-    `names` caches thread names by id (the caller clears it now and then)."""
+    `names` caches thread names by id (the caller clears it now and then). A name still inherited
+    from the main thread is read again next time: a thread seen before its run() named it would
+    otherwise be counted as a native pool for the rest of a short window."""
     threads: dict[str, list[Any]] = {}
+    pid = os.getpid()
+    inherited = names.get(pid) or _name(pid)
     for entry in os.listdir("/proc/self/task"):
         tid = int(entry)
         try:
@@ -107,9 +111,10 @@ def sample(clock: ModelClock, names: dict[int, str]) -> dict[str, Any]:
                 cpu = thread_cpu_ns(tid)
         except OSError:
             continue  # the thread ended
-        if tid not in names:
-            names[tid] = _name(tid)
-        threads[entry] = [names[tid], cpu, clock.model_ns(tid, cpu)]
+        name = names.get(tid) or _name(tid)
+        if tid == pid or name != inherited:
+            names[tid] = name  # final: a Python thread names itself as its run() starts
+        threads[entry] = [name, cpu, clock.model_ns(tid, cpu)]
     return {
         "mono_ns": time.monotonic_ns(),
         "frames": clock.frames,
