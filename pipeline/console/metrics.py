@@ -54,6 +54,37 @@ class ConsoleCounters:
         self.commands: dict[str, int] = {"accepted": 0, "refused": 0}
 
 
+# The outbox's figures in the health tree's "mqtt" section: (family, field and metric suffix, help)
+OUTBOX_METRICS: tuple[tuple[type[CounterMetricFamily | GaugeMetricFamily], str, str], ...] = (
+    (
+        GaugeMetricFamily,
+        "pending",
+        "Messages in the durable outbox not yet acknowledged by the broker.",
+    ),
+    (GaugeMetricFamily, "inflight", "Messages handed to the MQTT client, not yet acknowledged."),
+    (
+        GaugeMetricFamily,
+        "unconfirmed",
+        "Messages the broker acknowledged that no logger has confirmed stored yet.",
+    ),
+    (
+        CounterMetricFamily,
+        "confirmed",
+        "Results a logger confirmed stored (taken out of the outbox).",
+    ),
+    (
+        CounterMetricFamily,
+        "expired",
+        "Acknowledged results no logger confirmed within outbox.retention_s.",
+    ),
+    (
+        CounterMetricFamily,
+        "dropped_full",
+        "Results a full outbox dropped (live drop_oldest policy).",
+    ),
+)
+
+
 def _num(tree: Mapping[str, Any], *path: str) -> float:
     node: Any = tree
     for key in path:
@@ -126,36 +157,8 @@ class HealthCollector(Collector):
         yield CounterMetricFamily(
             f"{NS}_mqtt_reconnects", "Broker reconnections.", _num(h, "mqtt", "reconnects")
         )
-        yield GaugeMetricFamily(
-            f"{NS}_outbox_pending",
-            "Messages in the durable outbox not yet acknowledged by the broker.",
-            _num(h, "mqtt", "pending"),
-        )
-        yield GaugeMetricFamily(
-            f"{NS}_outbox_inflight",
-            "Messages handed to the MQTT client, not yet acknowledged.",
-            _num(h, "mqtt", "inflight"),
-        )
-        yield GaugeMetricFamily(
-            f"{NS}_outbox_unconfirmed",
-            "Messages the broker acknowledged that no logger has confirmed stored yet.",
-            _num(h, "mqtt", "unconfirmed"),
-        )
-        yield CounterMetricFamily(
-            f"{NS}_outbox_confirmed",
-            "Results a logger confirmed stored (taken out of the outbox).",
-            _num(h, "mqtt", "confirmed"),
-        )
-        yield CounterMetricFamily(
-            f"{NS}_outbox_expired",
-            "Acknowledged results no logger confirmed within outbox.retention_s.",
-            _num(h, "mqtt", "expired"),
-        )
-        yield CounterMetricFamily(
-            f"{NS}_outbox_dropped_full",
-            "Results a full outbox dropped (live drop_oldest policy).",
-            _num(h, "mqtt", "dropped_full"),
-        )
+        for family, name, help_text in OUTBOX_METRICS:
+            yield family(f"{NS}_outbox_{name}", help_text, _num(h, "mqtt", name))
 
     def _exam(self, h: Mapping[str, Any]) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         state = self.exam_state() or {}
