@@ -13,10 +13,11 @@ decoding or waiting, so memory stays bounded and a slow consumer holds the decod
 
 No GStreamer here, on purpose: 16-bit PNG recordings (`frame_00000.png`, as written by
 `GRAY16_BE ! pngenc ! multifilesink`, `thermoscreen synth --kind png16` or `thermoscreen
-convert`) must replay bit-exact, and `pipeline.data.dmr.read_png16` (libpng through OpenCV,
-IMREAD_UNCHANGED) returns the stored uint16 values as they are, with no caps negotiation,
-endianness or stride to get wrong; the same reader serves matrices and images, so a folder can mix
-them and training reads files the same way. The equivalent GStreamer pipeline would be
+convert`) must replay bit-exact, and `pipeline.data.dmr.read_png16` (`pipeline.data.png16`:
+ISA-L inflate and numpy for the PNGs we write, libpng through OpenCV for any other) returns the
+stored uint16 values as they are, with no caps negotiation, endianness or stride to get
+wrong; the same reader serves matrices and images, so a folder can mix them and training reads
+files the same way. The equivalent GStreamer pipeline would be
 `multifilesrc location=DIR/frame_%05d.png index=0 caps=image/png ! pngdec
 ! video/x-raw,format=GRAY16_BE ! appsink`; it needs the naming pattern and cannot read matrices.
 """
