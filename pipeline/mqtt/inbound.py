@@ -2,8 +2,9 @@
 state messages it holds until it can send them (`RetainedStates`).
 
 The run's publisher listens to a few control topics (`<camera>/exam/set`, a room sensor). paho
-calls `on_message` in its network thread, so a handler may only hand the message on (a bounded
-queue) and return: never block, publish or raise. A clean-start connection forgets its
+calls `on_message` in the thread that runs its network loop (the publisher's client thread), so
+a handler may only hand the message on (a bounded queue) and return: never block, publish or
+raise. A clean-start connection forgets its
 subscriptions, so `renew` runs on every connection.
 """
 
@@ -54,7 +55,7 @@ class Subscriptions:
             if mqtt.topic_matches_sub(topic_filter, message.topic):
                 try:
                     handler(message.topic, bytes(message.payload), correlation)
-                except Exception:  # a handler's bug must not kill paho's network thread
+                except Exception:  # a handler's bug must not kill the network loop
                     log.exception("handler of %s failed", topic_filter)
 
 

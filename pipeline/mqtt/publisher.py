@@ -11,11 +11,13 @@ Topics (DESIGN.md "MQTT contract"), under `<prefix>/<device>`:
   <camera>/stored        subscribed (unless outbox.confirm is broker): loggers' confirmations
   `subscribe`            more topics (e.g. `<camera>/exam/set`): see pipeline.mqtt.inbound
 
-Threads. paho's own network thread (`loop_start`) does the socket work, keepalive and reconnect
-backoff; `connect_async` makes `start()` return at once even with the broker down. The client
-thread (`mqtt-publisher`, `pipeline.mqtt.sender`) is the only caller of `publish`/`subscribe`/
-`disconnect`: it is fed by the outbox (results, sessions), a bounded queue (state, stats) and the
-events that paho callbacks append here (connect, disconnect, PUBACK, SUBACK, `stored`).
+Threads. One client thread (`mqtt-publisher`, `pipeline.mqtt.sender`) owns the paho client: it
+runs paho's network loop itself (socket work, keepalive and reconnect backoff:
+`pipeline.mqtt.netloop`; paho's own `loop_start` thread would cost a wake-up more per result)
+and is the only caller of `publish`/`subscribe`/`disconnect`. `start()` returns at once, also
+with the broker down. The thread is fed by the outbox (results, sessions), a bounded queue
+(state, stats) and the events that paho callbacks (run inside its network loop) append here
+(connect, disconnect, PUBACK, SUBACK, `stored`).
 
 Delivery. A result is committed to the outbox before `publish_result` returns and leaves it when
 delivered: at the broker's PUBACK, or when a logger confirms it stored (`outbox.confirm`, see
@@ -140,7 +142,7 @@ class Publisher:
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
         self._subscriptions = inbound.Subscriptions()
-        self._closed_early = 0  # paho's thread: connections in a row closed before a CONNACK
+        self._closed_early = 0  # connections in a row closed before a CONNACK
 
         ocfg = outbox if outbox is not None else OutboxConfig(enabled=False)
         self._outbox = Outbox(
@@ -181,7 +183,6 @@ class Publisher:
             clean_start=True,
             properties=connect_properties(0),
         )
-        self._client.loop_start()
         self._thread = threading.Thread(target=self._sender.run, name="mqtt-publisher", daemon=True)
         self._thread.start()
         if self._outbox.pending:
@@ -331,7 +332,7 @@ class Publisher:
             fatal_error=s.fatal_error,
         )
 
-    # -- paho callbacks (paho's thread): record and wake, nothing else -------------------------
+    # -- paho callbacks (the client thread's network loop): record and wake, nothing else ------
 
     def _event(self, event: Any) -> None:
         self._sender.events.append(event)
@@ -424,6 +425,7 @@ class Publisher:
         if self._thread is None:  # never started
             self._flushed = self._outbox.pending == 0
             self._outbox.close()
+            self._sender.wake.close()
             return self._flushed
         self._sender.flush_timeout_s = flush_timeout_s
         self._sender.stopping.set()

@@ -31,9 +31,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from pipeline.config import MqttConfig
-from pipeline.mqtt.client import Client, new_properties
+from pipeline.mqtt.client import Backoff, Client, new_properties
 from pipeline.mqtt.delivery import ConfirmTracker, format_ranges, parse_stored, to_ranges
 from pipeline.mqtt.inbound import Retained, RetainedStates, Subscriptions, answer_properties
+from pipeline.mqtt.netloop import NetworkLoop, Wake
 from pipeline.mqtt.outbox import MEMORY, Outbox, OutboxError, OutboxRow
 
 log = logging.getLogger("pipeline.mqtt.publisher")
@@ -129,7 +130,8 @@ class Sender:
         self.topics = topics
         self.feed = feed
         self.events: collections.deque[Event] = collections.deque()
-        self.wake = threading.Event()
+        self.wake = Wake()
+        self.net = NetworkLoop(client, self.wake, Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s))
         self.stopping = threading.Event()
         self.mode = confirm
         self.by_logger = confirm == "logger" or (
@@ -169,8 +171,8 @@ class Sender:
         return len(self._inflight)
 
     def wants_acks_now(self) -> bool:
-        """Whether a PUBACK wakes this thread (paho's thread asks). Acknowledgements wait for
-        the group commit anyway, so they are taken at the next step (the next result, or
+        """Whether a PUBACK makes this thread take a step (`on_publish` asks). Acknowledgements
+        wait for the group commit anyway, so they are taken at the next step (the next result, or
         TICK_S) unless the in-flight window fills, producers wait for room in the outbox, or
         the publisher is stopping: one wake-up per result instead of two."""
         return (
@@ -184,10 +186,14 @@ class Sender:
 
     def run(self) -> None:
         try:
+            next_step = 0.0
             while not self.stopping.is_set():
-                self.wake.wait(TICK_S)
-                self.wake.clear()
-                self.step()
+                self.net.pump(max(next_step - time.monotonic(), 0.0))
+                now = time.monotonic()
+                if self.wake.is_set() or now >= next_step:
+                    self.wake.clear()
+                    self.step()
+                    next_step = now + TICK_S
             self.flush(self.flush_timeout_s)
         except OutboxError as exc:
             self.fatal_error = self.last_error = str(exc)
@@ -319,6 +325,7 @@ class Sender:
 
     def _handle_connected(self) -> None:
         self._online = True
+        self.net.connected()
         self._conn += 1
         self.fatal_error = None
         self._logged_error = None
@@ -456,7 +463,7 @@ class Sender:
             self.step()
             if self.done():
                 break
-            self.wake.wait(min(TICK_S, max(deadline - time.monotonic(), 0.0)))
+            self.net.pump(min(TICK_S, max(deadline - time.monotonic(), 0.0)))
             self.wake.clear()
         self.flushed = self.outbox.pending == 0
         if not self.flushed:
@@ -477,7 +484,7 @@ class Sender:
         self._status_mids.add(info.mid)
         deadline = time.monotonic() + timeout_s
         while info.mid in self._status_mids and self._online and time.monotonic() < deadline:
-            self.wake.wait(min(TICK_S, max(deadline - time.monotonic(), 0.0)))
+            self.net.pump(min(TICK_S, max(deadline - time.monotonic(), 0.0)))
             self.wake.clear()
             acked = self._handle_events(time.monotonic())
             self.outbox.settle([r for r, _ in acked], (), keep_acked=self.by_logger)
@@ -489,8 +496,8 @@ class Sender:
             self.outbox.settle((), self._sent_unmarked)
         except OutboxError as exc:
             log.error("%s", exc)
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.client.disconnect()  # written at once: this thread runs the network loop
         self.connected = False
         self._online = False
         self.outbox.close()
+        self.wake.close()

@@ -7,8 +7,8 @@
 
 `ExamTracker` wraps the pure `pipeline.exam.machine.ExamController`. MQTT callbacks and the
 console never touch it: they queue a closure on the run's `CommandInbox` (bounded; a full inbox
-refuses at once instead of blocking paho's thread) and the publish thread runs it between two
-results. Every command is answered on the retained `exam` topic (with `last_error` when refused;
+refuses at once instead of blocking the MQTT client thread) and the publish thread runs it between
+two results. Every command is answered on the retained `exam` topic (with `last_error` when refused;
 with the command's MQTT v5 correlation data so `thermoscreen exam` sees its own answer); every
 state change rewrites `exam.json`, so a crash leaves a record that the next start marks aborted
 (`recover`); a close or abort writes the whole record (key frames, report) and publishes it on
@@ -134,7 +134,7 @@ class ExamTracker:
         return self.inbox.submit(lambda: self._command(lambda c: c.handle(dict(data)), None))
 
     def _on_command(self, topic: str, payload: bytes, correlation: bytes | None) -> None:
-        """paho's thread: hand the raw command to the publish thread, never block."""
+        """The MQTT client thread: hand the raw command to the publish thread, never block."""
         try:
             self.inbox.submit(lambda: self._command(lambda c: c.handle_json(payload), correlation))
         except queue.Full:

@@ -196,6 +196,24 @@ def test_results_arrive_in_order_schema_valid_with_expiry_and_status(
         pub.publish_result(make_result(40), MODEL)
 
 
+def test_one_thread_runs_the_client_and_keeps_an_idle_connection_alive(
+    broker: Broker, collector: Collector, publishers: list[Publisher]
+) -> None:
+    # The client thread runs paho's network loop itself: no paho thread, and its keepalive (a
+    # PINGREQ every 5 s) holds the connection through 12 s without a message (mosquitto drops
+    # a silent client after 8-11 s).
+    pub = start_publisher(publishers, mqtt_config(broker), None)
+    assert wait_until(lambda: pub.connected)
+    names = [t.name for t in threading.enumerate()]
+    assert "mqtt-publisher" in names
+    assert f"paho-mqtt-client-thermoscreen-{DEVICE}" not in names  # the collector has its own
+    time.sleep(12.0)
+    assert pub.connected and pub.stats().connects == 1
+    sent = pub.publish_result(make_result(0), MODEL)
+    assert wait_until(lambda: collector.result_ids() == [sent])
+    assert pub.stop() is True and pub.stats().acked == 1
+
+
 def test_state_is_retained_session_durable_stats_qos0(
     broker: Broker, collector: Collector, publishers: list[Publisher]
 ) -> None:
