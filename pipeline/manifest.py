@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import onnx
-from google.protobuf.message import DecodeError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline import DISCLAIMER
+from pipeline.modelfile import EXTERNAL, INCOMPLETE, ModelFileError, check_model_file
 from pipeline.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 
 MANIFEST_SCHEMA = 1
@@ -196,26 +195,20 @@ def load_model_dir(root: str | Path, verify_sha256: bool = True) -> ModelDir:
 
 
 def check_onnx_file(path: Path) -> None:
-    """The file must be one whole, self-contained ONNX model that `onnx.checker` accepts (every
-    initializer as long as its shape says); raise ModelError otherwise. A runtime handed a
-    truncated or inconsistent graph may crash instead of raising."""
+    """The file must be one whole, self-contained ONNX model (every stored tensor as long as its
+    shape says: `pipeline.modelfile`); raise ModelError otherwise. A runtime handed a truncated
+    or inconsistent graph may crash instead of raising."""
     fix = "re-export the model or restore the file"
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, OSError, ValueError) as exc:
-        raise ModelError(f"{path}: not a complete ONNX model ({_first_line(exc)}); {fix}") from exc
-    external = [
-        t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
-    ]
-    if external:
-        raise ModelError(
-            f"{path}: initializer {external[0]!r} points to external data; the model contract is "
-            f"one self-contained file: {fix}"
-        )
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        raise ModelError(f"{path}: the ONNX graph is invalid ({_first_line(exc)}); {fix}") from exc
+        check_model_file(path)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read ({exc.strerror}); {fix}") from exc
+    except ModelFileError as exc:
+        if exc.kind == INCOMPLETE:
+            raise ModelError(f"{path}: not a complete ONNX model ({exc}); {fix}") from exc
+        if exc.kind == EXTERNAL:
+            raise ModelError(f"{path}: {exc}: {fix}") from exc
+        raise ModelError(f"{path}: the ONNX graph is invalid ({exc}); {fix}") from exc
 
 
 def _first_line(exc: BaseException) -> str:

@@ -112,6 +112,15 @@ def equalize(gray: U8, cfg: PreprocessConfig) -> U8:
     return gray
 
 
+def render_on_calling_threads() -> None:
+    """OpenCV's own thread pool off for the rest of the process: each classify worker renders
+    its frames on its own thread. On a core that another worker's model run keeps busy, the
+    pool split every `equalizeHist` in two, woke a pool thread and spun waiting for it: about
+    a quarter of a classify thread's CPU outside the model (docs/benchmark.md, 2026-12-01).
+    The results are the same bits either way."""
+    cv2.setNumThreads(1)
+
+
 def render(frame: Frame, cfg: PreprocessConfig) -> U8:
     """A frame -> equalized uint8 gray image, the picture the model and the operator see."""
     if frame.kind is FrameKind.GRAY8:

@@ -160,6 +160,10 @@ def _skip_lossy_parsers(pipeline: Gst.Pipeline) -> None:
             element.connect("autoplug-select", _no_lossy_parser)
 
 
+def _drop(_pad: Gst.Pad, _info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
+    return Gst.PadProbeReturn.DROP
+
+
 def _layout(caps: Gst.Caps) -> _Layout:
     info = GstVideo.VideoInfo.new_from_caps(caps)
     if info is None:
@@ -323,23 +327,23 @@ class GstSource:
         klass = (factory.get_metadata("klass") if factory is not None else None) or ""
         if "Decoder" not in klass:
             return
-        sink, src = element.get_static_pad("sink"), element.get_static_pad("src")
-        if sink is not None:
-            kinds = Gst.PadProbeType.EVENT_DOWNSTREAM | Gst.PadProbeType.BUFFER
-            sink.add_probe(kinds, self._on_decoder_data)
-        if src is not None:
-            src.add_probe(Gst.PadProbeType.EVENT_DOWNSTREAM, self._on_decoder_data)
+        # Events only: a probe on every buffer was a Python call, and a wait for the GIL, per
+        # frame in the streaming thread. A refusal adds the probe that drops all that follows.
+        for pad in (element.get_static_pad("sink"), element.get_static_pad("src")):
+            if pad is not None:
+                pad.add_probe(Gst.PadProbeType.EVENT_DOWNSTREAM, self._on_decoder_event)
 
-    def _on_decoder_data(self, pad: Gst.Pad, info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
+    def _on_decoder_event(self, pad: Gst.Pad, info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
         if self._refused is not None:
             return Gst.PadProbeReturn.DROP  # refused: nothing more is decoded
-        event = info.get_event() if info.type & Gst.PadProbeType.EVENT_DOWNSTREAM else None
+        event = info.get_event()
         if event is None or event.type != Gst.EventType.CAPS:
             return Gst.PadProbeReturn.OK
         problem = self._size_problem(event.parse_caps())
         if problem is None:
             return Gst.PadProbeReturn.OK
         self._refused = problem
+        pad.add_probe(Gst.PadProbeType.BUFFER | Gst.PadProbeType.BUFFER_LIST, _drop)
         element = pad.get_parent_element()
         if element is not None:  # end the pipeline now instead of leaving it waiting for data
             error = GLib.Error.new_literal(

@@ -38,7 +38,7 @@ from pipeline.manifest import ModelError
 from pipeline.mqtt.outbox import OutboxError
 from pipeline.mqtt.publisher import Publisher
 from pipeline.output.base import Output, OutputError, OutputOptions, check_output
-from pipeline.preprocess import PreprocessConfig
+from pipeline.preprocess import PreprocessConfig, render_on_calling_threads
 from pipeline.run.base import ExamSink, FrameConsumer, ResultSink
 from pipeline.run.exam import MAX_PREFIX, PATIENT_SEP, ExamPlan, ExamTracker
 from pipeline.run.inbox import CommandInbox
@@ -318,6 +318,7 @@ def run(
     if cfg.source is None:
         raise RunError("no source: give SOURCE on the command line or `source:` in the config")
     check_plan(cfg, exam_plan)
+    render_on_calling_threads()
     parts = _build_parts(cfg)
     inbox = commands if commands is not None else CommandInbox()
     with ExitStack() as cleanup:

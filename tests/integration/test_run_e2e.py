@@ -156,7 +156,10 @@ def test_mp4_replay_through_gstreamer_has_no_thermal_and_writes_annotated_output
     annotated = tmp_path / "annotated.avi"
     cfg = replay_config(broker, tiny_model, f"file://{recordings['mp4']}", tmp_path)
     cfg = cfg.model_copy(update={"output": f"file://{annotated}"})
+    cv2.setNumThreads(-1)  # OpenCV's default: a pool thread per core
     summary, watcher = replay(broker, cfg)
+    # each classify worker renders on its own thread: OpenCV's pool spun beside the model
+    assert cv2.getNumThreads() == 1
     assert (summary.results, summary.frames_captured, summary.exit_code) == (N_FRAMES,) * 2 + (0,)
     results = watcher.bodies("result")
     check_results(results, summary)
