@@ -24,7 +24,7 @@ from pipeline.devtools.bench.cpu import (
     breakdown,
 )
 from pipeline.devtools.bench.live import latency_trend
-from pipeline.devtools.bench.summary import summarize
+from pipeline.devtools.bench.summary import model_share, summarize
 from pipeline.devtools.bench.variants import REFERENCE, REPLAY_WAY, Variant, summarize_variants
 
 MS = 1_000_000  # ns
@@ -303,3 +303,25 @@ def test_variants_are_kept_only_when_faster_every_round_and_within_tolerance() -
     assert got["fast and equal"]["fps_vs_reference"] == pytest.approx((1.1 + 1.05) / 2)
     assert not got["equal, once slower"]["worth_an_option"]  # 0.95 in the second round
     assert not got[REPLAY_WAY]["worth_an_option"]  # what the pipeline does already
+
+
+def test_the_no_drop_goal_holds_only_where_the_model_needs_under_half_the_machine() -> None:
+    report = _report()  # bare CPU a frame: median of 20 and 25 ms, on 2 cores
+    fast = {**report["live"][0], "source_fps": 120, "dropped": 500}
+    slow = {**report["live"][0], "source_fps": 40, "dropped": 3}
+    report["live"] += [fast, slow]
+    s = summarize(report)
+    assert model_share(report, s, "lite0", 30) == pytest.approx(22.5 * 30 / 1000 / 2)
+    met = {t["target"]: t["met"] for t in s["targets"]}
+    # 120 fps: the model would need 135% of the machine, so drops are by design (counted)
+    assert "lite0 live 120 fps frames dropped" not in met
+    assert "lite0 live 120 fps p99 latency (ms)" not in met
+    # 40 fps: 45% of the machine, so a drop breaks the goal and the p99 bound applies
+    assert met["lite0 live 40 fps frames dropped"] is False
+    assert met["lite0 live 40 fps p99 latency (ms)"] is True
+    goals = {t["target"]: t["goal"] for t in s["targets"]}
+    assert goals["lite0 live 40 fps frames dropped"] == "0 (the model needs 45% of the machine)"
+    report["live"][0]["source_fps"] = 60  # the camera's rate, 68%: its p99 bound stays
+    met = {t["target"]: t["met"] for t in summarize(report)["targets"]}
+    assert "lite0 live 60 fps frames dropped" not in met
+    assert "lite0 live 60 fps p99 latency (ms)" in met
